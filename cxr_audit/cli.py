@@ -1,0 +1,180 @@
+"""The `cxr-audit` command line: one command per stage of the audit flow."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cxr_audit import __version__
+from cxr_audit.errors import EXIT_BAD_INPUT, UserInputError
+
+app = typer.Typer(
+    name="cxr-audit",
+    help="Audit chest X-ray classifiers: coverage of clinical finding combinations, targeted synthesis, "
+         "metrics with confidence intervals, a PDF report and a CI gate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (CI logs, files) gets a wide console so tables are not folded into 80 columns.
+console = Console(width=None if Console().is_terminal else 140)
+error_console = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 140)
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`app.command` that prints user errors as a paragraph (no traceback) and exits 2."""
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def wrapper(*f_args: Any, **f_kwargs: Any) -> Any:
+            try:
+                return function(*f_args, **f_kwargs)
+            except UserInputError as exc:
+                error_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
+
+        return app.command(*args, **kwargs)(wrapper)
+
+    return decorate
+
+
+class DataFormat(str, Enum):
+    nih = "nih"
+    chexpert = "chexpert"
+    mimic = "mimic"
+    csv = "csv"
+
+
+DataOption = Annotated[Path, typer.Option("--data", help="Labels file (NIH, CheXpert, generic CSV) or MIMIC folder.")]
+FormatOption = Annotated[DataFormat, typer.Option("--format", help="Format of --data.")]
+RootOption = Annotated[Path | None, typer.Option("--root", help="Dataset root for image paths "
+                                                "(default: beside the labels file).")]
+SpecOption = Annotated[Path, typer.Option("--spec", help="Coverage spec YAML (see coverage_specs/).")]
+OutOption = Annotated[Path, typer.Option("--out", help="Run directory to write into.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Replace results made from other inputs.")]
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
+    if version:
+        console.print(f"cxr-audit {__version__}")
+        raise typer.Exit()
+
+
+@command("coverage")
+def coverage_command(
+    data: DataOption,
+    spec: SpecOption,
+    out: OutOption,
+    data_format: FormatOption = DataFormat.csv,
+    root: RootOption = None,
+    show_all: Annotated[bool, typer.Option("--all", help="List every cell, covered pairwise cells too.")] = False,
+    force: ForceOption = False,
+) -> None:
+    """Count each clinically important cell of the spec on the training data and report deficits."""
+    from cxr_audit.coverage import analyse_coverage
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.provenance import atomic_write_json, guard_artifact, sha256_file
+    from cxr_audit.report.plots import cooccurrence_heatmap, coverage_bars
+    from cxr_audit.spec import load_spec
+
+    coverage_spec = load_spec(spec)
+    inputs = {"spec": sha256_file(spec), "data": _data_sha256(data)}
+    target = out / "coverage.json"
+    guard_artifact(target, inputs, force)
+    with console.status(f"Reading {data} ({data_format.value} format)"):
+        manifest = read_manifest(data, data_format.value, root)
+    report = analyse_coverage(manifest, coverage_spec, spec, inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    cooccurrence_heatmap(report, out / "cooccurrence.png")
+    coverage_bars(report, out / "coverage_cells.png")
+    atomic_write_json(target, report.model_dump(mode="json"))
+    _print_coverage(report, show_all)
+    console.print(f"Wrote {target}, {out / 'cooccurrence.png'} and {out / 'coverage_cells.png'}")
+
+
+def _data_sha256(data: Path) -> str:
+    from cxr_audit.provenance import sha256_file, sha256_files
+
+    if data.is_dir():  # MIMIC: the label, metadata and split files together
+        files = sorted(p for p in data.iterdir() if p.is_file() and p.name.endswith((".csv", ".csv.gz")))
+        return sha256_files(files)
+    if not data.exists():
+        raise UserInputError(f"Dataset labels {data} do not exist. Check --data.")
+    return sha256_file(data)
+
+
+def _print_coverage(report: Any, show_all: bool) -> None:
+    dataset = report.dataset
+    table = Table(title=f"Coverage of {Path(report.spec_path).name} on {Path(dataset.path).name}: "
+                        f"{dataset.n_images:,} {'frontal ' if dataset.frontal_only else ''}images, "
+                        f"{dataset.n_patients:,} patients", title_justify="left")
+    table.add_column("cell", no_wrap=True)
+    table.add_column("combination", ratio=1)
+    table.add_column("subgroup")
+    for header in ("count", "patients", "min", "deficit"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    hidden = 0
+    for cell in report.cells:
+        explicit = not cell.id.startswith("PAIR:")
+        if not (show_all or explicit or cell.deficit or not cell.plausible):
+            hidden += 1
+            continue
+        status = ("[grey50]implausible[/]" if not cell.plausible
+                  else "[red]deficit[/]" if cell.deficit else "[green]covered[/]")
+        combination = " + ".join(cell.all_of) + "".join(f", not {c}" for c in cell.none_of)
+        table.add_row("pair" if cell.id.startswith("PAIR:") else cell.id, combination,
+                      cell.subgroup.label() if cell.subgroup else "all", f"{cell.count:,}",
+                      f"{cell.patients:,}", f"{cell.min_count:,}", f"{cell.deficit:,}" if cell.deficit else "0",
+                      status)
+    console.print(table)
+    n_deficit = len(report.deficits())
+    n_implausible = sum(not c.plausible for c in report.cells)
+    console.print(f"{len(report.cells)} cells: {n_deficit} with a deficit, {n_implausible} implausible"
+                  + (f"; {hidden} covered pairwise cells not shown (--all shows them)" if hidden else ""))
+    for note in dataset.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+@command("concepts")
+def concepts_command() -> None:
+    """List the concept vocabulary: canonical names, aliases, anatomical regions."""
+    from cxr_audit import concepts
+
+    table = Table(title="Concepts")
+    for header in ("concept", "group", "regions", "lateral", "aliases"):
+        table.add_column(header)
+    for concept in concepts.CONCEPTS:
+        table.add_row(concept.name, concept.group, ", ".join(concept.regions), "yes" if concept.lateral else "",
+                      ", ".join(concept.aliases))
+    console.print(table)
+
+
+class SchemaName(str, Enum):
+    coverage = "coverage"
+
+
+@command("schema")
+def schema_command(name: Annotated[SchemaName, typer.Argument(help="Which artifact.")]) -> None:
+    """Print the JSON Schema of an artifact (coverage.json, ...)."""
+    from cxr_audit.coverage import CoverageReport
+
+    models = {SchemaName.coverage: CoverageReport}
+    print(json.dumps(models[name].model_json_schema(), indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

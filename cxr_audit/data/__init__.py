@@ -1,0 +1,1 @@
+"""Dataset manifests, image I/O, patient-level splits and the phantom."""

@@ -1,0 +1,81 @@
+"""Reading radiographs as float arrays in [0, 1], display polarity (air dark, bone bright).
+
+DICOM needs care: the modality LUT and VOI LUT (window) must be applied, MONOCHROME1 images are inverted
+(their low values are white), and only `BitsStored` bits carry signal. No header field other than what
+decoding needs is read, so no patient identifier can leak from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxr_audit.errors import UserInputError
+
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+
+def is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    with open(path, "rb") as handle:  # DICOM Part 10: 128-byte preamble then 'DICM'
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """A 2-D float32 array in [0, 1] for a DICOM, PNG (8/16 bit) or JPEG radiograph."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"Image {path} does not exist. Check the dataset root and the labels file's paths.")
+    try:
+        pixels = _load_dicom(path) if is_dicom(path) else _load_bitmap(path)
+    except UserInputError:
+        raise
+    except Exception as exc:  # any decoder failure is a bad file, not a bug of ours
+        raise UserInputError(f"Image {path} cannot be decoded: {type(exc).__name__}: {exc}. "
+                             "Is the file complete and a supported format (DICOM, PNG, JPEG)?") from None
+    return pixels
+
+
+def _rescale(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float32)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros_like(values)
+    return (values - lo) / (hi - lo)
+
+
+def _load_bitmap(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit PNGs: keep full depth; scale by the type's range, not by the image's own min/max.
+            array = np.asarray(image, dtype=np.float32)
+            return np.clip(array / 65535.0, 0.0, 1.0)
+        if image.mode not in ("L", "LA"):
+            image = image.convert("L")  # RGB exports of grayscale films; ITU-R 601 luma
+        return np.asarray(image.getchannel(0) if image.mode == "LA" else image, dtype=np.float32) / 255.0
+
+
+def _load_dicom(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    dataset = pydicom.dcmread(path)
+    if "PixelData" not in dataset:
+        raise UserInputError(f"DICOM {path} holds no pixel data (a structured report or a header-only file?).")
+    pixels = dataset.pixel_array
+    if pixels.ndim != 2:
+        raise UserInputError(f"DICOM {path} has pixel array shape {pixels.shape}; a single-frame grayscale "
+                             "radiograph is expected.")
+    bits_stored = int(getattr(dataset, "BitsStored", 0) or 0)
+    if bits_stored and dataset.get("PixelRepresentation", 0) == 0 and pixels.dtype.kind == "u":
+        pixels = pixels & ((1 << bits_stored) - 1)  # bits above BitsStored may hold overlays or noise
+    values = apply_modality_lut(pixels, dataset)
+    values = apply_voi_lut(values, dataset, prefer_lut=True)
+    values = _rescale(np.asarray(values))
+    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        values = 1.0 - values
+    return values

@@ -1,0 +1,79 @@
+"""Hashes, atomic writes and the run-directory guard.
+
+Every artifact a stage writes records the SHA-256 of its inputs. Writing goes to a temporary name in the
+same folder and is renamed into place, so a killed run never leaves a half-written file, and an artifact
+made from other inputs is never silently replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cxr_audit.errors import UserInputError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_files(paths: Iterable[str | Path]) -> str:
+    """One hash over several files (in the given order), for inputs that come as a set of files."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, document: Any) -> None:
+    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def guard_artifact(path: str | Path, inputs: dict[str, str], force: bool = False) -> None:
+    """Refuse to replace an artifact that was made from other inputs (unless `force`).
+
+    `inputs` maps an input's role to its SHA-256; the artifact stores the same mapping under "inputs_sha256".
+    Re-running with identical inputs is allowed: the stage is deterministic, so it writes the same file.
+    """
+    path = Path(path)
+    if force or not path.exists():
+        return
+    try:
+        recorded = json.loads(path.read_text()).get("inputs_sha256", {})
+    except (json.JSONDecodeError, OSError, AttributeError):
+        recorded = None
+    if recorded != inputs:
+        raise UserInputError(
+            f"{path} already exists and was made from other inputs. A run never overwrites another run's "
+            f"results: choose a new --out folder, or pass --force to replace it."
+        )

@@ -1,0 +1,241 @@
+"""The clinical-coverage spec: which concept combinations (cells) must be covered, and how well.
+
+The spec is YAML validated by pydantic. Any problem is reported as a :class:`UserInputError` naming the
+file, the line and the key, because the spec is written by hand by clinicians and auditors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from cxr_audit import concepts
+from cxr_audit.errors import UserInputError
+
+SPEC_VERSION = 1
+LabelValuePolicy = Literal["ignore", "zeros", "ones"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _canonical(name: str) -> str:
+    # ValueError (not UserInputError) so that pydantic reports the key and we can add the line number.
+    try:
+        return concepts.resolve(name)
+    except UserInputError as exc:
+        raise ValueError(str(exc)) from None
+
+
+ConceptName = Annotated[str, AfterValidator(_canonical)]
+
+
+class LabelPolicy(_Strict):
+    """How uncertain (-1) and unmentioned (blank) labels become 1 / 0 / unknown.
+
+    `uncertain` follows the CheXpert paper's U-Ignore / U-Zeros / U-Ones; `overrides` sets it per concept
+    (e.g. U-Ones for Atelectasis and Edema). `unmentioned` treats blanks in CheXpert-style CSVs.
+    """
+
+    uncertain: LabelValuePolicy = "ignore"
+    unmentioned: LabelValuePolicy = "zeros"
+    overrides: dict[ConceptName, LabelValuePolicy] = Field(default_factory=dict)
+
+    def uncertain_for(self, concept: str) -> LabelValuePolicy:
+        return self.overrides.get(concept, self.uncertain)
+
+
+class Subgroup(_Strict):
+    """Restricts a cell to a population: sex, an age band lo <= age < hi, and/or a view."""
+
+    sex: Literal["M", "F"] | None = None
+    age: tuple[float, float] | None = None
+    view: Literal["PA", "AP", "LAT"] | None = None
+
+    @field_validator("sex", mode="before")
+    @classmethod
+    def _upper_sex(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("view", mode="before")
+    @classmethod
+    def _upper_view(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("age")
+    @classmethod
+    def _ordered_band(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"age band must be [lo, hi] with lo < hi, got {list(value)}")
+        return value
+
+    def label(self) -> str:
+        parts = []
+        if self.sex:
+            parts.append(f"sex={self.sex}")
+        if self.age:
+            parts.append(f"age={self.age[0]:g}-{self.age[1]:g}")
+        if self.view:
+            parts.append(f"view={self.view}")
+        return ", ".join(parts) or "all"
+
+
+class Cell(_Strict):
+    """A concept combination that must be represented: all of `all_of` positive, none of `none_of`."""
+
+    id: str = Field(min_length=1)
+    all_of: list[ConceptName] = Field(min_length=1)
+    none_of: list[ConceptName] = Field(default_factory=list)
+    min_count: int = Field(ge=0)
+    subgroup: Subgroup | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "Cell":
+        both = set(self.all_of) & set(self.none_of)
+        if both:
+            raise ValueError(f"{sorted(both)} cannot be in both all_of and none_of")
+        return self
+
+    @property
+    def concepts(self) -> list[str]:
+        return [*self.all_of, *self.none_of]
+
+
+class Pairwise(_Strict):
+    """Generate one cell per unordered pair of concepts in scope."""
+
+    min_count: int = Field(ge=0)
+    subgroup: Subgroup | None = None
+
+
+class RuleSpec(_Strict):
+    """A user rule, added to the defaults of :mod:`cxr_audit.concepts`."""
+
+    if_: ConceptName = Field(alias="if")
+    implies: ConceptName | None = None
+    excludes: ConceptName | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "RuleSpec":
+        if (self.implies is None) == (self.excludes is None):
+            raise ValueError("a rule needs exactly one of 'implies' or 'excludes'")
+        return self
+
+    def to_rule(self) -> concepts.Rule:
+        kind = "implies" if self.implies is not None else "excludes"
+        then = self.implies if self.implies is not None else self.excludes
+        return concepts.Rule(self.if_, kind, then, "spec")
+
+
+class CoverageSpec(_Strict):
+    version: Literal[1] = SPEC_VERSION
+    concepts: list[ConceptName] = Field(min_length=1)
+    label_policy: LabelPolicy = Field(default_factory=LabelPolicy)
+    cells: list[Cell] = Field(default_factory=list)
+    pairwise: Pairwise | None = None
+    rules: list[RuleSpec] = Field(default_factory=list)
+    frontal_only: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CoverageSpec":
+        if len(set(self.concepts)) != len(self.concepts):
+            raise ValueError("concepts lists a concept twice (after resolving aliases)")
+        seen: set[str] = set()
+        for cell in self.cells:
+            if cell.id in seen:
+                raise ValueError(f"cell id {cell.id!r} is used twice; ids must be unique")
+            seen.add(cell.id)
+            outside = [c for c in cell.concepts if c not in self.concepts]
+            if outside:
+                raise ValueError(f"cell {cell.id!r} uses {outside}, which are not in 'concepts'; add them there")
+        return self
+
+    def rule_set(self) -> concepts.RuleSet:
+        return concepts.RuleSet().extended(r.to_rule() for r in self.rules)
+
+    def all_cells(self) -> list[Cell]:
+        """The explicit cells, then one generated cell per pair of concepts when `pairwise` is set."""
+        cells = list(self.cells)
+        if self.pairwise is not None:
+            taken = {c.id for c in cells}
+            for a, b in itertools.combinations(self.concepts, 2):
+                cell_id = f"PAIR:{a}+{b}"
+                if cell_id not in taken:
+                    cells.append(Cell(id=cell_id, all_of=[a, b], min_count=self.pairwise.min_count,
+                                      subgroup=self.pairwise.subgroup))
+        return cells
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at pydantic's error location, or of its nearest ancestor."""
+    node, line = root, (root.start_mark.line + 1 if root is not None else None)
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [v for k, v in node.value if k.value == key or (key == "if_" and k.value == "if")]
+            if not match:
+                break
+            node = match[0]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _format_validation_error(path: Path, root: yaml.Node | None, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc if not str(p).startswith("function-after")) or "(top level)"
+        line = _line_of(root, loc)
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}, line {line}, key '{key}': {message}")
+    return (
+        f"The coverage spec {path} is not valid:\n" + "\n".join(lines) +
+        "\nFix these keys (see the spec format in README.md, 'Coverage spec')."
+    )
+
+
+def load_spec(path: str | Path) -> CoverageSpec:
+    """Read and validate a coverage spec; every problem becomes a UserInputError naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserInputError(f"Coverage spec {path} does not exist. Pass --spec with a YAML file, "
+                             "e.g. coverage_specs/nih.yaml.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"Coverage spec {path} cannot be read as UTF-8 text: {exc}.") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise UserInputError(f"The coverage spec {path}{where} is not valid YAML: {problem}. "
+                             "Check indentation and that lists use '[a, b]' or '- item'.") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"The coverage spec {path} must be a YAML mapping with at least 'version', "
+                             "'concepts' and 'cells' (see README.md, 'Coverage spec').")
+    try:
+        return CoverageSpec.model_validate(data)
+    except ValidationError as exc:
+        raise UserInputError(_format_validation_error(path, root, exc)) from None
+
+
+def spec_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

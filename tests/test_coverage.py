@@ -1,0 +1,127 @@
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cxr_audit.coverage import analyse_coverage, load_coverage
+from cxr_audit.data.readers import read_manifest
+from cxr_audit.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+NIH_SPEC = REPO / "coverage_specs" / "nih.yaml"
+# NIH spellings of canonical names, written out here so the check does not reuse the tool's alias table.
+NIH_NAME = {"Pleural Effusion": "Effusion", "Pleural Thickening": "Pleural_Thickening"}
+
+
+def independent_count(raw: pd.DataFrame, cell: dict, has: dict) -> tuple[int, int]:
+    """Count a cell straight from the NIH CSV with pandas regular expressions."""
+    def finding(concept):
+        name = NIH_NAME.get(concept, concept)
+        if name not in has:
+            has[name] = raw["Finding Labels"].str.contains(rf"(?:^|\|){name}(?:\||$)", regex=True)
+        return has[name]
+
+    mask = pd.Series(True, index=raw.index)
+    for concept in cell["all_of"]:
+        mask &= finding(concept)
+    for concept in cell["none_of"]:
+        mask &= ~finding(concept)
+    subgroup = cell["subgroup"] or {}
+    if subgroup.get("sex"):
+        mask &= raw["Patient Gender"] == subgroup["sex"]
+    if subgroup.get("view"):
+        mask &= raw["View Position"] == subgroup["view"]
+    if subgroup.get("age"):
+        lo, hi = subgroup["age"]
+        mask &= (raw["Patient Age"] >= lo) & (raw["Patient Age"] < hi) & (raw["Patient Age"] <= 120)
+    return int(mask.sum()), int(raw.loc[mask, "Patient ID"].nunique())
+
+
+def test_nih_counts_equal_an_independent_pandas_count(shared_data, tmp_path, run_cli):
+    data = shared_data / "nih_data_entry_2017.csv.gz"
+    result = run_cli("coverage", "--data", data, "--format", "nih", "--spec", NIH_SPEC, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "coverage.json").read_text())
+    raw = pd.read_csv(data)
+    has: dict = {}
+    assert document["dataset"]["n_images"] == len(raw) == 112_120
+    assert len(document["cells"]) == 12 + 91  # explicit cells + C(14, 2) pairs
+    for cell in document["cells"]:
+        count, patients = independent_count(raw, cell, has)
+        assert (cell["count"], cell["patients"]) == (count, patients), cell["id"]
+        assert cell["deficit"] == max(0, cell["min_count"] - count)
+        assert sum(cell["by_sex"].values()) == count
+    assert (tmp_path / "cooccurrence.png").stat().st_size > 10_000
+    assert "NIH-COV-001" in result.output and "deficit" in result.output
+
+
+def test_coverage_json_follows_its_schema(shared_data, tmp_path, run_cli):
+    run_cli("coverage", "--data", shared_data / "nih621" / "labels.csv", "--format", "nih",
+            "--spec", NIH_SPEC, "--out", tmp_path)
+    document = json.loads((tmp_path / "coverage.json").read_text())
+    assert document["schema_version"] == "1.0"
+    required = {"id", "all_of", "none_of", "subgroup", "count", "patients", "min_count", "deficit", "plausible"}
+    assert all(required <= set(cell) for cell in document["cells"])
+    report = load_coverage(tmp_path / "coverage.json")  # round-trips through the pydantic model
+    assert report.concepts["Pleural Effusion"].positives == 82
+    assert set(document["inputs_sha256"]) == {"spec", "data"}
+
+
+def test_same_inputs_give_byte_identical_outputs(shared_data, tmp_path, run_cli):
+    args = ["coverage", "--data", shared_data / "nih621" / "labels.csv", "--format", "nih", "--spec", NIH_SPEC]
+    run_cli(*args, "--out", tmp_path / "a")
+    run_cli(*args, "--out", tmp_path / "b")
+    for name in ("coverage.json", "cooccurrence.png", "coverage_cells.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_implausible_cells_are_flagged_and_unknown_labels_never_count(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,patient_id,No Finding,Pleural Effusion,Pneumothorax\n"
+                   "a.png,1,0,1,0\nb.png,2,0,1,\nc.png,3,0,1,-1\nd.png,4,1,0,0\n")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text("version: 1\nconcepts: [No Finding, Effusion, Pneumothorax]\n"
+                         "label_policy: {uncertain: ignore, unmentioned: ignore}\n"
+                         "cells:\n  - {id: A, all_of: [Effusion], none_of: [Pneumothorax], min_count: 3}\n"
+                         "  - {id: B, all_of: [No Finding, Effusion], min_count: 5}\n")
+    report = analyse_coverage(read_manifest(csv, "csv"), load_spec(spec_path), spec_path, {})
+    a, b = report.cells
+    assert (a.count, a.deficit, a.plausible) == (1, 2, True)  # blank and uncertain are unknown, not negative
+    assert not b.plausible and "No Finding excludes" in b.violations[0]
+    assert [c.id for c in report.deficits()] == ["A"]
+
+
+def test_other_inputs_never_overwrite_a_run(shared_data, tmp_path, run_cli):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\nconcepts: [Effusion, Cardiomegaly]\npairwise: {min_count: 5}\n")
+    labels = shared_data / "nih621" / "labels.csv"
+    assert run_cli("coverage", "--data", labels, "--format", "nih", "--spec", NIH_SPEC,
+                   "--out", tmp_path / "run").exit_code == 0
+    before = (tmp_path / "run" / "coverage.json").read_bytes()
+    result = run_cli("coverage", "--data", labels, "--format", "nih", "--spec", spec, "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "other inputs" in result.output
+    assert (tmp_path / "run" / "coverage.json").read_bytes() == before
+    assert run_cli("coverage", "--data", labels, "--format", "nih", "--spec", spec, "--out", tmp_path / "run",
+                   "--force").exit_code == 0
+
+
+@pytest.mark.parametrize("case", ["misspelled", "yaml", "columns", "unlabelled"])
+def test_bad_input_exits_2_with_a_message_and_no_traceback(shared_data, tmp_path, run_cli, case):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\nconcepts: [Effusion, Cardiomegaly]\npairwise: {min_count: 5}\n")
+    data, fmt = shared_data / "nih621" / "labels.csv", "nih"
+    expected = {"misspelled": "Did you mean 'Pneumothorax'", "yaml": "line 3", "columns": "lacks the column",
+                "unlabelled": "has no labels for it"}[case]
+    if case == "misspelled":
+        spec.write_text("version: 1\nconcepts: [Effusion, Pneumothorx]\n")
+    elif case == "yaml":
+        spec.write_text("version: 1\nconcepts: [Effusion\ncells: []\n")
+    elif case == "columns":
+        fmt = "chexpert"
+    elif case == "unlabelled":
+        spec.write_text("version: 1\nconcepts: [Effusion, Support Devices]\n")
+    result = run_cli("coverage", "--data", data, "--format", fmt, "--spec", spec, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert expected in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "coverage.json").exists()
