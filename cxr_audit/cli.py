@@ -145,6 +145,26 @@ def _print_coverage(report: Any, show_all: bool) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+@command("phantom")
+def phantom_command(
+    out: OutOption,
+    n: Annotated[int, typer.Option("--n", help="Number of images (studies).")] = 2000,
+    size: Annotated[int, typer.Option("--size", help="Image size in pixels (square).")] = 128,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same dataset.")] = 0,
+    prevalence: Annotated[Path | None, typer.Option("--prevalence", help="YAML: per-split prevalence of "
+                                                    "findings and combinations.")] = None,
+    dicom: Annotated[bool, typer.Option("--dicom", help="Write DICOM (made-up patient names) instead of PNG.")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", help="Processes (default: CPU count, max 4).")] = None,
+) -> None:
+    """Generate a procedural chest X-ray phantom dataset with anatomy and finding masks."""
+    from cxr_audit.data.phantom_dataset import load_prevalence, phantom_prevalence_summary, write_phantom_dataset
+
+    frame = write_phantom_dataset(out, n, size, seed, load_prevalence(prevalence), dicom, workers)
+    console.print(phantom_prevalence_summary(frame))
+    console.print(f"Wrote {out / 'labels.csv'} (CheXpert format: --format chexpert), images, masks and "
+                  f"{out / 'samples_grid.png'}")
+
+
 @command("concepts")
 def concepts_command() -> None:
     """List the concept vocabulary: canonical names, aliases, anatomical regions."""

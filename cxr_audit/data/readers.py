@@ -75,12 +75,19 @@ def _concept_columns(columns: list[str]) -> dict[str, str]:
     return found
 
 
+# Columns the phantom writes so that any row can be rendered again (ground truth for synthetic edits).
+PHANTOM_COLUMNS = ("study", "patient_seed", "study_seed", "ctr")
+
+
 def _assemble(meta: pd.DataFrame, labels: dict[str, np.ndarray], root: Path, source: Path, fmt: str,
-              notes: list[str]) -> Manifest:
+              notes: list[str], extra: pd.DataFrame | None = None) -> Manifest:
     frame = meta.reindex(columns=list(META_COLUMNS)).reset_index(drop=True)
     frame["patient_id"] = frame["patient_id"].astype(str)
     label_frame = pd.DataFrame({name: values for name, values in labels.items()}, dtype=np.float32)
-    frame = pd.concat([frame, label_frame], axis=1)
+    parts = [frame, label_frame]
+    if extra is not None and len(extra.columns):
+        parts.append(extra.reset_index(drop=True))
+    frame = pd.concat(parts, axis=1)
     if len(frame) == 0:
         raise UserInputError(f"{source} has no image rows.")
     return Manifest(frame=frame, root=root, source=source, format=fmt, concepts=list(labels), notes=notes)
@@ -163,7 +170,7 @@ def read_chexpert(csv_path: Path, root: Path | None = None) -> Manifest:
         first = Path(str(raw["Path"].iloc[0])).parts[0] if len(raw) else ""
         root = source.parent.parent if first == source.parent.name else source.parent
     notes: list[str] = []
-    label_columns = _concept_columns([c for c in raw.columns if c not in CHEXPERT_COLUMNS])
+    label_columns = _concept_columns([c for c in raw.columns if c not in (*CHEXPERT_COLUMNS, *PHANTOM_COLUMNS)])
     if not label_columns:
         raise UserInputError(f"{source} has no concept columns (e.g. 'Cardiomegaly', 'Pleural Effusion').")
     labels = {canon: _label_column(raw[col], source, col) for col, canon in label_columns.items()}
@@ -187,7 +194,8 @@ def read_chexpert(csv_path: Path, root: Path | None = None) -> Manifest:
         "age": normalise_age(raw["Age"], notes, source),
         "split": raw["split"].astype(object) if "split" in raw.columns else None,
     })
-    return _assemble(meta, labels, root, source, "chexpert", notes)
+    extra = raw[[c for c in PHANTOM_COLUMNS if c in raw.columns]]
+    return _assemble(meta, labels, root, source, "chexpert", notes, extra)
 
 
 # ---------------------------------------------------------------------------------------------------------
