@@ -134,3 +134,18 @@ def test_bad_prevalence_file_is_a_clear_error(tmp_path):
     path.write_text("findings: {Nodule: 1.5}\n")
     with pytest.raises(UserInputError, match="between 0 and 1"):
         load_prevalence(path)
+
+
+def test_phantom_command_writes_a_dataset_the_coverage_command_reads(tmp_path, run_cli):
+    prevalence = tmp_path / "prevalence.yaml"
+    prevalence.write_text("combinations:\n  - all_of: [Pleural Effusion, Cardiomegaly]\n"
+                          "    probability: {train: 0.0, test: 0.5}\n")
+    result = run_cli("phantom", "--out", tmp_path / "ds", "--n", 40, "--size", 64, "--seed", 2,
+                     "--prevalence", prevalence, "--workers", 1)
+    assert result.exit_code == 0, result.output
+    assert "train:" in result.output and (tmp_path / "ds" / "phantom.json").exists()
+    result = run_cli("coverage", "--data", tmp_path / "ds" / "labels.csv", "--format", "chexpert",
+                     "--spec", "coverage_specs/phantom.yaml", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    again = run_cli("phantom", "--out", tmp_path / "ds", "--n", 40, "--size", 64)
+    assert again.exit_code == 2 and "never overwritten" in again.output

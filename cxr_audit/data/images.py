@@ -79,3 +79,13 @@ def _load_dicom(path: Path) -> np.ndarray:
     if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         values = 1.0 - values
     return values
+
+
+def load_resized(path: str | Path, size: int) -> np.ndarray:
+    """A radiograph as float32 (size, size) in [0, 1], resized with area averaging (bilinear for upsizing)."""
+    pixels = load_image(path)
+    if pixels.shape == (size, size):
+        return pixels
+    image = Image.fromarray(pixels, mode="F")
+    method = Image.Resampling.BOX if min(pixels.shape) >= size else Image.Resampling.BILINEAR
+    return np.asarray(image.resize((size, size), method), dtype=np.float32)

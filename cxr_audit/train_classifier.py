@@ -1,0 +1,57 @@
+"""Training a small multi-label classifier from arrays (the demo's deployed model, concept checkers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cxr_audit.nets import SmallCXRNet
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy that ignores unknown (NaN) labels."""
+    known = ~torch.isnan(targets)
+    if not known.any():
+        return logits.sum() * 0.0
+    return nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known])
+
+
+def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 6, batch_size: int = 32,
+                           lr: float = 2e-3, seed: int = 0, width: int = 16,
+                           progress: bool = False) -> SmallCXRNet:
+    """Train :class:`SmallCXRNet` on (N, 1, H, W) images in [0, 1] and (N, K) labels (NaN = unknown).
+
+    Exposure jitter is the only augmentation: it keeps the model from keying on global brightness.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.tensor(images, dtype=torch.float32)  # a copy: pandas hands out read-only arrays
+    y = torch.tensor(labels, dtype=torch.float32)
+    net = SmallCXRNet(y.shape[1], width=width)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    bar = tqdm(total=steps, desc="training classifier", unit="step", disable=not progress)
+    for _ in range(epochs):
+        net.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=generator)
+            loss = masked_bce(net(x[batch] * gain), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update()
+    bar.close()
+    return net.eval()
+
+
+@torch.inference_mode()
+def predict_probabilities(net: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    net.eval()
+    x = torch.as_tensor(images, dtype=torch.float32)
+    return torch.cat([torch.sigmoid(net(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
