@@ -1,0 +1,1 @@
+"""Metrics on real test data: discrimination, calibration, uncertainty, patient-level bootstrap."""

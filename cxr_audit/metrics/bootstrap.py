@@ -1,0 +1,87 @@
+"""Patient-level bootstrap: confidence intervals and a paired test of the change between two models.
+
+Images of one patient are correlated, so the resampling unit is the patient: a replicate draws patients
+with replacement and weights each image by how often its patient was drawn. Metrics in this package take
+that (replicates x images) weight matrix directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_REPLICATES = 1000
+
+
+def patient_weights(patient_ids: np.ndarray, n_replicates: int = DEFAULT_REPLICATES,
+                    seed: int = 0) -> np.ndarray:
+    """(n_replicates, n_images) multiplicities of a patient-level bootstrap."""
+    codes, _ = _factorize(patient_ids)
+    n_patients = int(codes.max()) + 1 if codes.size else 0
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_patients, size=(n_replicates, n_patients))
+    per_patient = np.zeros((n_replicates, n_patients))
+    np.add.at(per_patient, (np.arange(n_replicates)[:, None], draws), 1.0)
+    return per_patient[:, codes]
+
+
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    uniques, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
+    return codes, uniques
+
+
+@dataclass
+class Estimate:
+    value: float | None
+    ci: tuple[float, float] | None
+
+    def to_json(self) -> dict:
+        def clean(v: float | None) -> float | None:
+            return None if v is None or not np.isfinite(v) else round(float(v), 6)
+
+        return {"value": clean(self.value), "ci": None if self.ci is None else [clean(self.ci[0]), clean(self.ci[1])]}
+
+
+def percentile_ci(point: float, replicates: np.ndarray, level: float = 0.95) -> Estimate:
+    """Percentile interval; None when the point estimate is undefined or most replicates are."""
+    if point is None or not np.isfinite(point):
+        return Estimate(None, None)
+    finite = replicates[np.isfinite(replicates)]
+    if finite.size < 0.5 * replicates.size:
+        return Estimate(float(point), None)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(finite, [alpha, 1 - alpha])
+    return Estimate(float(point), (float(lo), float(hi)))
+
+
+@dataclass
+class PairedDifference:
+    """new - old, with its percentile CI and a two-sided bootstrap p-value for 'no difference'."""
+
+    difference: float | None
+    ci: tuple[float, float] | None
+    p_value: float | None
+
+    def to_json(self) -> dict:
+        estimate = Estimate(self.difference, self.ci).to_json()
+        return {"difference": estimate["value"], "ci": estimate["ci"],
+                "p_value": None if self.p_value is None else round(float(self.p_value), 6)}
+
+
+def paired_difference(point_old: float, point_new: float, replicates_old: np.ndarray,
+                      replicates_new: np.ndarray, level: float = 0.95) -> PairedDifference:
+    """The change between two prediction sets scored on the same replicates (same weights)."""
+    if not (np.isfinite(point_old) and np.isfinite(point_new)):
+        return PairedDifference(None, None, None)
+    deltas = replicates_new - replicates_old
+    deltas = deltas[np.isfinite(deltas)]
+    point = float(point_new - point_old)
+    if deltas.size == 0:
+        return PairedDifference(point, None, None)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(deltas, [alpha, 1 - alpha])
+    # two-sided: how often the replicate difference falls on the other side of zero (+1 smoothing)
+    tail = min((deltas <= 0).sum(), (deltas >= 0).sum())
+    p_value = min(1.0, 2 * (tail + 1) / (deltas.size + 1))
+    return PairedDifference(point, (float(lo), float(hi)), p_value)
