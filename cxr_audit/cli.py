@@ -145,6 +145,88 @@ def _print_coverage(report: Any, show_all: bool) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+class EvaluateSplit(str, Enum):
+    auto = "auto"
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+@command("evaluate")
+def evaluate_command(
+    data: DataOption,
+    out: OutOption,
+    data_format: FormatOption = DataFormat.csv,
+    model: Annotated[Path | None, typer.Option("--model", help="Model file: TorchScript, ONNX, state_dict, "
+                                               "safetensors, torchxrayvision checkpoint.")] = None,
+    card: Annotated[Path | None, typer.Option("--card", help="Model card YAML (default: <model>.card.yaml).")] = None,
+    predictions: Annotated[Path | None, typer.Option("--predictions", help="CSV of a black-box model's "
+                                                     "outputs, instead of --model.")] = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Coverage spec: concepts and cells to evaluate.")] = None,
+    root: RootOption = None,
+    split: Annotated[EvaluateSplit, typer.Option("--split", help="Images to evaluate (auto: the test split, "
+                                                 "or all images when the data has no splits).")] = EvaluateSplit.auto,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Patient-level bootstrap replicates.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    mc_samples: Annotated[int, typer.Option("--mc-samples", help="MC-dropout (or TTA) passes; 0 turns off.")] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    workers: Annotated[int | None, typer.Option("--workers", help="DataLoader workers.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow a pickled model (runs code from "
+                                               "the file; only for files you trust).")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or store cached predictions.")] = False,
+    force: ForceOption = False,
+) -> None:
+    """Evaluate a model (or its predictions) on real test images: metrics per concept and cell, with CIs."""
+    from cxr_audit.evaluate_stage import EvaluateOptions, run_evaluate
+    from cxr_audit.inference import default_cache_dir
+
+    if bootstrap < 100:
+        raise UserInputError(f"--bootstrap {bootstrap} is too few replicates for a 95% interval; use 100 or more.")
+    document, _ = run_evaluate(EvaluateOptions(
+        data=data, data_format=data_format.value, out=out, model=model, card=card, predictions=predictions,
+        spec=spec, root=root, split=split.value, bootstrap=bootstrap, seed=seed, mc_samples=mc_samples,
+        batch_size=batch_size, workers=workers, allow_pickle=allow_pickle,
+        cache_dir=None if no_cache else default_cache_dir(), force=force))
+    _print_metrics(document)
+    console.print(f"Wrote {out / 'metrics.json'} and {out / 'predictions.npz'}")
+
+
+def _ci_text(entry: dict, digits: int = 3) -> str:
+    if entry["value"] is None:
+        return "-"
+    text = f"{entry['value']:.{digits}f}"
+    if entry["ci"]:
+        text += f" [{entry['ci'][0]:.{digits}f}, {entry['ci'][1]:.{digits}f}]"
+    return text
+
+
+def _print_metrics(document: dict) -> None:
+    data = document["data"]
+    table = Table(title=f"{Path(document['model']['path']).name} on {Path(data['path']).name} ({data['split']}): "
+                        f"{document['n_images']:,} images, {document['n_patients']:,} patients; 95% patient-level "
+                        "bootstrap CIs", title_justify="left")
+    table.add_column("concept / cell", no_wrap=True, min_width=16)
+    for header in ("n", "pos", "AUPRC [95% CI]", "AUROC [95% CI]", "ECE [95% CI]", "thr", "recall", "prec."):
+        table.add_column(header, justify="right", no_wrap=True)
+
+    def row(name: str, m: dict) -> None:
+        def plain(entry: dict) -> str:
+            return "-" if entry["value"] is None else f"{entry['value']:.2f}"
+
+        table.add_row(name, f"{m['n']:,}", f"{m['positives']:,}", _ci_text(m["auprc"]), _ci_text(m["auroc"]),
+                      _ci_text(m["ece"]), f"{m['threshold']['value']:.2f}", plain(m["recall"]), plain(m["precision"]))
+
+    for concept, m in document["concepts"].items():
+        row(concept, m)
+    for cell_id, m in document["cells"].items():
+        if m.get("evaluated") and not cell_id.startswith("PAIR:"):
+            row(cell_id, m)
+    console.print(table)
+    for note in document["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+
+
 @command("phantom")
 def phantom_command(
     out: OutOption,

@@ -11,6 +11,7 @@ outputs mean. The card is checked against the model's real output shape at load 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -226,9 +227,17 @@ class LoadedModel:
     def output_index(self) -> list[int]:
         return [i for i, n in enumerate(self.card.output_names) if n]
 
+    def _dropout_modules(self) -> list[nn.Module]:
+        """Dropout layers, eager or TorchScript (scripted modules keep their class name in original_name)."""
+        if self.module is None:
+            return []
+        return [m for m in self.module.modules()
+                if isinstance(m, nn.modules.dropout._DropoutNd)
+                or getattr(m, "original_name", "") in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout")]
+
     @property
     def has_dropout(self) -> bool:
-        return self.module is not None and any(isinstance(m, nn.Dropout) for m in self.module.modules())
+        return bool(self._dropout_modules())
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] grayscale at the card's size -> the model's input (channels, normalisation)."""
@@ -265,9 +274,8 @@ class LoadedModel:
         if self.module is None:
             return
         self.module.eval()
-        for m in self.module.modules():
-            if isinstance(m, nn.Dropout):
-                m.train(enabled)
+        for m in self._dropout_modules():
+            m.train(enabled)
 
     def to(self, device: torch.device) -> "LoadedModel":
         if self.module is not None:
@@ -293,7 +301,9 @@ def load_model(path: str | Path, card_path: str | Path | None = None, allow_pick
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     elif model_format == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; deployed models still use it
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     elif model_format == "pickle":
         if not allow_pickle:
             raise UserInputError(

@@ -30,3 +30,38 @@ def run_cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory) -> Path:
+    """A small phantom dataset (360 studies, 64 px) with train/val/test splits."""
+    from cxr_audit.data.phantom_dataset import write_phantom_dataset
+
+    out = tmp_path_factory.mktemp("phantom") / "dataset"
+    write_phantom_dataset(out, 360, size=64, seed=21, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_model(phantom_dataset, tmp_path_factory) -> Path:
+    """A SmallCXRNet really trained on the phantom's training split, saved as TorchScript with a card."""
+    import numpy as np
+    import torch
+    import yaml
+
+    from cxr_audit.data import phantom
+    from cxr_audit.data.images import load_resized
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.train_classifier import train_small_classifier
+
+    torch.set_num_threads(2)
+    train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
+    images = np.stack([load_resized(train.resolve_image(p), 64) for p in train.frame["path"]])[:, None]
+    labels = train.frame[list(phantom.PHANTOM_FINDINGS)].to_numpy(np.float32)
+    net = train_small_classifier(images, labels, epochs=6, seed=0, width=8)
+    path = tmp_path_factory.mktemp("model") / "phantom_cnn.ts"
+    torch.jit.script(net).save(str(path))
+    card = {"input_size": 64, "channels": 1, "normalization": "unit", "outputs": "logits",
+            "output_names": list(phantom.PHANTOM_FINDINGS)}
+    path.with_name(path.name + ".card.yaml").write_text(yaml.safe_dump(card))
+    return path

@@ -42,7 +42,10 @@ def test_torchscript(tmp_path, net):
     model = load_model(path)
     assert model.format == "torchscript" and model.concepts == ["Cardiomegaly", "Pleural Effusion", "Pneumothorax"]
     assert torch.allclose(model.predict(images()), expected(net, images()), atol=1e-6)
-    assert len(model.sha256) == 64 and model.has_dropout is False  # scripted Dropout is not nn.Dropout
+    assert len(model.sha256) == 64 and model.has_dropout  # scripted Dropout found by its original name
+    x = images()
+    model.set_mc_dropout(True)
+    assert not torch.allclose(model.predict(x), model.predict(x))
 
 
 def test_onnx(tmp_path, net):

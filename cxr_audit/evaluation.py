@@ -1,0 +1,196 @@
+"""From predictions and real labels to metrics.json: per concept and per coverage cell, with patient-level
+bootstrap CIs.
+
+One bootstrap weight matrix (patients resampled) is drawn for the whole test set and shared by every
+concept and cell, and by every model scored on the same images with the same seed: that is what makes the
+paired comparison between a baseline and a candidate valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cxr_audit import __version__
+from cxr_audit.metrics.bootstrap import Estimate, paired_difference, patient_weights, percentile_ci
+from cxr_audit.metrics.calibration import calibration_errors, reliability_diagram
+from cxr_audit.metrics.discrimination import threshold_metrics, weighted_auroc, weighted_average_precision
+from cxr_audit.metrics.uncertainty import binary_entropy, decompose
+from cxr_audit.spec import Cell
+
+METRICS_SCHEMA_VERSION = "1.0"
+SUMMARY_METRICS = ("auprc", "auroc", "ece", "ace", "mce", "brier", "entropy")
+THRESHOLD_METRICS = ("precision", "recall", "specificity", "f1")
+
+
+@dataclass
+class EvaluationInput:
+    """Everything evaluation needs, for images of one split."""
+
+    concepts: list[str]               # columns of probabilities and labels
+    probabilities: np.ndarray         # (N, K)
+    labels: np.ndarray                # (N, K): 1, 0, NaN unknown
+    patient_ids: np.ndarray           # (N,)
+    thresholds: dict[str, tuple[float, str]]   # concept -> (threshold, where it came from)
+    stochastic: np.ndarray | None = None       # (T, N, K) MC-dropout / TTA samples
+    stochastic_method: str | None = None
+    frame: object | None = None       # manifest frame (sex, age, view) for subgroup cells
+    cells: list[Cell] = field(default_factory=list)
+    cell_plausibility: dict[str, bool] = field(default_factory=dict)
+
+
+def _replicate_metrics(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray, threshold: float,
+                       mutual_information: np.ndarray | None) -> dict[str, tuple[float, np.ndarray]]:
+    """(point estimate, bootstrap replicates) of every metric for one binary target."""
+    unit = np.ones((1, scores.size))
+    both = np.vstack([unit, weights])  # row 0 is the point estimate
+    with np.errstate(invalid="ignore", divide="ignore"):  # a replicate may draw no image: NaN, not an error
+        return _metric_rows(scores, labels, both, threshold, mutual_information)
+
+
+def _metric_rows(scores, labels, both, threshold, mutual_information) -> dict[str, tuple[float, np.ndarray]]:
+    values: dict[str, np.ndarray] = {
+        "auprc": weighted_average_precision(scores, labels, both),
+        "auroc": weighted_auroc(scores, labels, both),
+    }
+    values.update(calibration_errors(scores, labels, both))
+    values["entropy"] = both @ binary_entropy(scores) / both.sum(axis=1)
+    if mutual_information is not None:
+        values["mutual_information"] = both @ mutual_information / both.sum(axis=1)
+    values.update(threshold_metrics(scores, labels, threshold, both))
+    return {name: (float(v[0]), v[1:]) for name, v in values.items()}
+
+
+def _summarise(replicated: dict[str, tuple[float, np.ndarray]]) -> dict[str, dict]:
+    return {name: percentile_ci(point, reps).to_json() for name, (point, reps) in replicated.items()}
+
+
+def _pr_curve(scores: np.ndarray, labels: np.ndarray, points: int = 60) -> dict[str, list[float]]:
+    """Precision-recall points for plotting, thinned to about `points` thresholds."""
+    if labels.sum() == 0:
+        return {"precision": [], "recall": []}
+    order = np.argsort(-scores, kind="mergesort")
+    y = labels[order]
+    tp, fp = np.cumsum(y), np.cumsum(1 - y)
+    keep = np.unique(np.linspace(0, y.size - 1, min(points, y.size)).astype(int))
+    precision = tp[keep] / (tp[keep] + fp[keep])
+    recall = tp[keep] / y.sum()
+    return {"precision": [round(float(v), 5) for v in precision], "recall": [round(float(v), 5) for v in recall]}
+
+
+def _subgroup_mask(frame, cell: Cell) -> np.ndarray:
+    from cxr_audit.coverage import _subgroup_mask as mask_of
+
+    return mask_of(frame, cell.subgroup) if frame is not None else np.ones(0, bool)
+
+
+def cell_target(cell: Cell, concepts: list[str], probabilities: np.ndarray, labels: np.ndarray):
+    """A cell as a binary task: target = in the cell; score = P(all_of) * P(not none_of), treating the
+    model's outputs as independent. Images with an unknown label for any of the cell's concepts are left
+    out. Returns (known mask, scores, targets) or None when the model does not predict a cell concept."""
+    index = {c: j for j, c in enumerate(concepts)}
+    if any(c not in index for c in cell.concepts):
+        return None
+    columns = [index[c] for c in cell.concepts]
+    known = ~np.isnan(labels[:, columns]).any(axis=1)
+    score = np.ones(len(labels))
+    target = np.ones(len(labels), dtype=bool)
+    for c in cell.all_of:
+        score *= probabilities[:, index[c]]
+        target &= labels[:, index[c]] == 1
+    for c in cell.none_of:
+        score *= 1 - probabilities[:, index[c]]
+        target &= labels[:, index[c]] == 0
+    return known, score, target.astype(float)
+
+
+@dataclass
+class Evaluation:
+    """Metrics plus the replicates needed to compare this evaluation with another on the same images."""
+
+    document: dict
+    replicates: dict[str, dict[str, tuple[float, np.ndarray]]]  # target id -> metric -> (point, reps)
+
+
+def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> Evaluation:
+    weights = patient_weights(data.patient_ids, n_replicates, seed)
+    mutual = decompose(data.stochastic)["mutual_information"] if data.stochastic is not None else None
+    concepts_out, reliability, curves, replicates = {}, {}, {}, {}
+    for j, concept in enumerate(data.concepts):
+        known = ~np.isnan(data.labels[:, j])
+        scores, labels = data.probabilities[known, j], data.labels[known, j]
+        threshold = data.thresholds[concept][0]
+        replicated = _replicate_metrics(scores, labels, weights[:, known], threshold,
+                                        None if mutual is None else mutual[known, j])
+        replicates[concept] = replicated
+        concepts_out[concept] = {
+            "n": int(known.sum()), "positives": int(labels.sum()),
+            "patients": int(np.unique(data.patient_ids[known]).size),
+            "prevalence": round(float(labels.mean()), 6) if labels.size else None,
+            "threshold": {"value": threshold, "source": data.thresholds[concept][1]},
+            **_summarise(replicated),
+        }
+        reliability[concept] = reliability_diagram(scores, labels)
+        curves[concept] = _pr_curve(scores, labels)
+
+    cells_out = {}
+    for cell in data.cells:
+        target = cell_target(cell, data.concepts, data.probabilities, data.labels)
+        if target is None:
+            cells_out[cell.id] = {"evaluated": False, "reason": "the model does not predict every concept of "
+                                  "this cell"}
+            continue
+        known, score, in_cell = target
+        if data.frame is not None and cell.subgroup is not None:
+            known &= _subgroup_mask(data.frame, cell)
+        threshold = float(np.prod([data.thresholds[c][0] for c in cell.all_of]))
+        replicated = _replicate_metrics(score[known], in_cell[known], weights[:, known], threshold, None)
+        replicates[f"cell:{cell.id}"] = replicated
+        cells_out[cell.id] = {
+            "evaluated": True, "all_of": cell.all_of, "none_of": cell.none_of,
+            "subgroup": cell.subgroup.model_dump() if cell.subgroup else None,
+            "plausible": data.cell_plausibility.get(cell.id, True),
+            "n": int(known.sum()), "positives": int(in_cell[known].sum()),
+            "threshold": {"value": round(threshold, 6), "source": "product of the all_of thresholds"},
+            **_summarise(replicated),
+        }
+        curves[f"cell:{cell.id}"] = _pr_curve(score[known], in_cell[known])
+
+    document = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "tool_version": __version__,
+        "n_images": int(len(data.labels)),
+        "n_patients": int(np.unique(data.patient_ids).size),
+        "bootstrap": {"unit": "patient", "replicates": n_replicates, "seed": seed, "interval": "percentile 95%"},
+        "uncertainty": {"method": data.stochastic_method or "none",
+                        "samples": int(data.stochastic.shape[0]) if data.stochastic is not None else 0},
+        "concepts": concepts_out,
+        "cells": cells_out,
+        "reliability": reliability,
+        "pr_curves": curves,
+    }
+    return Evaluation(document, replicates)
+
+
+def compare(old: Evaluation, new: Evaluation) -> dict[str, dict[str, dict]]:
+    """Paired bootstrap of new - old for every target and metric both evaluations share.
+
+    Valid only when both were computed on the same images with the same bootstrap seed (the caller checks
+    the test set's identity)."""
+    out: dict[str, dict[str, dict]] = {}
+    for target, metrics in new.replicates.items():
+        if target not in old.replicates:
+            continue
+        out[target] = {}
+        for name, (point_new, reps_new) in metrics.items():
+            if name not in old.replicates[target]:
+                continue
+            point_old, reps_old = old.replicates[target][name]
+            out[target][name] = paired_difference(point_old, point_new, reps_old, reps_new).to_json()
+    return out
+
+
+def estimate_of(document: dict, concept: str, metric: str) -> Estimate:
+    entry = document["concepts"][concept][metric]
+    return Estimate(entry["value"], tuple(entry["ci"]) if entry["ci"] else None)

@@ -1,0 +1,80 @@
+"""The evaluate stage, on a real trained model and on a real black-box model's predictions."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxr_audit.evaluate_stage import EvaluateOptions, run_evaluate
+from cxr_audit.models import LoadedModel
+
+REQUIRED = ("n", "positives", "auprc", "auroc", "ece", "ace", "mce", "brier", "entropy")
+
+
+def test_black_box_chexnet_predictions_on_real_nih_images(shared_data, tmp_path, run_cli):
+    nih = shared_data / "nih621"
+    result = run_cli("evaluate", "--predictions", nih / "chexnet_predictions.csv", "--data", nih / "labels.csv",
+                     "--format", "nih", "--spec", "coverage_specs/nih.yaml", "--out", tmp_path, "--bootstrap", 300)
+    assert result.exit_code == 0, result.output
+    assert "Cardiomegaly" in result.output and "AUROC" in result.output
+    document = json.loads((tmp_path / "metrics.json").read_text())
+    assert document["schema_version"] == "1.0" and document["data"]["split"] == "all"
+    assert len(document["concepts"]) == 14
+    for metrics in document["concepts"].values():
+        assert all(key in metrics for key in REQUIRED)
+        low, high = metrics["auroc"]["ci"]
+        assert low <= metrics["auroc"]["value"] <= high
+    # independent check straight from the two CSVs
+    labels = pd.read_csv(nih / "labels.csv")
+    predictions = pd.read_csv(nih / "chexnet_predictions.csv").set_index("Image Index").loc[labels["Image Index"]]
+    truth = labels["Finding Labels"].str.contains("Effusion").astype(int)
+    expected = roc_auc_score(truth, predictions["prob_Effusion"])
+    assert document["concepts"]["Pleural Effusion"]["auroc"]["value"] == pytest.approx(expected, abs=1e-6)
+    assert document["concepts"]["Cardiomegaly"]["auroc"]["value"] > 0.85  # a real CheXNet finds cardiomegaly
+    cell = document["cells"]["NIH-COV-001"]
+    assert cell["evaluated"] and cell["positives"] == int(
+        (labels["Finding Labels"].str.contains("Cardiomegaly") & labels["Finding Labels"].str.contains("Effusion")).sum())
+
+
+def test_predictions_missing_images_exit_2(shared_data, tmp_path, run_cli):
+    nih = shared_data / "nih621"
+    partial = tmp_path / "partial.csv"
+    pd.read_csv(nih / "chexnet_predictions.csv").iloc[:100].to_csv(partial, index=False)
+    result = run_cli("evaluate", "--predictions", partial, "--data", nih / "labels.csv", "--format", "nih",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "no prediction for 521 of 621 images" in result.output
+
+
+def test_model_evaluation_writes_metrics_with_uncertainty_and_uses_the_cache(
+        phantom_dataset, phantom_model, tmp_path, monkeypatch):
+    options = EvaluateOptions(data=phantom_dataset / "labels.csv", data_format="chexpert", out=tmp_path / "run",
+                              model=phantom_model, spec=__import__("pathlib").Path("coverage_specs/phantom.yaml"),
+                              bootstrap=200, mc_samples=4, workers=0, cache_dir=tmp_path / "cache", progress=False)
+    document, _ = run_evaluate(options)
+    assert document["data"]["split"] == "test" and document["uncertainty"]["method"] == "mc_dropout"
+    concepts = document["concepts"]
+    assert set(concepts) == {"Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Consolidation", "Edema",
+                             "Atelectasis", "Nodule", "Support Devices"}
+    assert all("mutual_information" in m for m in concepts.values())
+    assert concepts["Cardiomegaly"]["threshold"]["source"] == "validation split (max F1)"
+    assert concepts["Cardiomegaly"]["auroc"]["value"] > 0.75  # really trained (chance is 0.5)
+    stored = np.load(tmp_path / "run" / "predictions.npz")
+    assert stored["probabilities"].shape == (document["n_images"], 8)
+    assert document["reliability"]["Cardiomegaly"]["count"] and document["pr_curves"]["Cardiomegaly"]["recall"]
+
+    # Second run on the same images: every prediction comes from the cache, the model is never called.
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model ran although every prediction was cached")
+
+    monkeypatch.setattr(LoadedModel, "predict", refuse)
+    options.out, options.mc_samples = tmp_path / "run2", 0
+    again, _ = run_evaluate(options)
+    assert again["concepts"]["Cardiomegaly"]["auroc"] == concepts["Cardiomegaly"]["auroc"]
+
+
+def test_model_and_predictions_are_mutually_exclusive(phantom_dataset, tmp_path, run_cli):
+    result = run_cli("evaluate", "--data", phantom_dataset / "labels.csv", "--format", "chexpert",
+                     "--out", tmp_path)
+    assert result.exit_code == 2 and "exactly one of --model" in result.output
