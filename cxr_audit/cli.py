@@ -158,8 +158,9 @@ def evaluate_command(
     data: DataOption,
     out: OutOption,
     data_format: FormatOption = DataFormat.csv,
-    model: Annotated[Path | None, typer.Option("--model", help="Model file: TorchScript, ONNX, state_dict, "
-                                               "safetensors, torchxrayvision checkpoint.")] = None,
+    model: Annotated[list[Path] | None, typer.Option("--model", help="Model file: TorchScript, ONNX, state_dict, "
+                                                     "safetensors, torchxrayvision checkpoint. Repeat for an "
+                                                     "ensemble.")] = None,
     card: Annotated[Path | None, typer.Option("--card", help="Model card YAML (default: <model>.card.yaml).")] = None,
     predictions: Annotated[Path | None, typer.Option("--predictions", help="CSV of a black-box model's "
                                                      "outputs, instead of --model.")] = None,
@@ -184,7 +185,7 @@ def evaluate_command(
     if bootstrap < 100:
         raise UserInputError(f"--bootstrap {bootstrap} is too few replicates for a 95% interval; use 100 or more.")
     document, _ = run_evaluate(EvaluateOptions(
-        data=data, data_format=data_format.value, out=out, model=model, card=card, predictions=predictions,
+        data=data, data_format=data_format.value, out=out, models=model or [], card=card, predictions=predictions,
         spec=spec, root=root, split=split.value, bootstrap=bootstrap, seed=seed, mc_samples=mc_samples,
         batch_size=batch_size, workers=workers, allow_pickle=allow_pickle,
         cache_dir=None if no_cache else default_cache_dir(), force=force))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ class EvaluateOptions:
     data: Path
     data_format: str
     out: Path
-    model: Path | None = None
+    models: list[Path] = field(default_factory=list)  # several models: an ensemble
     card: Path | None = None
     predictions: Path | None = None
     spec: Path | None = None
@@ -77,15 +77,19 @@ def _thresholds(concepts: list[str], card_thresholds: dict[str, float], validati
 
 
 def run_evaluate(options: EvaluateOptions) -> tuple[dict, Evaluation]:
-    if (options.model is None) == (options.predictions is None):
-        raise UserInputError("Pass exactly one of --model (a model file) or --predictions (a CSV of a model's "
-                             "outputs).")
+    if bool(options.models) == (options.predictions is not None):
+        raise UserInputError("Pass exactly one of --model (a model file; repeat it for an ensemble) or "
+                             "--predictions (a CSV of a model's outputs).")
     spec: CoverageSpec | None = load_spec(options.spec) if options.spec else None
     notes: list[str] = []
     inputs = {"data": sha256_file(options.data) if options.data.is_file() else "folder"}
     if options.spec:
         inputs["spec"] = sha256_file(options.spec)
-    inputs["model" if options.model else "predictions"] = sha256_file(options.model or options.predictions)
+    if options.models:
+        for k, path in enumerate(options.models):
+            inputs["model" if k == 0 else f"model_{k + 1}"] = sha256_file(path)
+    else:
+        inputs["predictions"] = sha256_file(options.predictions)
     guard_artifact(options.out / "metrics.json", inputs, options.force)
 
     manifest = read_manifest(options.data, options.data_format, options.root)
@@ -98,19 +102,29 @@ def run_evaluate(options: EvaluateOptions) -> tuple[dict, Evaluation]:
     model_info: dict
     stochastic = None
     method = None
-    if options.model:
+    if options.models:
         from cxr_audit.inference import predict, stochastic_predictions
         from cxr_audit.models import load_model
 
-        model = load_model(options.model, options.card, options.allow_pickle)
-        notes += model.notes
+        members = [load_model(path, options.card if len(options.models) == 1 else None, options.allow_pickle)
+                   for path in options.models]
+        model = members[0]
+        if any(m.concepts != model.concepts for m in members[1:]):
+            raise UserInputError("The ensemble's models predict different concepts (check each card's "
+                                 "output_names); an ensemble averages models with the same outputs.")
+        for m in members:
+            notes += m.notes
         paths = [test.resolve_image(p) for p in test.frame["path"]]
-        model_probabilities = predict(model, paths, options.batch_size, options.workers, options.cache_dir,
-                                      options.progress)
+        member_probabilities = np.stack([predict(m, paths, options.batch_size, options.workers, options.cache_dir,
+                                                 options.progress) for m in members])
+        model_probabilities = member_probabilities.mean(axis=0)
         model_concepts = model.concepts
         card_thresholds = model.card.thresholds
-        model_info = {"path": str(options.model), "sha256": model.sha256, "format": model.format,
+        model_info = {"path": str(options.models[0]), "sha256": model.sha256, "format": model.format,
                       "card": model.card.model_dump(mode="json")}
+        if len(members) > 1:
+            model_info["ensemble"] = [{"path": str(m.path), "sha256": m.sha256, "format": m.format} for m in members]
+            notes.append(f"ensemble of {len(members)} models: probabilities averaged; uncertainty from their spread")
     else:
         from cxr_audit.blackbox import read_predictions
 
@@ -130,14 +144,16 @@ def run_evaluate(options: EvaluateOptions) -> tuple[dict, Evaluation]:
     probabilities = model_probabilities[:, columns]
 
     validation_data = None
-    if validation is not None and options.model and any(c not in card_thresholds for c in concepts):
+    if validation is not None and options.models and any(c not in card_thresholds for c in concepts):
         val_paths = [validation.resolve_image(p) for p in validation.frame["path"]]
-        val_probabilities = predict(model, val_paths, options.batch_size, options.workers, options.cache_dir,
-                                    options.progress)[:, columns]
+        val_probabilities = np.mean([predict(m, val_paths, options.batch_size, options.workers, options.cache_dir,
+                                             options.progress) for m in members], axis=0)[:, columns]
         validation_data = (val_probabilities, validation.labels(concepts, policy))
     thresholds = _thresholds(concepts, card_thresholds, validation_data)
 
-    if options.model and options.mc_samples > 0:
+    if options.models and len(options.models) > 1:
+        stochastic, method = member_probabilities[:, :, columns], "ensemble"
+    elif options.models and options.mc_samples > 0:
         sampled = stochastic_predictions(model, paths, options.mc_samples, options.batch_size, options.workers,
                                          options.seed, options.progress)
         stochastic, method = sampled.samples[:, :, columns], sampled.method

@@ -50,7 +50,7 @@ def test_predictions_missing_images_exit_2(shared_data, tmp_path, run_cli):
 def test_model_evaluation_writes_metrics_with_uncertainty_and_uses_the_cache(
         phantom_dataset, phantom_model, tmp_path, monkeypatch):
     options = EvaluateOptions(data=phantom_dataset / "labels.csv", data_format="chexpert", out=tmp_path / "run",
-                              model=phantom_model, spec=__import__("pathlib").Path("coverage_specs/phantom.yaml"),
+                              models=[phantom_model], spec=__import__("pathlib").Path("coverage_specs/phantom.yaml"),
                               bootstrap=200, mc_samples=4, workers=0, cache_dir=tmp_path / "cache", progress=False)
     document, _ = run_evaluate(options)
     assert document["data"]["split"] == "test" and document["uncertainty"]["method"] == "mc_dropout"
@@ -78,3 +78,24 @@ def test_model_and_predictions_are_mutually_exclusive(phantom_dataset, tmp_path,
     result = run_cli("evaluate", "--data", phantom_dataset / "labels.csv", "--format", "chexpert",
                      "--out", tmp_path)
     assert result.exit_code == 2 and "exactly one of --model" in result.output
+
+
+def test_an_ensemble_averages_members_and_reports_their_disagreement(phantom_dataset, phantom_model, tmp_path,
+                                                                     run_cli):
+    import shutil
+
+    import torch
+
+    from cxr_audit.nets import SmallCXRNet
+
+    other = tmp_path / "other.ts"
+    torch.manual_seed(3)
+    torch.jit.script(SmallCXRNet(8, width=8).eval()).save(str(other))  # an untrained member disagrees
+    shutil.copy(phantom_model.with_name(phantom_model.name + ".card.yaml"), other.with_name("other.ts.card.yaml"))
+    result = run_cli("evaluate", "--model", phantom_model, "--model", other, "--data", phantom_dataset / "labels.csv",
+                     "--format", "chexpert", "--out", tmp_path / "run", "--bootstrap", 200, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert document["uncertainty"] == {"method": "ensemble", "samples": 2}
+    assert len(document["model"]["ensemble"]) == 2 and "model_2" in document["inputs_sha256"]
+    assert document["concepts"]["Cardiomegaly"]["mutual_information"]["value"] > 0.01

@@ -363,11 +363,11 @@ class _Body:
         return layer * np.exp(-distance_from_hilum / 0.18) * lungs
 
 
-def _finding_layers(body: _Body, f: FindingParams) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{finding: (density change, support mask)} for each finding present (not Cardiomegaly, which
-    changes the heart itself)."""
+def _finding_layers(body: _Body, f: FindingParams) -> dict[str, np.ndarray]:
+    """{finding: density change} for each finding present (not Cardiomegaly, which changes the heart
+    itself). `render` derives each finding's mask from where its change is non-zero."""
     g, a = body.grid, body.anatomy
-    layers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    layers: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(f.blob_seed)
     texture = _smooth_noise(rng, g.size, sigma=g.size / 40)
 
@@ -383,7 +383,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, tuple[np.ndarray
             fluid = _smoothstep_inside(meniscus - g.y, 0.035)
             depth = np.clip((g.y - meniscus) / 0.08, 0, 1)  # denser toward the base
             change += (0.24 + 0.14 * depth) * fluid * body.lung(side)  # fluid replaces air
-        layers["Pleural Effusion"] = (change, change > 0.01)
+        layers["Pleural Effusion"] = change
 
     if "Pneumothorax" in f.present:
         severity, side = f.severity["Pneumothorax"], f.side["Pneumothorax"]
@@ -401,7 +401,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, tuple[np.ndarray
         pleural_line = np.clip(collapsed - ndimage.grey_erosion(collapsed, size=(2, 2)), 0, 1)
         markings = body._markings(lung)
         change = -0.10 * space - 0.10 * markings * (space > 0.05) + 0.08 * pleural_line * (space.max() > 0)
-        layers["Pneumothorax"] = (change, (space > 0.05) | ((pleural_line > 0.05) & (space > 0)))
+        layers["Pneumothorax"] = change
 
     if "Consolidation" in f.present:
         severity, side = f.severity["Consolidation"], f.side["Consolidation"]
@@ -411,7 +411,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, tuple[np.ndarray
         radius = 0.05 + 0.07 * severity
         blob = _smoothstep_inside(_ellipse_distance(g, cx, cy, radius * 1.2, radius) + 0.02 * texture, 0.03)
         change = 0.28 * blob * body.lung(side) * (0.8 + 0.2 * np.clip(texture, -1, 1))
-        layers["Consolidation"] = (change, change > 0.01)
+        layers["Consolidation"] = change
 
     if "Edema" in f.present:
         severity = f.severity["Edema"]
@@ -422,7 +422,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, tuple[np.ndarray
             haze = np.maximum(haze, np.exp(-(d / (0.10 + 0.06 * severity)) ** 2))  # bat-wing
         lungs = body.lung("both")
         change = (0.20 + 0.08 * severity) * haze * lungs * (0.85 + 0.15 * np.clip(texture, -1, 1))
-        layers["Edema"] = (change, change > 0.01)
+        layers["Edema"] = change
 
     if "Atelectasis" in f.present:
         severity, side = f.severity["Atelectasis"], f.side["Atelectasis"]
@@ -435,7 +435,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, tuple[np.ndarray
             lines.append(([(xa, y + 0.01 * rng.normal()), ((xa + xb) / 2, y + 0.012), (xb, y)], 0.012 + 0.01 * severity))
         bands = ndimage.gaussian_filter(_lines_layer(g, lines), 0.8)
         change = 0.30 * bands * body.lung(side)
-        layers["Atelectasis"] = (change, change > 0.01)
+        layers["Atelectasis"] = change
 
     if "Nodule" in f.present:
         severity, side = f.severity["Nodule"], f.side["Nodule"]
@@ -445,7 +445,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, tuple[np.ndarray
         radius = 0.018 + 0.022 * severity
         disc = _smoothstep_inside(_ellipse_distance(g, cx, cy, radius, radius), 2 * g.px)
         change = 0.30 * disc * np.clip(body.lung(side) + 0.3, 0, 1)
-        layers["Nodule"] = (change, change > 0.01)
+        layers["Nodule"] = change
 
     if "Support Devices" in f.present:
         lines = []
@@ -463,7 +463,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, tuple[np.ndarray
                 lines.append(([(px, py + 0.018), (px + 0.02, py + 0.12)], 0.004))
         layer = _lines_layer(g, lines)
         change = 0.6 * layer
-        layers["Support Devices"] = (change, layer > 0.02)
+        layers["Support Devices"] = change
     return layers
 
 
@@ -483,7 +483,7 @@ def render(study: Study, size: int = 128) -> Rendered:
         # displaced. Every layer that depends on the heart changes only where either heart is non-zero.
         normal = _Body(grid, a, a.heart_width)
         masks["Cardiomegaly"] = (body.heart > 0) | (normal.heart > 0)
-    for name, (change, _) in _finding_layers(body, f).items():
+    for name, change in _finding_layers(body, f).items():
         # Compact support: density changes too faint to see are cut, so the mask is exactly where the
         # finding changed the image.
         change = np.where(np.abs(change) > 0.005, change, 0.0)
