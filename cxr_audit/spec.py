@@ -135,6 +135,15 @@ class RuleSpec(_Strict):
         return concepts.Rule(self.if_, kind, then, "spec")
 
 
+class SynthesisOptions(_Strict):
+    """How deficits may be filled with synthetic images (CARS)."""
+
+    budget_per_cell: int = Field(200, ge=0, description="most synthetic images planned for one cell")
+    max_positive_findings: int = Field(3, ge=1, description="most positive findings in a target vector")
+    allow_unseen_combinations: bool = Field(
+        False, description="synthesize targets whose set of findings no real image has (needs clinical sign-off)")
+
+
 class CoverageSpec(_Strict):
     version: Literal[1] = SPEC_VERSION
     concepts: list[ConceptName] = Field(min_length=1)
@@ -143,6 +152,7 @@ class CoverageSpec(_Strict):
     pairwise: Pairwise | None = None
     rules: list[RuleSpec] = Field(default_factory=list)
     frontal_only: bool = True
+    synthesis: SynthesisOptions = Field(default_factory=SynthesisOptions)
 
     @model_validator(mode="after")
     def _consistent(self) -> "CoverageSpec":

@@ -1,0 +1,141 @@
+"""Anatomical edit regions: where on this image a concept may be inserted or deleted.
+
+Input is a set of anatomy masks for one image (lungs left/right, and where known heart and mediastinum),
+from the phantom, from mask files on disk, or from a segmentation model. Each region name of
+`concepts.REGIONS` is derived from them; regions that are not drawn directly (costophrenic angles,
+apical/lateral pleura, perihilar zones) come from each lung's own extent. The edit mask of a concept is the
+union of its regions, side-aware for one-sided findings, then dilated and feathered.
+
+Sides are the patient's: the right lung is on the image's left.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from cxr_audit import concepts
+from cxr_audit.errors import UserInputError
+
+ANATOMY = ("lung_right", "lung_left", "heart", "mediastinum")
+
+
+def load_mask_folder(folder: str | Path, size: int | None = None) -> dict[str, np.ndarray]:
+    """Anatomy masks saved as PNGs named after ANATOMY (the phantom's layout); lungs are required."""
+    folder = Path(folder)
+    masks = {}
+    for name in ANATOMY:
+        path = folder / f"{name}.png"
+        if path.exists():
+            with Image.open(path) as image:
+                if size is not None and image.size != (size, size):
+                    image = image.resize((size, size), Image.Resampling.NEAREST)
+                masks[name] = np.asarray(image) > 127
+    if "lung_right" not in masks or "lung_left" not in masks:
+        raise UserInputError(f"Anatomy masks in {folder} lack lung_right.png / lung_left.png.")
+    return masks
+
+
+def _rows_cols(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+
+
+def _lung_zones(lung: np.ndarray, side: str) -> dict[str, np.ndarray]:
+    """Zones of one lung from its bounding box: lower lateral (costophrenic), upper + lateral rim
+    (pneumothorax), medial middle (perihilar)."""
+    zones = {k: np.zeros_like(lung) for k in ("costophrenic", "apical_lateral", "perihilar")}
+    rows, cols = _rows_cols(lung)
+    if rows.size == 0:
+        return zones
+    top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]
+    height, width = bottom - top + 1, right - left + 1
+    y, x = np.mgrid[: lung.shape[0], : lung.shape[1]]
+    # 0 at the medial edge, 1 at the chest wall (the right lung's chest wall is on the image's left)
+    lateral = (right - x) / width if side == "right" else (x - left) / width
+    depth = (y - top) / height
+    rim = lung & ~ndimage.binary_erosion(lung, iterations=max(2, width // 3))  # where a collapsing lung retracts
+    below = ndimage.binary_dilation(lung, iterations=max(2, height // 10)) & (depth > 0.7)
+    zones["costophrenic"] = ((lung | below) & (depth > 0.6))
+    zones["apical_lateral"] = lung & ((depth < 0.45) | (rim & (lateral > 0.4) & (depth < 0.85)))
+    zones["perihilar"] = lung & (depth > 0.2) & (depth < 0.75) & (lateral < 0.6)
+    return zones
+
+
+def regions_from_anatomy(masks: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """{region: {'right': mask, 'left': mask, 'both': mask}} for every region name in concepts.REGIONS."""
+    right, left = masks["lung_right"].astype(bool), masks["lung_left"].astype(bool)
+    shape = right.shape
+    lungs = right | left
+    rows, cols = _rows_cols(lungs)
+    if rows.size == 0:
+        raise UserInputError("The anatomy masks hold no lung pixels; the edit region cannot be placed.")
+    top, bottom = rows[0], rows[-1]
+    hull = np.zeros(shape, bool)
+    for r in rows:  # the span between the outer lung edges on each row: the thorax
+        line = np.flatnonzero(lungs[r])
+        hull[r, line[0]: line[-1] + 1] = True
+    between = hull & ~lungs
+    y = np.mgrid[: shape[0], : shape[1]][0]
+    heart = masks.get("heart")
+    if heart is None:  # no heart mask: the lower part of the space between the lungs
+        heart = between & (y > top + 0.55 * (bottom - top))
+    mediastinum = masks.get("mediastinum")
+    if mediastinum is None:
+        mediastinum = between & (y <= top + 0.6 * (bottom - top))
+    heart, mediastinum = heart.astype(bool), mediastinum.astype(bool)
+    # An enlarging heart grows into the lungs: its region reaches beyond today's silhouette.
+    cardiac = ndimage.binary_dilation(heart, iterations=max(2, int(0.08 * shape[1])))
+    zones = {"right": _lung_zones(right, "right"), "left": _lung_zones(left, "left")}
+
+    def sided(right_mask: np.ndarray, left_mask: np.ndarray) -> dict[str, np.ndarray]:
+        return {"right": right_mask, "left": left_mask, "both": right_mask | left_mask}
+
+    def central(mask: np.ndarray) -> dict[str, np.ndarray]:
+        return {"right": mask, "left": mask, "both": mask}
+
+    pleura_band = lambda lung: lung & ~ndimage.binary_erosion(lung, iterations=2)  # noqa: E731
+    outside = lambda lung: ndimage.binary_dilation(lung, iterations=4) & ~lung  # noqa: E731
+    # Tubes, lines and ECG leads lie anywhere over the upper chest and neck, lungs included.
+    upper = np.zeros(shape, bool)
+    upper[: top + int(0.4 * (bottom - top)), max(cols[0] - 4, 0): cols[-1] + 5] = True
+    diaphragm = ndimage.binary_dilation(lungs, iterations=6) & ~lungs & (y > top + 0.6 * (bottom - top))
+    return {
+        "lung_fields": sided(right, left),
+        "cardiac_silhouette": central(cardiac),
+        "mediastinum": central(mediastinum),
+        "costophrenic_angles": sided(zones["right"]["costophrenic"], zones["left"]["costophrenic"]),
+        "apical_lateral_pleura": sided(zones["right"]["apical_lateral"], zones["left"]["apical_lateral"]),
+        "perihilar": sided(zones["right"]["perihilar"], zones["left"]["perihilar"]),
+        "upper_chest": central(upper | mediastinum),
+        "chest_wall": sided(outside(right), outside(left)),
+        "diaphragm": central(diaphragm),
+        "pleura": sided(pleura_band(right), pleura_band(left)),
+        "whole_image": central(np.ones(shape, bool)),
+    }
+
+
+def edit_mask(concept_names: list[str], masks: dict[str, np.ndarray], side: str = "both",
+              dilate_px: int | None = None, feather_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The edit region for inserting or deleting `concept_names` on this image.
+
+    Returns (binary mask, feathered soft mask in [0, 1]). `side` applies to one-sided concepts only.
+    Dilation and feathering default to a few percent of the image size, so a lesion at a region's edge and
+    the transition into untouched anatomy both fit."""
+    shape = masks["lung_right"].shape
+    dilate_px = max(1, round(0.03 * shape[0])) if dilate_px is None else dilate_px
+    feather_px = 0.02 * shape[0] if feather_px is None else feather_px
+    regions = regions_from_anatomy(masks)
+    binary = np.zeros(shape, bool)
+    for name in concept_names:
+        concept = concepts.get(name)
+        chosen_side = side if concept.lateral else "both"
+        for region in concept.regions:
+            binary |= regions[region][chosen_side]
+    if dilate_px:
+        binary = ndimage.binary_dilation(binary, structure=np.ones((3, 3), bool), iterations=dilate_px)
+    soft = ndimage.gaussian_filter(binary.astype(np.float32), feather_px) if feather_px else binary.astype(np.float32)
+    soft = np.maximum(soft, binary * 0.999).clip(0, 1)  # inside stays fully editable; only the rim ramps
+    return binary, soft.astype(np.float32)

@@ -1,0 +1,1 @@
+"""CARS synthesis: plan targeted perturbations, edit anatomy-grounded regions, check quality."""

@@ -1,0 +1,198 @@
+"""The edit planner: from coverage deficits to targeted perturbations of real training images.
+
+For each under-covered, clinically plausible cell, take training images whose concept vector is one edit
+away from the cell (insert a missing `all_of` finding, or delete a present `none_of` finding; two edits
+when no image is one away), and plan the edit that moves them into the cell. A target vector is kept only
+when it passes the clinical rules and, unless the spec allows it, when its set of findings occurs in at
+least one real image. Rejections are recorded with the rule that rejected them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from cxr_audit import concepts
+from cxr_audit.coverage import CoverageReport, _subgroup_mask
+from cxr_audit.data.manifest import Manifest
+from cxr_audit.spec import Cell, CoverageSpec
+
+PLAN_SCHEMA_VERSION = "1.0"
+
+
+@dataclass
+class PlannedEdit:
+    edit_id: str
+    cell_id: str
+    source_image_id: str
+    source_path: str
+    patient_id: str
+    operations: list[dict]          # [{"op": "insert" | "delete", "concept": name}]
+    source_vector: dict[str, float | None]
+    target_vector: dict[str, float | None]
+    regions: list[str]              # anatomical regions the edit may touch (concepts.py)
+    seed: int
+
+
+@dataclass
+class CellPlan:
+    cell_id: str
+    deficit: int
+    budget: int
+    candidates_one_edit: int
+    candidates_two_edits: int
+    planned: int
+    status: str                     # "planned", "partly planned", "rejected", "no source", "covered"
+    reason: str = ""
+
+
+@dataclass
+class EditPlan:
+    edits: list[PlannedEdit] = field(default_factory=list)
+    cells: list[CellPlan] = field(default_factory=list)
+    rejections: list[dict] = field(default_factory=list)
+
+    def to_json(self, inputs: dict[str, str]) -> dict:
+        return {"schema_version": PLAN_SCHEMA_VERSION, "inputs_sha256": inputs,
+                "cells": [asdict(c) for c in self.cells], "rejections": self.rejections,
+                "edits": [asdict(e) for e in self.edits]}
+
+
+def derive_target(source: dict[str, float | None], operations: list[dict],
+                  rules: concepts.RuleSet) -> dict[str, float | None]:
+    """Apply insert/delete operations and keep the vector consistent: inserted findings set their parents
+    (CheXpert hierarchy), and No Finding is positive exactly when no pathology is (devices aside)."""
+    target = dict(source)
+    for operation in operations:
+        target[operation["concept"]] = 1.0 if operation["op"] == "insert" else 0.0
+    positives = {c for c, v in target.items() if v == 1.0}
+    for parent in rules.implied_positives(positives) - positives:
+        if parent in target:
+            target[parent] = 1.0
+    if concepts.NO_FINDING in target:
+        pathology = {c for c, v in target.items() if v == 1.0} - {concepts.NO_FINDING, "Support Devices"}
+        target[concepts.NO_FINDING] = 0.0 if pathology else 1.0
+    return target
+
+
+def finding_count(vector: dict[str, float | None], rules: concepts.RuleSet) -> int:
+    """Positive findings, not counting No Finding or parents implied by a positive child."""
+    positives = {c for c, v in vector.items() if v == 1.0} - {concepts.NO_FINDING}
+    implied = set()
+    for c in positives:
+        implied |= rules.implied_positives({c}) - {c}
+    return len(positives - implied)
+
+
+def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[dict] | None:
+    """The edits that move an image into the cell, or None if impossible (an unknown label in the way)."""
+    operations = []
+    for c in cell.all_of:
+        value = row[index[c]]
+        if np.isnan(value):
+            return None
+        if value == 0:
+            operations.append({"op": "insert", "concept": c})
+    for c in cell.none_of:
+        value = row[index[c]]
+        if np.isnan(value):
+            return None
+        if value == 1:
+            operations.append({"op": "delete", "concept": c})
+    return operations
+
+
+def _diverse_order(patient_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices ordered so that consecutive picks come from different patients (round-robin, shuffled)."""
+    frame = pd.DataFrame({"patient": patient_ids, "i": np.arange(len(patient_ids))})
+    frame["shuffle"] = rng.random(len(frame))
+    frame = frame.sort_values(["patient", "shuffle"])
+    frame["round"] = frame.groupby("patient").cumcount()
+    patient_rank = {p: r for r, p in enumerate(rng.permutation(frame["patient"].unique()))}
+    frame["patient_rank"] = frame["patient"].map(patient_rank)
+    return frame.sort_values(["round", "patient_rank"])["i"].to_numpy()
+
+
+def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, seed: int = 0) -> EditPlan:
+    """Plan edits on the training split `train` (never the test split) for every deficit in `coverage`."""
+    if "split" in train.frame and train.frame["split"].isin(["test"]).any():
+        raise ValueError("the planner must only see training images; pass the training split")
+    rules = spec.rule_set()
+    names = spec.concepts
+    labels = train.labels(names, spec.label_policy)
+    index = {c: j for j, c in enumerate(names)}
+    seen = {frozenset(np.array(names)[row == 1]) for row in labels}  # finding sets of real images
+    plan = EditPlan()
+    rng = np.random.default_rng(seed)
+    cells_by_id = {c.id: c for c in spec.all_cells()}
+    edit_number = itertools.count(1)
+
+    for cell_report in coverage.cells:
+        cell = cells_by_id[cell_report.id]
+        budget = min(cell_report.deficit, spec.synthesis.budget_per_cell)
+        if cell_report.deficit == 0:
+            continue
+        if not cell_report.plausible:
+            plan.cells.append(CellPlan(cell.id, cell_report.deficit, 0, 0, 0, 0, "rejected",
+                                       "; ".join(cell_report.violations)))
+            continue
+        in_subgroup = _subgroup_mask(train.frame, cell.subgroup)
+        by_distance: dict[int, list[tuple[int, list[dict]]]] = {1: [], 2: []}
+        for i in np.flatnonzero(in_subgroup):
+            operations = _operations_for(cell, labels[i], index)
+            if operations is not None and 1 <= len(operations) <= 2:
+                by_distance[len(operations)].append((i, operations))
+        chosen = by_distance[1] or by_distance[2]
+        accepted = 0
+        reasons: dict[str, int] = {}
+        if chosen:
+            order = _diverse_order(train.frame["patient_id"].to_numpy()[[i for i, _ in chosen]], rng)
+            for k in order:
+                if accepted >= budget:
+                    break
+                i, operations = chosen[k]
+                source = {c: (None if np.isnan(labels[i, j]) else float(labels[i, j])) for c, j in index.items()}
+                target = derive_target(source, operations, rules)
+                reason = _rejection(target, rules, seen, spec)
+                if reason:
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                    continue
+                row = train.frame.iloc[i]
+                regions = sorted({r for op in operations for r in concepts.get(op["concept"]).regions})
+                plan.edits.append(PlannedEdit(
+                    edit_id=f"E{next(edit_number):06d}", cell_id=cell.id, source_image_id=str(row["image_id"]),
+                    source_path=str(row["path"]), patient_id=str(row["patient_id"]), operations=operations,
+                    source_vector=source, target_vector=target, regions=regions,
+                    seed=int(rng.integers(2**31))))
+                accepted += 1
+        for reason, count in sorted(reasons.items()):
+            plan.rejections.append({"cell_id": cell.id, "reason": reason, "sources_rejected": count})
+        if not chosen:
+            status, why = "no source", "no training image within two edits of this cell (in its subgroup)"
+        elif accepted == 0:
+            status, why = "rejected", "; ".join(sorted(reasons)) or "no usable source"
+        else:
+            status = "planned" if accepted >= budget else "partly planned"
+            why = f"{len(by_distance[1]) and 'one' or 'two'}-edit sources"
+        plan.cells.append(CellPlan(cell.id, cell_report.deficit, budget, len(by_distance[1]), len(by_distance[2]),
+                                   accepted, status, why))
+    return plan
+
+
+def _rejection(target: dict[str, float | None], rules: concepts.RuleSet, seen: set[frozenset],
+               spec: CoverageSpec) -> str:
+    """Why a target vector may not be synthesized, or '' when it may."""
+    positives = {c for c, v in target.items() if v == 1.0}
+    negatives = {c for c, v in target.items() if v == 0.0}
+    violations = rules.violations(positives, negatives)
+    if violations:
+        return f"implausible: {violations[0]}"
+    if finding_count(target, rules) > spec.synthesis.max_positive_findings:
+        return f"more than {spec.synthesis.max_positive_findings} positive findings"
+    if frozenset(positives) not in seen and not spec.synthesis.allow_unseen_combinations:
+        return ("never seen: no real image has exactly these findings "
+                f"({', '.join(sorted(positives)) or 'none'}); needs clinical sign-off (synthesis.allow_unseen_combinations)")
+    return ""

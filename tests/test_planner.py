@@ -1,0 +1,111 @@
+"""The CARS edit planner: targeted, plausible, diverse, from training images only."""
+
+import textwrap
+
+import pytest
+
+from cxr_audit.coverage import analyse_coverage
+from cxr_audit.data.readers import read_manifest
+from cxr_audit.spec import load_spec
+from cxr_audit.synthesis.planner import derive_target, plan_edits
+from cxr_audit.concepts import RuleSet
+
+
+def dataset(tmp_path, rows):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,patient_id,split,No Finding,Cardiomegaly,Pleural Effusion,Pneumothorax,Edema\n"
+                   + "".join(f"{r}\n" for r in rows))
+    return read_manifest(csv, "csv")
+
+
+def spec_file(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(text))
+    return load_spec(path), path
+
+
+def plan_for(tmp_path, rows, spec_text, seed=0):
+    manifest = dataset(tmp_path, rows)
+    spec, path = spec_file(tmp_path, spec_text)
+    train = manifest.split("train")
+    return plan_edits(train, spec, analyse_coverage(train, spec, path, {}), seed=seed)
+
+
+ROWS = [  # image, patient, split, NF, Cardio, Effusion, PTX, Edema
+    "a1.png,p1,train,0,1,0,0,0", "a2.png,p1,train,0,1,0,0,0", "b1.png,p2,train,0,1,0,0,0",
+    "c1.png,p3,train,0,1,0,0,0", "d1.png,p4,train,0,0,1,0,0", "e1.png,p5,train,1,0,0,0,0",
+    "f1.png,p6,train,0,1,1,0,0", "g1.png,p7,test,0,1,0,0,0", "h1.png,p8,train,0,0,0,1,0",
+]
+SPEC = """\
+    version: 1
+    concepts: [No Finding, Cardiomegaly, Effusion, Pneumothorax, Edema]
+    cells:
+      - {id: HF, all_of: [Cardiomegaly, Effusion], min_count: 4}
+"""
+
+
+def test_one_edit_sources_from_distinct_patients_within_budget(tmp_path):
+    plan = plan_for(tmp_path, ROWS, SPEC)
+    cell = plan.cells[0]
+    assert (cell.deficit, cell.budget, cell.planned, cell.status) == (3, 3, 3, "planned")
+    assert cell.candidates_one_edit == 5  # four cardiomegaly-only images + one effusion-only image
+    sources = [e.source_image_id for e in plan.edits]
+    assert "g1.png" not in sources  # never from the test split
+    assert len({e.patient_id for e in plan.edits}) == 3  # diverse: three different patients
+    for edit in plan.edits:
+        assert len(edit.operations) == 1
+        assert edit.target_vector["Cardiomegaly"] == 1 and edit.target_vector["Pleural Effusion"] == 1
+        op = edit.operations[0]
+        assert set(edit.regions) == set({"Pleural Effusion": ["costophrenic_angles"],
+                                         "Cardiomegaly": ["cardiac_silhouette"]}[op["concept"]])
+
+
+def test_same_seed_same_plan(tmp_path):
+    first = [e.source_image_id for e in plan_for(tmp_path, ROWS, SPEC, seed=4).edits]
+    assert first == [e.source_image_id for e in plan_for(tmp_path, ROWS, SPEC, seed=4).edits]
+
+
+def test_inserting_into_a_normal_study_clears_no_finding():
+    source = {"No Finding": 1.0, "Pleural Effusion": 0.0, "Lung Opacity": 0.0, "Edema": 0.0}
+    target = derive_target(source, [{"op": "insert", "concept": "Edema"}], RuleSet())
+    assert target == {"No Finding": 0.0, "Pleural Effusion": 0.0, "Lung Opacity": 1.0, "Edema": 1.0}
+    back = derive_target(target, [{"op": "delete", "concept": "Edema"}], RuleSet())
+    assert back["No Finding"] == 0.0  # Lung Opacity stays: it may have another cause
+
+
+def test_no_finding_plus_effusion_is_never_planned_and_the_plan_says_why(tmp_path):
+    plan = plan_for(tmp_path, ROWS, SPEC.replace("all_of: [Cardiomegaly, Effusion]", "all_of: [No Finding, Effusion]"))
+    assert plan.edits == []
+    assert plan.cells[0].status == "rejected" and "No Finding excludes" in plan.cells[0].reason
+
+
+def test_a_user_rule_rejects_targets_and_names_the_rule(tmp_path):
+    spec = SPEC + "    rules:\n      - {if: Pneumothorax, excludes: Cardiomegaly}\n"
+    spec = spec.replace("all_of: [Cardiomegaly, Effusion], min_count: 4", "all_of: [Pneumothorax], min_count: 3")
+    plan = plan_for(tmp_path, ROWS, spec)
+    # cardiomegaly sources would become Cardiomegaly + Pneumothorax, which the rule forbids
+    assert all(e.source_vector["Cardiomegaly"] == 0 for e in plan.edits)
+    assert any("Pneumothorax excludes Cardiomegaly (spec)" in r["reason"] for r in plan.rejections)
+
+
+def test_never_seen_combinations_need_sign_off(tmp_path):
+    spec = SPEC.replace("all_of: [Cardiomegaly, Effusion], min_count: 4", "all_of: [Edema, Pneumothorax], min_count: 2")
+    rows = ROWS + ["i1.png,p9,train,0,0,0,0,1"]
+    plan = plan_for(tmp_path, rows, spec)
+    assert plan.edits == [] and any("never seen" in r["reason"] for r in plan.rejections)
+    allowed = plan_for(tmp_path, rows, spec + "    synthesis: {allow_unseen_combinations: true}\n")
+    assert len(allowed.edits) == 2
+
+
+def test_two_edits_when_no_image_is_one_edit_away(tmp_path):
+    rows = ["a.png,p1,train,1,0,0,0,0", "b.png,p2,train,1,0,0,0,0", "c.png,p3,train,0,1,1,0,0"]
+    plan = plan_for(tmp_path, rows, SPEC.replace("min_count: 4", "min_count: 3"))
+    assert plan.cells[0].candidates_one_edit == 0 and plan.cells[0].candidates_two_edits == 2
+    assert all(len(e.operations) == 2 and e.target_vector["No Finding"] == 0 for e in plan.edits)
+
+
+def test_the_planner_refuses_test_images(tmp_path):
+    manifest = dataset(tmp_path, ROWS)
+    spec, path = spec_file(tmp_path, SPEC)
+    with pytest.raises(ValueError, match="only see training images"):
+        plan_edits(manifest, spec, analyse_coverage(manifest, spec, path, {}))
