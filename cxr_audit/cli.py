@@ -248,6 +248,143 @@ def phantom_command(
                   f"{out / 'samples_grid.png'}")
 
 
+def _training_split(manifest, seed: int):
+    """The images a model was trained on: the 'train' split, assigned by patient when the data has none."""
+    from cxr_audit.data.manifest import assign_patient_splits
+
+    if not manifest.frame["split"].notna().all():
+        manifest = assign_patient_splits(manifest, seed=seed)
+        console.print(f"[yellow]note:[/] no split in the data: patients assigned to train/val/test with seed {seed}")
+    return manifest.split("train")
+
+
+@command("plan")
+def plan_command(
+    data: DataOption,
+    spec: SpecOption,
+    out: OutOption,
+    data_format: FormatOption = DataFormat.csv,
+    root: RootOption = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    force: ForceOption = False,
+) -> None:
+    """Plan CARS edits: for each under-covered cell of the training split, sources one edit away."""
+    from cxr_audit.coverage import analyse_coverage
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.provenance import atomic_write_json, guard_artifact, sha256_file
+    from cxr_audit.spec import load_spec
+    from cxr_audit.synthesis.planner import plan_edits
+
+    coverage_spec = load_spec(spec)
+    inputs = {"spec": sha256_file(spec), "data": _data_sha256(data)}
+    guard_artifact(out / "plan.json", inputs, force)
+    manifest = read_manifest(data, data_format.value, root)
+    if coverage_spec.frontal_only:
+        manifest = manifest.frontal()
+    train = _training_split(manifest, seed)
+    coverage = analyse_coverage(train, coverage_spec, spec, inputs)
+    plan = plan_edits(train, coverage_spec, coverage, seed)
+    document = plan.to_json(inputs)
+    document.update({"seed": seed, "data": {"path": str(data), "format": data_format.value},
+                     "label_policy": coverage_spec.label_policy.model_dump(mode="json")})
+    atomic_write_json(out / "plan.json", document)
+    table = Table(title=f"Edit plan: {len(plan.edits)} edits from {len(train):,} training images", title_justify="left")
+    for header in ("cell", "deficit", "budget", "1-edit sources", "2-edit sources", "planned", "status"):
+        table.add_column(header, justify="left" if header in ("cell", "status") else "right")
+    for cell in plan.cells:
+        table.add_row(cell.cell_id, str(cell.deficit), str(cell.budget), str(cell.candidates_one_edit),
+                      str(cell.candidates_two_edits), str(cell.planned), f"{cell.status}: {cell.reason}")
+    console.print(table)
+    for rejection in plan.rejections:
+        console.print(f"[yellow]rejected:[/] {rejection['cell_id']}: {rejection['sources_rejected']} sources, "
+                      f"{rejection['reason']}")
+    console.print(f"Wrote {out / 'plan.json'}")
+
+
+@command("train-generator")
+def train_generator_command(
+    data: DataOption,
+    out: OutOption,
+    data_format: FormatOption = DataFormat.csv,
+    root: RootOption = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Concepts to condition on (default: all "
+                                              "labelled concepts).")] = None,
+    size: Annotated[int, typer.Option("--size", help="Image size the generator works at.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps.")] = 1500,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Stop (and save) after this long.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    channels: Annotated[str, typer.Option("--channels", help="UNet widths per level, e.g. 16,32,32 (CPU) or "
+                                          "64,128,256,256 (GPU).")] = "16,32,32",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train the concept-conditioned diffusion generator on the training split (resumes from a checkpoint)."""
+    import numpy as np
+
+    from cxr_audit.data.images import load_resized
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.spec import LabelPolicy, load_spec
+    from cxr_audit.synthesis.generator import TrainConfig, train_generator
+
+    coverage_spec = load_spec(spec) if spec else None
+    manifest = read_manifest(data, data_format.value, root).frontal()
+    train = _training_split(manifest, seed)
+    names = [c for c in (coverage_spec.concepts if coverage_spec else manifest.concepts) if c != "No Finding"]
+    train.require_concepts(names, "train-generator")
+    policy = coverage_spec.label_policy if coverage_spec else LabelPolicy()
+    try:
+        widths = tuple(int(c) for c in channels.split(","))
+    except ValueError:
+        raise UserInputError(f"--channels {channels!r} must be comma-separated integers, e.g. 16,32,32.") from None
+    images = np.stack([load_resized(train.resolve_image(p), size) for p in train.frame["path"]])[:, None]
+    card = train_generator(images, train.labels(names, policy), names, out,
+                           TrainConfig(steps=steps, batch_size=batch_size, seed=seed, max_minutes=minutes),
+                           _data_sha256(data), widths)
+    console.print(f"Generator: {card.steps} steps on {card.training_images:,} images at {size}px, "
+                  f"{len(names)} concepts; saved to {out}")
+
+
+@command("synthesize")
+def synthesize_command(
+    run: Annotated[Path, typer.Option("--run", help="Run directory holding plan.json.")],
+    generator: Annotated[Path, typer.Option("--generator", help="Folder written by train-generator.")],
+    data: DataOption,
+    data_format: FormatOption = DataFormat.csv,
+    root: RootOption = None,
+    checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker model "
+                                                 "(never the model under audit) for concept-alignment QC.")] = None,
+    strength: Annotated[float, typer.Option("--strength", help="Share of the schedule re-run (0-1).")] = 0.6,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
+    steps: Annotated[int, typer.Option("--steps", help="DDIM steps over the full schedule.")] = 50,
+    unconstrained: Annotated[bool, typer.Option("--unconstrained", help="Ablation: no anatomy mask.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Default: RUN/synthetic (RUN/unconstrained).")] = None,
+) -> None:
+    """Carry out the edit plan: masked, anatomy-preserving edits with QC; resumable."""
+    import json
+
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.models import load_model
+    from cxr_audit.synthesis.editor import EditSettings
+    from cxr_audit.synthesis.generator import generator_sha256, load_generator
+    from cxr_audit.synthesis.run import SynthesisOptions, run_synthesis
+
+    plan_path = run / "plan.json"
+    if not plan_path.exists():
+        raise UserInputError(f"{plan_path} does not exist: run `cxr-audit plan --out {run}` first.")
+    plan = json.loads(plan_path.read_text())
+    if not 0 < strength <= 1:
+        raise UserInputError(f"--strength {strength} must be in (0, 1].")
+    model, card = load_generator(generator)
+    manifest = read_manifest(data, data_format.value, root).frontal()
+    checker_model = load_model(checker) if checker else None
+    target = out or run / ("unconstrained" if unconstrained else "synthetic")
+    summary = run_synthesis(plan, manifest, model, card, generator_sha256(generator), target, checker_model,
+                            SynthesisOptions(settings=EditSettings(steps=steps, strength=strength, guidance=guidance),
+                                             unconstrained=unconstrained))
+    console.print(f"{summary['accepted']} of {summary['planned']} edits accepted; rejected by reason: "
+                  f"{summary['rejected_by_reason'] or 'none'}; checker agreement {summary['checker_agreement']}")
+    console.print(f"Wrote {target / 'synthetic_manifest.csv'} and {target / 'synthesis.json'}")
+
+
 @command("concepts")
 def concepts_command() -> None:
     """List the concept vocabulary: canonical names, aliases, anatomical regions."""

@@ -109,3 +109,13 @@ def test_the_planner_refuses_test_images(tmp_path):
     spec, path = spec_file(tmp_path, SPEC)
     with pytest.raises(ValueError, match="only see training images"):
         plan_edits(manifest, spec, analyse_coverage(manifest, spec, path, {}))
+
+
+def test_reaching_no_finding_deletes_the_findings_present(tmp_path):
+    spec = SPEC.replace("all_of: [Cardiomegaly, Effusion], min_count: 4", "all_of: [No Finding], min_count: 3")
+    rows = ["a.png,p1,train,0,1,0,0,0", "b.png,p2,train,0,1,1,0,0", "c.png,p3,train,1,0,0,0,0"]
+    plan = plan_for(tmp_path, rows, spec)
+    for edit in plan.edits:
+        assert all(op["op"] == "delete" for op in edit.operations)
+        assert edit.target_vector["No Finding"] == 1 and edit.target_vector["Cardiomegaly"] == 0
+    assert [len(e.operations) for e in plan.edits] == [1]  # one-edit source first; b needs two

@@ -92,6 +92,14 @@ def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[
     operations = []
     for c in cell.all_of:
         value = row[index[c]]
+        if c == concepts.NO_FINDING:
+            # No Finding is derived, never drawn: reaching it means deleting every pathology present.
+            if value != 1:
+                pathology = [p for p in index if p not in (concepts.NO_FINDING, "Support Devices")]
+                if any(np.isnan(row[index[p]]) for p in pathology):
+                    return None  # an unknown finding could remain: the target cannot be certified normal
+                operations += [{"op": "delete", "concept": p} for p in pathology if row[index[p]] == 1]
+            continue
         if np.isnan(value):
             return None
         if value == 0:
@@ -101,6 +109,8 @@ def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[
         if np.isnan(value):
             return None
         if value == 1:
+            if c == concepts.NO_FINDING:
+                return None  # leaving "normal" needs some finding inserted: the cell does not say which
             operations.append({"op": "delete", "concept": c})
     return operations
 
@@ -156,7 +166,7 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
                 i, operations = chosen[k]
                 source = {c: (None if np.isnan(labels[i, j]) else float(labels[i, j])) for c, j in index.items()}
                 target = derive_target(source, operations, rules)
-                reason = _rejection(target, rules, seen, spec)
+                reason = _rejection(target, rules, seen, spec) or _outside_cell(target, cell)
                 if reason:
                     reasons[reason] = reasons.get(reason, 0) + 1
                     continue
@@ -180,6 +190,13 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
         plan.cells.append(CellPlan(cell.id, cell_report.deficit, budget, len(by_distance[1]), len(by_distance[2]),
                                    accepted, status, why))
     return plan
+
+
+def _outside_cell(target: dict[str, float | None], cell: Cell) -> str:
+    """A safety net: the derived target must really lie in the cell it is meant to fill."""
+    if all(target.get(c) == 1.0 for c in cell.all_of) and all(target.get(c) == 0.0 for c in cell.none_of):
+        return ""
+    return "the consistent target vector does not reach the cell"
 
 
 def _rejection(target: dict[str, float | None], rules: concepts.RuleSet, seen: set[frozenset],

@@ -1,0 +1,212 @@
+"""The concept-conditioned diffusion generator (diffusers UNet2DModel + a concept-vector projection).
+
+Conditioning: each concept's label becomes two inputs (positive, negative), so unknown is (0, 0) and
+distinct from negative. The vector is projected and added to the UNet's time embedding
+(`class_embed_type="identity"`) and also broadcast as extra input channels. With probability `p_uncond`
+training replaces it by the all-unknown vector, which gives classifier-free guidance at sampling time.
+
+Saved in diffusers' layout (`unet/`, `scheduler/`) plus `concept_encoder.safetensors` and
+`generator_card.json`, which pins every weight file's SHA-256; loading refuses files that do not match.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cxr_audit import __version__, concepts
+from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import atomic_write_json, sha256_file
+
+GENERATOR_CARD = "generator_card.json"
+
+
+def encode_vectors(labels: np.ndarray) -> torch.Tensor:
+    """(N, K) labels with 1 / 0 / NaN -> (N, 2K) float inputs: [is positive, is negative] per concept."""
+    labels = np.asarray(labels, dtype=np.float32)
+    return torch.from_numpy(np.concatenate([(labels == 1), (labels == 0)], axis=1).astype(np.float32))
+
+
+class ConceptConditionedUNet(nn.Module):
+    """UNet2DModel conditioned on the concept vector twice: projected and added to the time embedding
+    (global), and broadcast as extra input channels (seen by every convolution from the first layer,
+    which a small model on a CPU budget learns much faster). The all-zero vector, every concept unknown,
+    is the unconditional input for classifier-free guidance."""
+
+    def __init__(self, concept_names: list[str], image_size: int = 64,
+                 block_out_channels: tuple[int, ...] = (16, 32, 32), layers_per_block: int = 1):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.concept_names = list(concept_names)
+        n = len(block_out_channels)
+        self.unet = UNet2DModel(
+            sample_size=image_size, in_channels=1 + 2 * len(concept_names), out_channels=1,
+            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+            down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
+            class_embed_type="identity", norm_num_groups=min(8, block_out_channels[0]))
+        width = self.unet.time_embedding.linear_2.out_features
+        self.encoder = nn.Sequential(nn.Linear(2 * len(concept_names), width), nn.SiLU(), nn.Linear(width, width))
+
+    @staticmethod
+    def condition(vectors: torch.Tensor, unconditional: torch.Tensor | None = None) -> torch.Tensor:
+        """The conditioning input: the encoded vectors, zeroed (all unknown) where unconditional."""
+        if unconditional is None:
+            return vectors
+        return vectors * (~unconditional)[:, None].to(vectors.dtype)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        planes = vectors[:, :, None, None].expand(-1, -1, noisy.shape[2], noisy.shape[3]).to(noisy.dtype)
+        return self.unet(torch.cat([noisy, planes], dim=1), timesteps, class_labels=self.encoder(vectors)).sample
+
+
+@dataclass
+class GeneratorCard:
+    concepts: list[str]
+    image_size: int
+    block_out_channels: list[int]
+    layers_per_block: int
+    training_data_sha256: str
+    training_images: int
+    steps: int
+    seed: int
+    tool_version: str = __version__
+    weights_sha256: dict[str, str] = field(default_factory=dict)
+
+
+def make_scheduler(kind: str = "ddpm"):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    return DDPMScheduler(**common) if kind == "ddpm" else DDIMScheduler(**common, set_alpha_to_one=True)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 4e-4
+    ema_decay: float = 0.995
+    p_uncond: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 250
+    max_minutes: float | None = None
+
+
+def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[str], out: Path,
+                    config: TrainConfig, data_sha256: str, block_out_channels: tuple[int, ...] = (16, 32, 32),
+                    progress: bool = True) -> GeneratorCard:
+    """DDPM training on (N, 1, S, S) images in [0, 1] with (N, K) labels; resumes from out/checkpoint.pt."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(config.seed)
+    size = images.shape[-1]
+    model = ConceptConditionedUNet(concept_names, size, block_out_channels).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    scheduler = make_scheduler("ddpm")
+    generator = torch.Generator().manual_seed(config.seed)
+    step = 0
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists():  # resume: weights_only is enough, the checkpoint holds tensors and numbers
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step = int(state["step"])
+    x_all = torch.tensor(images, dtype=torch.float32) * 2 - 1
+    c_all = encode_vectors(labels)
+    use_amp = device.type == "cuda"
+    started = time.monotonic()
+    bar = tqdm(total=config.steps, initial=step, desc="training generator", unit="step", disable=not progress)
+    while step < config.steps:
+        batch = torch.randint(0, len(x_all), (config.batch_size,), generator=generator)
+        x0, vectors = x_all[batch].to(device), c_all[batch].to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator).to(device)
+        drop = (torch.rand(len(batch), generator=generator) < config.p_uncond).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            prediction = model(scheduler.add_noise(x0, noise, t), t, model.condition(vectors, drop))
+            loss = nn.functional.mse_loss(prediction.float(), noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + step) / (10 + step))  # warm-up: EMA follows early weights
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        step += 1
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+        if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+            _save_checkpoint(checkpoint, model, ema, optimizer, generator, step)
+        if out_of_time:
+            break
+    bar.close()
+    card = GeneratorCard(concepts=list(concept_names), image_size=size, block_out_channels=list(block_out_channels),
+                         layers_per_block=1, training_data_sha256=data_sha256, training_images=len(images),
+                         steps=step, seed=config.seed)
+    save_generator(ema, card, out)
+    return card
+
+
+def _save_checkpoint(path: Path, model, ema, optimizer, generator, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "step": step}, tmp)
+    tmp.replace(path)
+
+
+def save_generator(model: ConceptConditionedUNet, card: GeneratorCard, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    model.unet.save_pretrained(out / "unet", safe_serialization=True)
+    make_scheduler("ddpm").save_pretrained(out / "scheduler")
+    encoder_state = {f"encoder.{k}": v.contiguous() for k, v in model.encoder.state_dict().items()}
+    save_file(encoder_state, str(out / "concept_encoder.safetensors"))
+    card.weights_sha256 = {
+        "unet/diffusion_pytorch_model.safetensors": sha256_file(out / "unet" / "diffusion_pytorch_model.safetensors"),
+        "concept_encoder.safetensors": sha256_file(out / "concept_encoder.safetensors"),
+    }
+    atomic_write_json(out / GENERATOR_CARD, asdict(card))
+
+
+def generator_sha256(folder: Path) -> str:
+    """One identity for a saved generator: the hash of its card (which pins the weights' hashes)."""
+    return sha256_file(Path(folder) / GENERATOR_CARD)
+
+
+def load_generator(folder: str | Path) -> tuple[ConceptConditionedUNet, GeneratorCard]:
+    """Load a saved generator from local files, refusing weights whose SHA-256 differs from the card."""
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    card_path = folder / GENERATOR_CARD
+    if not card_path.exists():
+        raise UserInputError(f"{folder} is not a cxr-audit generator (no {GENERATOR_CARD}). Train one with "
+                             "`cxr-audit train-generator`.")
+    card = GeneratorCard(**json.loads(card_path.read_text()))
+    for relative, expected in card.weights_sha256.items():
+        actual = sha256_file(folder / relative)
+        if actual != expected:
+            raise UserInputError(f"{folder / relative} has SHA-256 {actual[:16]}..., but the generator card pins "
+                                 f"{expected[:16]}...: the weights were changed or corrupted. Retrain or restore them.")
+    model = ConceptConditionedUNet([concepts.resolve(c) for c in card.concepts], card.image_size,
+                                   tuple(card.block_out_channels), card.layers_per_block)
+    model.unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
+    state = load_file(str(folder / "concept_encoder.safetensors"))
+    model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
+    return model.eval(), card

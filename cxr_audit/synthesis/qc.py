@@ -1,0 +1,80 @@
+"""Quality control of synthetic images: anatomy fidelity, concept alignment, realism (AURAD's lesson:
+let independent expert models reject implausible outputs). Failing images are dropped and counted."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class QCThresholds:
+    max_outside_mae: float = 0.002     # mean change outside the edit region (by construction ~0)
+    min_outside_ssim: float = 0.98
+    min_alignment: float = 0.5         # checker probability after insertion (1 - p after deletion)
+    texture_ratio: tuple[float, float] = (0.4, 2.5)  # edited / source high-frequency energy in the region
+
+
+@dataclass
+class QCResult:
+    outside_mae: float
+    outside_ssim: float
+    alignment: float | None            # None when no checker predicts the concept
+    checker_before: float | None
+    checker_after: float | None
+    texture_ratio: float
+    ground_truth_mae: float | None     # phantom only: distance to the true counterfactual inside the region
+    passed: bool
+    reasons: list[str]
+
+    def to_json(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _ssim_outside(source: np.ndarray, edited: np.ndarray, outside: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    _, ssim_map = structural_similarity(source, edited, data_range=1.0, full=True)
+    return float(ssim_map[outside].mean()) if outside.any() else 1.0
+
+
+def _texture(image: np.ndarray, region: np.ndarray) -> float:
+    return float(np.abs(ndimage.laplace(image))[region].mean()) if region.any() else 0.0
+
+
+def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft: np.ndarray,
+               operations: list[dict], checker_before: dict[str, float] | None,
+               checker_after: dict[str, float] | None, ground_truth: np.ndarray | None = None,
+               thresholds: QCThresholds | None = None) -> QCResult:
+    """Score one edit. `checker_*` map concept -> probability from the independent checker model."""
+    thresholds = thresholds or QCThresholds()
+    outside = soft < 1e-3  # untouched by the edit and its feathered rim
+    outside_mae = float(np.abs(edited - source)[outside].mean()) if outside.any() else 0.0
+    ssim = _ssim_outside(source, edited, outside)
+    alignment, before, after = None, None, None
+    if checker_before is not None and checker_after is not None:
+        scores = []
+        for operation in operations:
+            concept = operation["concept"]
+            if concept in checker_after:
+                p = checker_after[concept]
+                scores.append(p if operation["op"] == "insert" else 1 - p)
+        if scores:
+            alignment = float(min(scores))
+            first = operations[0]["concept"]
+            before, after = checker_before.get(first), checker_after.get(first)
+    texture = _texture(edited, region) / max(_texture(source, region), 1e-6)
+    truth = float(np.abs(edited - ground_truth)[region].mean()) if ground_truth is not None else None
+    reasons = []
+    if outside_mae > thresholds.max_outside_mae:
+        reasons.append("anatomy changed outside the edit region")
+    if ssim < thresholds.min_outside_ssim:
+        reasons.append("structure changed outside the edit region (SSIM)")
+    if alignment is not None and alignment < thresholds.min_alignment:
+        reasons.append("checker disagrees: concept not inserted/deleted")
+    lo, hi = thresholds.texture_ratio
+    if not lo <= texture <= hi:
+        reasons.append("unrealistic texture in the edited region")
+    return QCResult(outside_mae, ssim, alignment, before, after, texture, truth, not reasons, reasons)
