@@ -412,6 +412,10 @@ def schema_command(name: Annotated[SchemaName, typer.Argument(help="Which artifa
     print(json.dumps(models[name].model_json_schema(), indent=2))
 
 
+# The whole-audit commands live in their own modules; importing them registers them on `app`.
+from cxr_audit import cli_anatomy, cli_audit, cli_gate  # noqa: E402,F401
+
+
 def main() -> None:
     app()
 

@@ -184,8 +184,8 @@ def run_evaluate(options: EvaluateOptions) -> tuple[dict, Evaluation]:
 def _write_predictions(path: Path, manifest: Manifest, concepts: list[str], probabilities: np.ndarray,
                        labels: np.ndarray) -> None:
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, image_id=manifest.frame["image_id"].astype(str).to_numpy(),
-                        patient_id=manifest.frame["patient_id"].astype(str).to_numpy(),
+    np.savez_compressed(buffer, image_id=manifest.frame["image_id"].astype(str).to_numpy(dtype=str),
+                        patient_id=manifest.frame["patient_id"].astype(str).to_numpy(dtype=str),
                         concepts=np.array(concepts), probabilities=probabilities.astype(np.float32),
                         labels=labels.astype(np.float32))
     atomic_write_bytes(path, buffer.getvalue())

@@ -169,8 +169,27 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
         "cells": cells_out,
         "reliability": reliability,
         "pr_curves": curves,
+        "uncertainty_histograms": _uncertainty_histograms(data.concepts, data.probabilities, mutual),
     }
     return Evaluation(document, replicates)
+
+
+def _uncertainty_histograms(concepts: list[str], probabilities: np.ndarray, mutual: np.ndarray | None,
+                            bins: int = 20) -> dict[str, dict]:
+    """Per concept, histograms of the predictive entropy (bits, 0-1) and, with stochastic passes, of the
+    mutual information (epistemic part): what the report's uncertainty plots draw."""
+    from cxr_audit.metrics.uncertainty import binary_entropy
+
+    entropy = binary_entropy(probabilities)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    out = {}
+    for j, concept in enumerate(concepts):
+        entry = {"bin_edges": [round(float(e), 4) for e in edges],
+                 "entropy_bits": np.histogram(entropy[:, j], edges)[0].astype(int).tolist()}
+        if mutual is not None:
+            entry["mutual_information_bits"] = np.histogram(np.clip(mutual[:, j], 0, 1), edges)[0].astype(int).tolist()
+        out[concept] = entry
+    return out
 
 
 def compare(old: Evaluation, new: Evaluation) -> dict[str, dict[str, dict]]:

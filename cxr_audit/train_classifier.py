@@ -55,3 +55,21 @@ def predict_probabilities(net: nn.Module, images: np.ndarray, batch_size: int = 
     net.eval()
     x = torch.as_tensor(images, dtype=torch.float32)
     return torch.cat([torch.sigmoid(net(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
+
+
+def save_classifier(net: nn.Module, path, concepts: list[str], size: int) -> None:
+    """Save a trained SmallCXRNet as TorchScript with its model card (`<path>.card.yaml`)."""
+    from pathlib import Path
+
+    import yaml
+
+    from cxr_audit.provenance import atomic_write_text
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.jit.script(net.eval()).save(str(tmp))
+    tmp.replace(path)
+    card = {"format": "torchscript", "input_size": size, "channels": 1, "normalization": "unit",
+            "outputs": "logits", "output_names": list(concepts)}
+    atomic_write_text(path.with_name(path.name + ".card.yaml"), yaml.safe_dump(card, sort_keys=False))

@@ -65,3 +65,22 @@ def phantom_model(phantom_dataset, tmp_path_factory) -> Path:
             "output_names": list(phantom.PHANTOM_FINDINGS)}
     path.with_name(path.name + ".card.yaml").write_text(yaml.safe_dump(card))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_generator(phantom_dataset, tmp_path_factory) -> Path:
+    """A concept-conditioned generator trained for 4 steps: real weights, no skill (for plumbing tests)."""
+    import numpy as np
+
+    from cxr_audit.data import phantom
+    from cxr_audit.data.images import load_resized
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.synthesis.generator import TrainConfig, train_generator
+
+    train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
+    images = np.stack([load_resized(train.resolve_image(p), 64) for p in train.frame["path"][:32]])[:, None]
+    labels = train.frame[list(phantom.PHANTOM_FINDINGS)].to_numpy(np.float32)[:32]
+    out = tmp_path_factory.mktemp("generator")
+    train_generator(images, labels, list(phantom.PHANTOM_FINDINGS), out, TrainConfig(steps=4, batch_size=4),
+                    "d", (8, 16), progress=False)
+    return out

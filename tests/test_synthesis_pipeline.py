@@ -32,21 +32,6 @@ def planned_run(phantom_dataset, tmp_path_factory):
     return run, json.loads((run / "plan.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def tiny_generator(phantom_dataset, tmp_path_factory):
-    from cxr_audit.data import phantom
-    from cxr_audit.data.images import load_resized
-    from cxr_audit.data.readers import read_manifest
-
-    train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
-    images = np.stack([load_resized(train.resolve_image(p), 64) for p in train.frame["path"][:32]])[:, None]
-    labels = train.frame[list(phantom.PHANTOM_FINDINGS)].to_numpy(np.float32)[:32]
-    out = tmp_path_factory.mktemp("generator")
-    train_generator(images, labels, list(phantom.PHANTOM_FINDINGS), out, TrainConfig(steps=4, batch_size=4),
-                    "d", (8, 16), progress=False)
-    return out
-
-
 def test_plan_targets_the_phantom_deficits(planned_run):
     _, plan = planned_run
     pathology_inserted = [e for e in plan["edits"]

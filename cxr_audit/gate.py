@@ -1,0 +1,339 @@
+"""The CI gate: judge a candidate audit (and, optionally, the previous model's audit) against a policy.
+
+Every rule becomes one JUnit test case, so CI systems list them. Lower/upper CI bounds are used where the
+policy says "at least"/"at most", so a small test set cannot pass a rule by luck. Comparisons with a baseline
+use the paired bootstrap on the same test images (same test-set hash, same bootstrap seed and replicates);
+runs on different test sets are refused, not compared.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cxr_audit.errors import UserInputError
+from cxr_audit.metrics.bootstrap import paired_difference
+from cxr_audit.provenance import sha256_file
+
+ConceptSelection = Union[Literal["all"], list[str]]
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, description="name shown in CI (default: derived from the rule)")
+
+
+class MinMetric(_Rule):
+    """Each concept's metric must be at least `min`, judged on the lower 95% CI bound."""
+    type: Literal["min_metric"]
+    metric: Literal["auprc", "auroc", "f1", "precision", "recall", "specificity"] = "auroc"
+    concepts: ConceptSelection = "all"
+    min: float = Field(ge=0, le=1)
+
+
+class MaxEce(_Rule):
+    """Each concept's ECE must be at most `max` (on the point estimate, or the upper bound if `use_upper_bound`)."""
+    type: Literal["max_ece"]
+    concepts: ConceptSelection = "all"
+    max: float = Field(ge=0, le=1)
+    use_upper_bound: bool = False
+
+
+class NonInferiority(_Rule):
+    """Against the baseline model: the lower CI bound of (new - old) must be above -margin."""
+    type: Literal["non_inferiority"]
+    metric: Literal["auprc", "auroc"] = "auprc"
+    concepts: ConceptSelection = "all"
+    cells: ConceptSelection | None = None
+    margin: float = Field(ge=0, le=1)
+
+
+class CellMetric(_Rule):
+    """Per coverage cell: the metric's lower CI bound at least `min`."""
+    type: Literal["cell_metric"]
+    metric: Literal["auprc", "auroc"] = "auprc"
+    cells: ConceptSelection = "all"
+    min: float = Field(ge=0, le=1)
+
+
+class CoverageRule(_Rule):
+    """Each listed cell has at least `min_images` (default: the spec's min_count) real images, or real plus
+    accepted synthetic ones where `count_synthetic` is true."""
+    type: Literal["coverage"]
+    cells: ConceptSelection = "all"
+    min_images: int | None = Field(None, ge=0)
+    count_synthetic: bool = False
+
+
+class MaxUncertaintyRise(_Rule):
+    """Against the baseline model: mean predictive entropy (bits) may rise by at most `max_rise`."""
+    type: Literal["max_uncertainty_rise"]
+    concepts: ConceptSelection = "all"
+    max_rise: float = Field(ge=0)
+
+
+class QcRule(_Rule):
+    """The share of synthetic edits rejected by QC is at most `max_rejected_share`."""
+    type: Literal["qc"]
+    max_rejected_share: float = Field(ge=0, le=1)
+
+
+Rule = Annotated[Union[MinMetric, MaxEce, NonInferiority, CellMetric, CoverageRule, MaxUncertaintyRise, QcRule],
+                 Field(discriminator="type")]
+
+
+class GatePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1]
+    arm: str = Field("baseline", description="which arm of the candidate audit is gated (baseline: the model "
+                                             "as submitted)")
+    rules: list[Rule] = Field(min_length=1)
+
+
+def load_policy(path: Path) -> GatePolicy:
+    from cxr_audit.spec import _format_validation_error
+
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"Gate policy {path} does not exist. See docs/gates.example.yaml.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise UserInputError(f"Gate policy {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}.") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"Gate policy {path} must be a mapping with 'version: 1' and 'rules'.")
+    try:
+        return GatePolicy.model_validate(data)
+    except ValidationError as exc:
+        raise UserInputError(_format_validation_error(path, root, exc)) from None
+
+
+@dataclass
+class Outcome:
+    rule_id: str
+    rule_type: str
+    status: Literal["passed", "failed", "skipped"]
+    message: str
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AuditRun:
+    """An audit.json and the run directory beside it (for the bootstrap replicates)."""
+    path: Path
+    document: dict
+
+    @staticmethod
+    def load(path: Path, arm: str) -> "AuditRun":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "audit.json"
+        if not path.exists():
+            raise UserInputError(f"{path} does not exist. Pass the audit.json of a finished `cxr-audit audit` run.")
+        try:
+            document = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"{path} is not valid JSON (line {error.lineno}): {error.msg}.") from None
+        for key in ("arms", "test_set", "coverage", "synthesis"):
+            if key not in document:
+                raise UserInputError(f"{path} has no '{key}': not an audit.json written by `cxr-audit audit`.")
+        if arm not in document["arms"]:
+            raise UserInputError(f"{path} has no arm {arm!r} (it has {', '.join(document['arms'])}); set 'arm' in "
+                                 "the policy.")
+        return AuditRun(path, document)
+
+    def metrics(self, arm: str) -> dict:
+        return self.document["arms"][arm]["metrics"]
+
+    def replicates(self, arm: str) -> dict:
+        from cxr_audit.pipeline import load_replicates
+
+        relative = f"evaluate/{arm}/replicates.npz"
+        file = self.path.parent / relative
+        if not file.exists():
+            raise UserInputError(f"{file} is missing: the paired comparison needs the bootstrap replicates of "
+                                 f"{self.path}. Keep the run directory together with its audit.json.")
+        if arm == "baseline" and sha256_file(file) != self.document["test_set"].get("replicates_sha256"):
+            raise UserInputError(f"{file} does not match the SHA-256 recorded in {self.path}.")
+        return load_replicates(file)
+
+
+def _select(selection, available: list[str], what: str, rule_id: str) -> list[str]:
+    if selection == "all":
+        return list(available)
+    missing = [c for c in selection if c not in available]
+    if missing:
+        raise UserInputError(f"gate rule {rule_id}: {what} {', '.join(missing)} not in the audit "
+                             f"(it has {', '.join(available)}).")
+    return list(selection)
+
+
+def _rule_id(rule, index: int) -> str:
+    if rule.id:
+        return rule.id
+    bits = [rule.type] + [f"{k}={getattr(rule, k)}" for k in ("metric", "min", "max", "margin", "max_rise",
+                                                             "max_rejected_share", "min_images") if getattr(rule, k, None) is not None]
+    return f"{index + 1:02d}-" + "-".join(str(b) for b in bits)
+
+
+def check_same_test_set(candidate: AuditRun, baseline: AuditRun) -> None:
+    a, b = candidate.document["test_set"], baseline.document["test_set"]
+    if a["sha256"] != b["sha256"]:
+        raise UserInputError(f"{candidate.path} and {baseline.path} were evaluated on different test sets (test-set "
+                             "SHA-256 differs): a paired comparison would be meaningless. Audit both models on the "
+                             "same data and split.")
+    if a["bootstrap"]["seed"] != b["bootstrap"]["seed"] or a["bootstrap"]["replicates"] != b["bootstrap"]["replicates"]:
+        raise UserInputError(f"{candidate.path} and {baseline.path} used different bootstrap settings (seed or "
+                             "replicates); re-run one with the other's --seed and --bootstrap.")
+
+
+def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun | None) -> list[Outcome]:
+    arm = policy.arm
+    metrics = candidate.metrics(arm)
+    concepts = list(metrics["concepts"])
+    cells = [c for c, e in metrics["cells"].items() if e.get("evaluated")]
+    if baseline is not None:
+        check_same_test_set(candidate, baseline)
+    outcomes = []
+    for index, rule in enumerate(policy.rules):
+        rule_id = _rule_id(rule, index)
+        failures: list[str] = []
+        details: list[str] = []
+        if rule.type in ("non_inferiority", "max_uncertainty_rise") and baseline is None:
+            outcomes.append(Outcome(rule_id, rule.type, "skipped", "no --baseline given: nothing to compare with"))
+            continue
+        if rule.type == "min_metric":
+            for concept in _select(rule.concepts, concepts, "concepts", rule_id):
+                entry = metrics["concepts"][concept][rule.metric]
+                lower = entry["ci"][0] if entry.get("ci") else entry.get("value")
+                line = f"{concept}: {rule.metric} {_num(entry.get('value'))}, lower bound {_num(lower)} (min {rule.min})"
+                details.append(line)
+                if lower is None or lower < rule.min:
+                    failures.append(line)
+        elif rule.type == "max_ece":
+            for concept in _select(rule.concepts, concepts, "concepts", rule_id):
+                entry = metrics["concepts"][concept]["ece"]
+                value = entry["ci"][1] if rule.use_upper_bound and entry.get("ci") else entry.get("value")
+                line = f"{concept}: ECE {_num(entry.get('value'))}{' (upper bound ' + _num(value) + ')' if rule.use_upper_bound else ''} (max {rule.max})"
+                details.append(line)
+                if value is None or value > rule.max:
+                    failures.append(line)
+        elif rule.type == "cell_metric":
+            for cell in _select(rule.cells, cells, "cells", rule_id):
+                entry = metrics["cells"][cell][rule.metric]
+                lower = entry["ci"][0] if entry.get("ci") else entry.get("value")
+                line = f"{cell}: {rule.metric} {_num(entry.get('value'))}, lower bound {_num(lower)} (min {rule.min})"
+                details.append(line)
+                if lower is None or lower < rule.min:
+                    failures.append(line)
+        elif rule.type == "non_inferiority":
+            new, old = candidate.replicates(arm), baseline.replicates("baseline")
+            targets = _select(rule.concepts, concepts, "concepts", rule_id)
+            if rule.cells is not None:
+                targets += [f"cell:{c}" for c in _select(rule.cells, cells, "cells", rule_id)]
+            for target in targets:
+                if target not in new or target not in old:
+                    failures.append(f"{target}: not evaluated in both runs")
+                    continue
+                point_new, reps_new = new[target][rule.metric]
+                point_old, reps_old = old[target][rule.metric]
+                difference = paired_difference(point_old, point_new, reps_old, reps_new)
+                lower = difference.ci[0] if difference.ci else difference.difference
+                line = (f"{target}: {rule.metric} {_num(point_old)} -> {_num(point_new)}, difference "
+                        f"{_num(difference.difference, signed=True)} (95% CI lower bound {_num(lower, signed=True)}; "
+                        f"margin -{rule.margin})")
+                details.append(line)
+                if lower is None or lower < -rule.margin:
+                    failures.append(line)
+        elif rule.type == "max_uncertainty_rise":
+            old_metrics = baseline.metrics("baseline")
+            for concept in _select(rule.concepts, concepts, "concepts", rule_id):
+                new_value = metrics["concepts"][concept]["entropy"]["value"]
+                old_value = old_metrics["concepts"].get(concept, {}).get("entropy", {}).get("value")
+                if new_value is None or old_value is None:
+                    failures.append(f"{concept}: entropy not available in both runs")
+                    continue
+                rise = new_value - old_value
+                line = f"{concept}: mean predictive entropy {old_value:.4f} -> {new_value:.4f} bits (rise {rise:+.4f}, max {rule.max_rise})"
+                details.append(line)
+                if rise > rule.max_rise:
+                    failures.append(line)
+        elif rule.type == "coverage":
+            by_id = {c["id"]: c for c in candidate.document["coverage"]["cells"]}
+            synthetic = candidate.document["synthesis"].get("cars", {}).get("accepted_by_cell", {})
+            for cell_id in _select(rule.cells, list(by_id), "cells", rule_id):
+                cell = by_id[cell_id]
+                needed = rule.min_images if rule.min_images is not None else cell["min_count"]
+                have = cell["count"] + (synthetic.get(cell_id, 0) if rule.count_synthetic else 0)
+                line = (f"{cell_id}: {cell['count']} real" + (f" + {synthetic.get(cell_id, 0)} synthetic" if
+                        rule.count_synthetic else "") + f" images (need {needed})")
+                details.append(line)
+                if have < needed:
+                    failures.append(line)
+        elif rule.type == "qc":
+            for mode, summary in candidate.document["synthesis"].items():
+                share = summary["rejected"] / summary["planned"] if summary["planned"] else 0.0
+                line = f"{summary.get('mode', mode)}: {summary['rejected']} of {summary['planned']} edits rejected ({share:.0%}, max {rule.max_rejected_share:.0%})"
+                details.append(line)
+                if share > rule.max_rejected_share:
+                    failures.append(line)
+        status = "failed" if failures else "passed"
+        message = (f"{len(failures)} of {len(details)} checks failed: " + "; ".join(failures[:5]) +
+                   ("; ..." if len(failures) > 5 else "")) if failures else f"all {len(details)} checks passed"
+        outcomes.append(Outcome(rule_id, rule.type, status, message, details))
+    return outcomes
+
+
+def _num(value, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def junit_xml(outcomes: list[Outcome], suite: str = "cxr-audit gate") -> bytes:
+    """One <testsuite> with one <testcase> per rule; failed rules carry a <failure message=... type=...>."""
+    failures = sum(o.status == "failed" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    root = ET.Element("testsuites", name=suite, tests=str(len(outcomes)), failures=str(failures), errors="0",
+                      skipped=str(skipped))
+    testsuite = ET.SubElement(root, "testsuite", name=suite, tests=str(len(outcomes)), failures=str(failures),
+                              errors="0", skipped=str(skipped), time="0")
+    for outcome in outcomes:
+        case = ET.SubElement(testsuite, "testcase", classname=f"cxr_audit.gate.{outcome.rule_type}",
+                             name=outcome.rule_id, time="0")
+        if outcome.status == "failed":
+            failure = ET.SubElement(case, "failure", message=outcome.message, type=outcome.rule_type)
+            failure.text = "\n".join(outcome.details)
+        elif outcome.status == "skipped":
+            ET.SubElement(case, "skipped", message=outcome.message)
+        else:
+            ET.SubElement(case, "system-out").text = "\n".join(outcome.details)
+    ET.indent(root)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8")
+
+
+def markdown_summary(outcomes: list[Outcome], candidate: AuditRun, baseline: AuditRun | None) -> str:
+    failed = [o for o in outcomes if o.status == "failed"]
+    lines = [f"## cxr-audit gate: {'FAILED' if failed else 'PASSED'}", "",
+             f"Candidate: `{candidate.document['inputs']['model']['path']}` "
+             f"(sha256 `{candidate.document['inputs']['model']['sha256'][:12]}`)"]
+    if baseline is not None:
+        lines.append(f"Baseline: `{baseline.document['inputs']['model']['path']}` "
+                     f"(sha256 `{baseline.document['inputs']['model']['sha256'][:12]}`), same test set "
+                     f"`{candidate.document['test_set']['sha256'][:12]}`")
+    lines += ["", "| rule | result | detail |", "| --- | --- | --- |"]
+    for outcome in outcomes:
+        mark = {"passed": "pass", "failed": "**FAIL**", "skipped": "skipped"}[outcome.status]
+        lines.append(f"| `{outcome.rule_id}` | {mark} | {outcome.message.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

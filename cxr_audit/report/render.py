@@ -1,0 +1,167 @@
+"""Render the audit PDF from audit.json (jinja2 + weasyprint).
+
+Every number in the PDF comes from audit.json; figures are drawn from it here; gallery panels are the PNG
+files the audit wrote into the run directory (their SHA-256 is checked). audit.json is embedded in the PDF
+as an attachment (PDF/A-3b). A weasyprint warning (a missing image, a CSS error) fails the render rather than
+producing a report with holes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import atomic_write_bytes, sha256_file
+from cxr_audit.report import figures
+
+REPORT_FILE = "report.pdf"
+LIMITATIONS = [
+    "Synthetic images are used for training and probing only; every metric is computed on held-out real "
+    "test images, never on synthetic ones.",
+    "Confidence intervals resample patients (all of a patient's images together); they cover sampling "
+    "variation in the test set, not a shift to another hospital, scanner or population.",
+    "Concept alignment of the edits is judged by a checker model; the checker can share blind spots with "
+    "the model under audit, and its own accuracy bounds what the QC can guarantee.",
+    "The masked editor changes only the finding's anatomical region; findings that are diffuse or that change "
+    "anatomy outside their region (for example a large effusion shifting the mediastinum) are only partly "
+    "representable.",
+    "On the procedural phantom, anatomy and findings are analytic shapes: it shows that the pipeline works and "
+    "that its statistics are right, not how a model behaves on real radiographs.",
+    "Fine-tuning results depend on the budget and seed; the real-only arm controls for extra training, the "
+    "unconstrained arm for anatomy preservation, but other budgets may rank the arms differently.",
+]
+
+
+class ReportError(RuntimeError):
+    """The PDF could not be rendered cleanly."""
+
+
+class _WarningCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(entry: dict | None, digits: int = 3) -> str:
+    if not entry or entry.get("value") is None:
+        return "–"
+    text = f"{entry['value']:.{digits}f}"
+    if entry.get("ci"):
+        text += f" [{entry['ci'][0]:.{digits}f}, {entry['ci'][1]:.{digits}f}]"
+    return text
+
+
+def _difference(entry: dict | None, digits: int = 3) -> str:
+    if not entry or entry.get("difference") is None:
+        return "–"
+    text = f"{entry['difference']:+.{digits}f}"
+    if entry.get("ci"):
+        text += f" [{entry['ci'][0]:+.{digits}f}, {entry['ci'][1]:+.{digits}f}]"
+    return text
+
+
+def _significance(entry: dict | None, higher_is_better: bool = True) -> str:
+    """'better' / 'worse' when the paired CI excludes zero, else 'n.s.'."""
+    if not entry or not entry.get("ci"):
+        return "–"
+    lo, hi = entry["ci"]
+    if lo > 0:
+        return "better" if higher_is_better else "worse"
+    if hi < 0:
+        return "worse" if higher_is_better else "better"
+    return "n.s."
+
+
+def _gallery_uri(run: Path, item: dict) -> str:
+    path = run / item["image"]
+    if not path.exists():
+        raise ReportError(f"gallery image {path} is missing; re-run the audit's gallery stage.")
+    if sha256_file(path) != item["image_sha256"]:
+        raise ReportError(f"gallery image {path} does not match the SHA-256 recorded in audit.json.")
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def build_html(document: dict, run: Path) -> str:
+    environment = Environment(loader=PackageLoader("cxr_audit.report", "templates"),
+                              autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined)
+    environment.filters.update(fmt=_fmt, ci=_ci, diff=_difference, sig=_significance)
+    arms = {arm: entry["metrics"] for arm, entry in document["arms"].items()}
+    baseline = arms["baseline"]
+    concepts = list(baseline["concepts"])
+    cells = [cell for cell, entry in baseline["cells"].items() if entry.get("evaluated")]
+    cell_targets = [f"cell:{c}" for c in cells if f"cell:{c}" in baseline["pr_curves"]]
+    synthetic_by_cell = document["synthesis"].get("cars", {}).get("accepted_by_cell", {})
+    figure_uris = {
+        "coverage": figures.coverage_figure(document["coverage"]["cells"], synthetic_by_cell),
+        "cooccurrence": figures.cooccurrence_figure(document["coverage"]["cooccurrence"]),
+        "pr_concepts": figures.pr_curves_figure(arms, concepts),
+        "pr_cells": figures.pr_curves_figure(arms, cell_targets[:12]) if cell_targets else None,
+        "reliability": figures.reliability_figure({a: arms[a] for a in arms if a in ("baseline", "cars", "real_only")},
+                                                  concepts),
+        "uncertainty": figures.uncertainty_figure(baseline, concepts),
+        "probe": figures.probe_figure(document["probe"]["by_concept"]) if document["probe"]["by_concept"] else None,
+    }
+    gallery = [{**item, "uri": _gallery_uri(run, item)} for item in document["gallery"]]
+    template = environment.get_template("report.html.j2")
+    return template.render(doc=document, arms=arms, arm_titles={a: e["title"] for a, e in document["arms"].items()},
+                           concepts=concepts, cells=cells, figures=figure_uris, gallery=gallery,
+                           synthetic_by_cell=synthetic_by_cell, limitations=LIMITATIONS)
+
+
+def weasyprint_attachment(path: Path):
+    import weasyprint
+
+    return weasyprint.Attachment(string=path.read_bytes(), name=path.name,
+                                 description="The audit document this report was rendered from", relationship="Source")
+
+
+def html_to_pdf(html: str, base_url: Path, attachments: list, identifier: str = "cxr-audit") -> bytes:
+    """HTML -> PDF/A-3b bytes; any weasyprint warning (missing image, bad CSS) raises ReportError."""
+    import weasyprint
+
+    collector = _WarningCollector()
+    logger = logging.getLogger("weasyprint")
+    logger.addHandler(collector)
+    try:
+        pdf = weasyprint.HTML(string=html, base_url=str(base_url)).write_pdf(
+            attachments=attachments, pdf_variant="pdf/a-3b", pdf_identifier=identifier.encode(), custom_metadata=True)
+    finally:
+        logger.removeHandler(collector)
+    if collector.messages:
+        raise ReportError("weasyprint reported problems, so the PDF would be incomplete:\n  " +
+                          "\n  ".join(collector.messages))
+    return pdf
+
+
+def render_report(run: Path, output: Path | None = None) -> Path:
+    """Render RUN/audit.json to RUN/report.pdf (or `output`) with audit.json attached."""
+    run = Path(run)
+    audit_path = run / "audit.json"
+    if not audit_path.exists():
+        raise UserInputError(f"{audit_path} does not exist: run `cxr-audit audit --out {run}` first.")
+    try:
+        document = json.loads(audit_path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{audit_path} is not valid JSON (line {error.lineno}): {error.msg}.") from None
+    html = build_html(document, run)
+    attachment = weasyprint_attachment(audit_path)
+    pdf = html_to_pdf(html, run, [attachment], identifier=document["test_set"]["sha256"][:32])
+    output = Path(output) if output else run / REPORT_FILE
+    atomic_write_bytes(output, pdf)
+    return output

@@ -1,0 +1,113 @@
+"""The whole audit on a small phantom: artifacts, resumption, the run guard, audit.json, and the PDF."""
+
+import json
+from pathlib import Path
+
+import pytest
+from pypdf import PdfReader
+
+from cxr_audit.finetune import FinetuneConfig
+from cxr_audit.pipeline import ARMS, AuditOptions, run_audit
+from cxr_audit.report.render import ReportError, html_to_pdf, render_report
+from cxr_audit.synthesis.editor import EditSettings
+
+SPEC = Path("coverage_specs/phantom.yaml")
+
+
+def _options(phantom_dataset, phantom_model, tiny_generator, spec, out, **changes) -> AuditOptions:
+    options = AuditOptions(
+        model=phantom_model, data=phantom_dataset / "labels.csv", spec=spec, out=out, generator=tiny_generator,
+        edit=EditSettings(steps=4, strength=0.5, guidance=2.0), bootstrap=50, mc_samples=2,
+        finetune=FinetuneConfig(steps=6, batch_size=16, eval_every=3, checkpoint_every=3), progress=False)
+    for key, value in changes.items():
+        setattr(options, key, value)
+    return options
+
+
+@pytest.fixture(scope="module")
+def audit_run(phantom_dataset, phantom_model, tiny_generator, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audit")
+    spec = folder / "spec.yaml"  # small synthesis budgets keep the test fast
+    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 3}\n")
+    out = folder / "run"
+    document = run_audit(_options(phantom_dataset, phantom_model, tiny_generator, spec, out))
+    render_report(out)
+    return out, spec, document
+
+
+def _pdf_text(path: Path) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+
+
+def test_audit_json_holds_every_section(audit_run):
+    out, _, document = audit_run
+    on_disk = json.loads((out / "audit.json").read_text())
+    assert on_disk["verdict"] == document["verdict"]
+    for key in ("scope", "inputs", "environment", "seeds", "command_line", "coverage", "plan", "synthesis", "arms",
+                "comparisons", "probe", "test_set", "verdict"):
+        assert key in on_disk, key
+    assert set(on_disk["arms"]) == set(ARMS)
+    assert len(on_disk["inputs"]["model"]["sha256"]) == 64
+    assert on_disk["environment"]["torch"]
+    # the paired comparisons exist and are computed from replicates (CI present where defined)
+    cars_vs_real = on_disk["comparisons"]["cars vs real_only"]["differences"]
+    assert "Cardiomegaly" in cars_vs_real and "auprc" in cars_vs_real["Cardiomegaly"]
+    # every arm is scored on the same test images
+    sizes = {arm: entry["metrics"]["n_images"] for arm, entry in on_disk["arms"].items()}
+    assert len(set(sizes.values())) == 1
+    # synthetic images never reach the test split: the synthetic manifest marks all of them train
+    for arm in ("cars", "unconstrained"):
+        assert on_disk["arms"][arm]["finetune"]["validation_images"] > 0
+
+
+def test_pdf_numbers_come_from_audit_json(audit_run):
+    out, _, document = audit_run
+    text = _pdf_text(out / "report.pdf")
+    baseline = document["arms"]["baseline"]["metrics"]["concepts"]["Cardiomegaly"]
+    assert f"{baseline['auroc']['value']:.3f}" in text
+    assert f"{baseline['auprc']['value']:.3f}" in text
+    assert document["inputs"]["model"]["sha256"][:40] in text.replace("\n", "")
+    assert f"Verdict: {document['verdict']['status']}" in text
+    for heading in ("Coverage of the training data", "Targeted synthesis", "Performance before and after",
+                    "Reliability diagrams", "Probe of the frozen model", "Limitations", "Provenance"):
+        assert heading in text, heading
+
+
+def test_pdf_embeds_audit_json_and_rerenders_the_same(audit_run, run_cli):
+    out, _, _ = audit_run
+    reader = PdfReader(out / "report.pdf")
+    assert reader.attachments["audit.json"][0] == (out / "audit.json").read_bytes()
+    before = _pdf_text(out / "report.pdf")
+    (out / "report.pdf").unlink()
+    result = run_cli("report", "--run", out)
+    assert result.exit_code == 0, result.output
+    assert _pdf_text(out / "report.pdf") == before
+
+
+def test_rerun_skips_finished_stages(audit_run, phantom_dataset, phantom_model, tiny_generator):
+    out, spec, _ = audit_run
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+    run_audit(_options(phantom_dataset, phantom_model, tiny_generator, spec, out))
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == stamps
+
+
+def test_a_run_of_other_inputs_is_refused(audit_run, phantom_dataset, phantom_model, tiny_generator, run_cli):
+    out, spec, _ = audit_run
+    request = (out / "request.json").read_bytes()
+    audit = (out / "audit.json").read_bytes()
+    result = run_cli("audit", "--model", phantom_model, "--data", phantom_dataset / "labels.csv", "--spec", spec,
+                     "--out", out, "--generator", tiny_generator, "--seed", "7", "--no-report")
+    assert result.exit_code == 2
+    assert "never overwrites another run" in result.output
+    assert (out / "request.json").read_bytes() == request and (out / "audit.json").read_bytes() == audit
+
+
+def test_weasyprint_warning_fails_the_render(tmp_path):
+    with pytest.raises(ReportError, match="weasyprint"):
+        html_to_pdf("<html><body><img src='missing.png'></body></html>", tmp_path, [])
+
+
+def test_report_without_audit_json_is_a_clear_error(tmp_path, run_cli):
+    result = run_cli("report", "--run", tmp_path)
+    assert result.exit_code == 2
+    assert "audit.json" in result.output

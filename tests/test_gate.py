@@ -1,0 +1,213 @@
+"""The CI gate: every rule type passes and fails where it should, bad input exits 2, JUnit XML validates.
+
+The audits compared here are built from real metric computations (evaluate + patient bootstrap) on
+simulated scores, so the paired bootstrap is exercised exactly as the gate uses it on real runs.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_audit.evaluation import EvaluationInput, evaluate
+from cxr_audit.pipeline import save_replicates
+from cxr_audit.provenance import sha256_file
+from cxr_audit.spec import Cell
+
+CONCEPTS = ["Cardiomegaly", "Pleural Effusion"]
+CELL = Cell(id="HF", all_of=CONCEPTS, min_count=10)
+JUNIT_XSD = Path(__file__).parent / "data" / "junit.xsd"
+
+
+def _labels_and_scores(seed: int = 0, n: int = 400):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, 2)) < 0.3).astype(np.float32)
+    scores = np.clip(0.25 + 0.5 * labels + rng.normal(0, 0.12, labels.shape), 0.001, 0.999)
+    return labels, scores
+
+
+def _write_audit(folder: Path, scores: np.ndarray, labels: np.ndarray, test_set: str = "T" * 64,
+                 coverage_count: int = 12, synthetic: int = 5, rejected: int = 2) -> Path:
+    patients = np.array([f"p{i // 2}" for i in range(len(labels))])
+    evaluation = evaluate(EvaluationInput(concepts=CONCEPTS, probabilities=scores, labels=labels, patient_ids=patients,
+                                          thresholds={c: (0.5, "default") for c in CONCEPTS}, cells=[CELL]),
+                          n_replicates=200, seed=0)
+    save_replicates(folder / "evaluate" / "baseline" / "replicates.npz", evaluation.replicates)
+    document = {
+        "inputs": {"model": {"path": f"{folder.name}.pt", "sha256": "a" * 64}},
+        "arms": {"baseline": {"metrics": evaluation.document}},
+        "test_set": {"sha256": test_set, "bootstrap": {"seed": 0, "replicates": 200},
+                     "replicates_sha256": sha256_file(folder / "evaluate" / "baseline" / "replicates.npz")},
+        "coverage": {"cells": [{"id": "HF", "count": coverage_count, "min_count": 15}]},
+        "synthesis": {"cars": {"mode": "masked (CARS)", "planned": 10, "rejected": rejected, "accepted": 10 - rejected,
+                               "accepted_by_cell": {"HF": synthetic}}},
+    }
+    (folder / "audit.json").write_text(json.dumps(document))
+    return folder / "audit.json"
+
+
+@pytest.fixture()
+def audits(tmp_path):
+    labels, scores = _labels_and_scores()
+    made = {}
+    positives = np.flatnonzero(labels[:, 0] == 1)
+    variants = {"old": scores}
+    small = scores.copy()
+    small[positives[:3], 0] = 0.2          # three missed positives: a small regression
+    variants["small_regression"] = small
+    large = scores.copy()
+    large[positives[:60], 0] = 0.2         # half the positives missed: a large one
+    variants["large_regression"] = large
+    variants["uncertain"] = 0.5 + 0.2 * (scores - 0.5)  # same ranking, pushed towards 0.5
+    for name, values in variants.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        made[name] = _write_audit(folder, values, labels)
+    other = tmp_path / "other_test_set"
+    other.mkdir()
+    made["other_test_set"] = _write_audit(other, scores, labels, test_set="U" * 64)
+    return made
+
+
+def _policy(tmp_path: Path, rules: list[dict]) -> Path:
+    import yaml
+
+    path = tmp_path / "gates.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "rules": rules}))
+    return path
+
+
+def _gate(run_cli, candidate, policy, baseline=None):
+    args = ["gate", "--candidate", candidate, "--policy", policy]
+    if baseline:
+        args += ["--baseline", baseline]
+    return run_cli(*args)
+
+
+@pytest.mark.parametrize("rule,passes", [
+    ({"type": "min_metric", "metric": "auroc", "min": 0.8}, True),
+    ({"type": "min_metric", "metric": "auroc", "min": 0.999}, False),
+    ({"type": "min_metric", "metric": "auprc", "concepts": ["Cardiomegaly"], "min": 0.8}, True),
+    ({"type": "max_ece", "max": 0.5}, True),
+    ({"type": "max_ece", "max": 0.001}, False),
+    ({"type": "cell_metric", "cells": ["HF"], "metric": "auprc", "min": 0.3}, True),
+    ({"type": "cell_metric", "cells": ["HF"], "metric": "auprc", "min": 0.999}, False),
+    ({"type": "coverage", "cells": ["HF"]}, False),                               # 12 real < 15
+    ({"type": "coverage", "cells": ["HF"], "count_synthetic": True}, True),       # 12 + 5 synthetic >= 15
+    ({"type": "coverage", "min_images": 10}, True),
+    ({"type": "qc", "max_rejected_share": 0.5}, True),                            # 2 of 10 rejected
+    ({"type": "qc", "max_rejected_share": 0.1}, False),
+])
+def test_single_audit_rules(audits, tmp_path, run_cli, rule, passes):
+    result = _gate(run_cli, audits["old"], _policy(tmp_path, [rule]))
+    assert result.exit_code == (0 if passes else 1), result.output
+    xml = (audits["old"].parent / "gate-junit.xml").read_text()
+    assert ("<failure" in xml) == (not passes)
+    summary = (audits["old"].parent / "gate-summary.md").read_text()
+    assert ("PASSED" in summary) == passes
+
+
+@pytest.mark.parametrize("candidate,rule,passes", [
+    ("old", {"type": "non_inferiority", "metric": "auprc", "margin": 0.02}, True),
+    ("small_regression", {"type": "non_inferiority", "metric": "auprc", "concepts": ["Cardiomegaly"], "margin": 0.1}, True),
+    ("large_regression", {"type": "non_inferiority", "metric": "auprc", "concepts": ["Cardiomegaly"], "margin": 0.1}, False),
+    ("large_regression", {"type": "non_inferiority", "metric": "auroc", "concepts": [], "cells": ["HF"], "margin": 0.02}, False),
+    ("small_regression", {"type": "max_uncertainty_rise", "max_rise": 0.05}, True),
+    ("uncertain", {"type": "max_uncertainty_rise", "max_rise": 0.05}, False),
+])
+def test_rules_against_a_baseline(audits, tmp_path, run_cli, candidate, rule, passes):
+    result = _gate(run_cli, audits[candidate], _policy(tmp_path, [rule]), audits["old"])
+    assert result.exit_code == (0 if passes else 1), result.output
+
+
+def test_the_small_regression_is_a_real_regression(audits):
+    """The 'inside the margin' case must really be worse, or the test above would prove nothing."""
+    old = json.loads(audits["old"].read_text())["arms"]["baseline"]["metrics"]["concepts"]["Cardiomegaly"]["auprc"]
+    new = json.loads(audits["small_regression"].read_text())["arms"]["baseline"]["metrics"]["concepts"]["Cardiomegaly"]["auprc"]
+    assert 0 < old["value"] - new["value"] < 0.1
+
+
+def test_baseline_rules_are_skipped_without_a_baseline(audits, tmp_path, run_cli):
+    result = _gate(run_cli, audits["old"], _policy(tmp_path, [{"type": "non_inferiority", "margin": 0.02}]))
+    assert result.exit_code == 0
+    assert "<skipped" in (audits["old"].parent / "gate-junit.xml").read_text()
+
+
+def test_different_test_sets_are_refused(audits, tmp_path, run_cli):
+    result = _gate(run_cli, audits["other_test_set"], _policy(tmp_path, [{"type": "non_inferiority", "margin": 0.02}]),
+                   audits["old"])
+    assert result.exit_code == 2
+    assert "different test sets" in result.output
+
+
+@pytest.mark.parametrize("text,message", [
+    ("version: 1\nrules:\n  - type: min_metric\n    metric: auroc\n    min: 0.8\n  - type: max_eec\n    max: 0.1\n",
+     "line 6"),
+    ("version: 1\nrules:\n  - type: min_metric\n    min: 1.5\n", "min"),
+    ("version: 1\nrules: []\n", "rules"),
+    ("rules: [\n", "not valid YAML"),
+])
+def test_bad_policy_exits_2_and_names_the_place(audits, tmp_path, run_cli, text, message):
+    policy = tmp_path / "bad.yaml"
+    policy.write_text(text)
+    result = _gate(run_cli, audits["old"], policy)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (audits["old"].parent / "gate-junit.xml").exists()
+
+
+def test_unknown_concept_in_a_rule_exits_2(audits, tmp_path, run_cli):
+    result = _gate(run_cli, audits["old"], _policy(tmp_path, [{"type": "min_metric", "concepts": ["Cardiomegally"],
+                                                               "min": 0.5}]))
+    assert result.exit_code == 2 and "Cardiomegally" in result.output
+
+
+def test_tampered_replicates_are_refused(audits, tmp_path, run_cli):
+    replicates = audits["old"].parent / "evaluate" / "baseline" / "replicates.npz"
+    replicates.write_bytes(replicates.read_bytes() + b"x")
+    result = _gate(run_cli, audits["small_regression"], _policy(tmp_path, [{"type": "non_inferiority", "margin": 0.1}]),
+                   audits["old"])
+    assert result.exit_code == 2 and "SHA-256" in result.output
+
+
+def test_junit_xml_validates_against_the_common_schema(audits, tmp_path, run_cli):
+    import xmlschema
+
+    rules = [{"type": "min_metric", "min": 0.5, "id": "auroc-floor"}, {"type": "max_ece", "max": 0.001},
+             {"type": "non_inferiority", "margin": 0.1, "concepts": ["Cardiomegaly"]},
+             {"type": "max_uncertainty_rise", "max_rise": 0.05}]
+    result = _gate(run_cli, audits["large_regression"], _policy(tmp_path, rules), audits["old"])
+    assert result.exit_code == 1
+    path = audits["large_regression"].parent / "gate-junit.xml"
+    xmlschema.XMLSchema(JUNIT_XSD).validate(path)
+    import xml.etree.ElementTree as ET
+
+    suite = ET.parse(path).getroot().find("testsuite")
+    cases = suite.findall("testcase")
+    assert len(cases) == len(rules) == int(suite.get("tests"))
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert int(suite.get("failures")) == len(failed) == 2
+    assert all(c.find("failure").get("message") for c in failed)
+    assert cases[0].get("name") == "auroc-floor"
+
+
+def test_compare_prints_paired_differences(audits, run_cli):
+    result = run_cli("compare", audits["old"], audits["large_regression"])
+    assert result.exit_code == 0, result.output
+    assert "Cardiomegaly" in result.output and "auprc" in result.output and "[" in result.output
+
+
+def test_policy_arm_must_exist(audits, tmp_path, run_cli):
+    policy = tmp_path / "arm.yaml"
+    policy.write_text("version: 1\narm: cars\nrules:\n  - {type: max_ece, max: 0.1}\n")
+    result = _gate(run_cli, audits["old"], policy)
+    assert result.exit_code == 2 and "no arm 'cars'" in result.output
+
+
+def test_policy_example_in_docs_is_valid():
+    from cxr_audit.gate import load_policy
+
+    policy = load_policy(Path("docs/gates.example.yaml"))
+    assert {rule.type for rule in policy.rules} >= {"min_metric", "max_ece", "non_inferiority", "coverage", "qc"}
+
