@@ -29,7 +29,7 @@ def main() -> None:
     settings = EditSettings(steps=50, strength=0.6)
     batch = 8
     for size, widths in ((64, (16, 32, 32)), (128, (16, 32, 64, 64)), (256, (16, 32, 64, 64, 64))):
-        model = ConceptConditionedUNet(CONCEPTS, size, widths).to(device).eval()
+        model = ConceptConditionedUNet(CONCEPTS, size, widths, inpainting=True).to(device).eval()
         rng = np.random.default_rng(0)
         sources = rng.random((batch, size, size)).astype(np.float32)
         labels = (rng.random((batch, len(CONCEPTS))) < 0.3).astype(np.float32)

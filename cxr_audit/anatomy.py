@@ -79,15 +79,18 @@ def regions_from_anatomy(masks: dict[str, np.ndarray]) -> dict[str, dict[str, np
         hull[r, line[0]: line[-1] + 1] = True
     between = hull & ~lungs
     y = np.mgrid[: shape[0], : shape[1]][0]
-    heart = masks.get("heart")
-    if heart is None:  # no heart mask: the lower part of the space between the lungs
-        heart = between & (y > top + 0.55 * (bottom - top))
     mediastinum = masks.get("mediastinum")
-    if mediastinum is None:
+    if mediastinum is None:  # no mediastinum mask: the upper part of the space between the lungs
         mediastinum = between & (y <= top + 0.6 * (bottom - top))
-    heart, mediastinum = heart.astype(bool), mediastinum.astype(bool)
-    # An enlarging heart grows into the lungs: its region reaches beyond today's silhouette.
-    cardiac = ndimage.binary_dilation(heart, iterations=max(2, int(0.08 * shape[1])))
+    mediastinum = mediastinum.astype(bool)
+    # The cardiac region comes from the thorax (the outer lung edges), not from today's heart: an enlarging
+    # heart grows into the lungs, so the region must hold the largest plausible heart, and it must not
+    # depend on whether the heart is enlarged, or a generator trained on regions would read the answer from
+    # the region's shape instead of the concept vector.
+    x = np.mgrid[: shape[0], : shape[1]][1]
+    width = cols[-1] - cols[0]
+    centre = (cols[0] + cols[-1]) / 2
+    cardiac = hull & (y > top + 0.38 * (bottom - top)) & (x > centre - 0.30 * width) & (x < centre + 0.36 * width)
     zones = {"right": _lung_zones(right, "right"), "left": _lung_zones(left, "left")}
 
     def sided(right_mask: np.ndarray, left_mask: np.ndarray) -> dict[str, np.ndarray]:

@@ -315,6 +315,7 @@ def train_generator_command(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     channels: Annotated[str, typer.Option("--channels", help="UNet widths per level, e.g. 16,32,32 (CPU) or "
                                           "64,128,256,256 (GPU).")] = "16,32,32",
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Train the concept-conditioned diffusion generator on the training split (resumes from a checkpoint)."""
@@ -323,7 +324,8 @@ def train_generator_command(
     from cxr_audit.data.images import load_resized
     from cxr_audit.data.readers import read_manifest
     from cxr_audit.spec import LabelPolicy, load_spec
-    from cxr_audit.synthesis.generator import TrainConfig, train_generator
+    from cxr_audit.synthesis.generator import RegionSampler, TrainConfig, train_generator
+    from cxr_audit.synthesis.run import training_anatomy
 
     coverage_spec = load_spec(spec) if spec else None
     manifest = read_manifest(data, data_format.value, root).frontal()
@@ -336,9 +338,13 @@ def train_generator_command(
     except ValueError:
         raise UserInputError(f"--channels {channels!r} must be comma-separated integers, e.g. 16,32,32.") from None
     images = np.stack([load_resized(train.resolve_image(p), size) for p in train.frame["path"]])[:, None]
+    anatomy = training_anatomy(train, size)
+    if anatomy is None:
+        console.print("[yellow]note:[/] no anatomy masks beside the images: training a whole-image generator, which "
+                      "learns the concepts far more slowly. `cxr-audit segment` writes lung masks.")
     card = train_generator(images, train.labels(names, policy), names, out,
-                           TrainConfig(steps=steps, batch_size=batch_size, seed=seed, max_minutes=minutes),
-                           _data_sha256(data), widths)
+                           TrainConfig(steps=steps, batch_size=batch_size, seed=seed, max_minutes=minutes, lr=lr),
+                           _data_sha256(data), widths, regions=RegionSampler(anatomy, names) if anatomy else None)
     console.print(f"Generator: {card.steps} steps on {card.training_images:,} images at {size}px, "
                   f"{len(names)} concepts; saved to {out}")
 
@@ -352,9 +358,9 @@ def synthesize_command(
     root: RootOption = None,
     checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker model "
                                                  "(never the model under audit) for concept-alignment QC.")] = None,
-    strength: Annotated[float, typer.Option("--strength", help="Share of the schedule re-run (0-1).")] = 0.6,
+    strength: Annotated[float, typer.Option("--strength", help="Share of the schedule re-run (0-1).")] = 1.0,
     guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 3.0,
-    steps: Annotated[int, typer.Option("--steps", help="DDIM steps over the full schedule.")] = 50,
+    steps: Annotated[int, typer.Option("--steps", help="DDIM steps over the full schedule.")] = 30,
     unconstrained: Annotated[bool, typer.Option("--unconstrained", help="Ablation: no anatomy mask.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Default: RUN/synthetic (RUN/unconstrained).")] = None,
 ) -> None:

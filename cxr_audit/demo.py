@@ -33,6 +33,7 @@ DEMO_SPEC = Path(__file__).resolve().parents[1] / "coverage_specs" / "phantom.ya
 DEMO_PREVALENCE = Prevalence(combinations=[
     Combination(all_of=["Cardiomegaly", "Pleural Effusion"], probability={"train": 0.01, "val": 0.12, "test": 0.12}),
 ])
+DEMO_FOCUS = ["Cardiomegaly", "Pleural Effusion", "Edema"]  # the concepts the demo's plan edits most
 console = Console(stderr=True)
 
 
@@ -85,11 +86,16 @@ def rebuild_generator(labels: Path, minutes: float, steps: int = 20000) -> Path:
     from cxr_audit.spec import load_spec
     from cxr_audit.synthesis.generator import TrainConfig, train_generator
 
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.synthesis.generator import RegionSampler
+    from cxr_audit.synthesis.run import training_anatomy
+
     names = [c for c in load_spec(DEMO_SPEC).concepts if c != "No Finding"]
     images, targets = _training_arrays(labels, names)
+    anatomy = training_anatomy(read_manifest(labels, "chexpert").split("train"), DEMO_SIZE)
     work = ASSETS / "generator.partial"
     train_generator(images, targets, names, work, TrainConfig(steps=steps, lr=1e-3, max_minutes=minutes),
-                    sha256_file(labels))
+                    sha256_file(labels), regions=RegionSampler(anatomy, names, focus=DEMO_FOCUS))
     (work / "checkpoint.pt").unlink(missing_ok=True)  # the optimizer state is not shipped
     if SHIPPED_GENERATOR.exists():
         shutil.rmtree(SHIPPED_GENERATOR)

@@ -57,7 +57,9 @@ class AuditOptions:
     generator_size: int = 64
     generator_steps: int = 1500
     generator_minutes: float | None = None
-    edit: EditSettings = field(default_factory=lambda: EditSettings(steps=50, strength=0.6, guidance=3.0))
+    # Strength 1.0: the region is regenerated from noise (the inpainting generator sees the image around it);
+    # outside the region the source is kept exactly.
+    edit: EditSettings = field(default_factory=lambda: EditSettings(steps=30, strength=1.0, guidance=3.0))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     bootstrap: int = 1000
     mc_samples: int = 10
@@ -275,7 +277,8 @@ class _Stages:
         if self.options.generator:
             return self.options.generator, self.hashes["generator"]
         from cxr_audit.data.images import load_resized
-        from cxr_audit.synthesis.generator import TrainConfig, train_generator
+        from cxr_audit.synthesis.generator import RegionSampler, TrainConfig, train_generator
+        from cxr_audit.synthesis.run import training_anatomy
 
         out = self.path / "generator"
         names = [c for c in self.spec.concepts if c != "No Finding"]
@@ -285,10 +288,12 @@ class _Stages:
         def work() -> dict:
             size = self.options.generator_size
             images = np.stack([load_resized(self.train.resolve_image(p), size) for p in self.train.frame["path"]])[:, None]
+            anatomy = training_anatomy(self.train, size)
             card = train_generator(images, self.train.labels(names, self.spec.label_policy), names, out,
-                                   TrainConfig(steps=self.options.generator_steps, seed=self.options.seed,
+                                   TrainConfig(steps=self.options.generator_steps, seed=self.options.seed, lr=1e-3,
                                                max_minutes=self.options.generator_minutes),
-                                   self.hashes["data"], progress=self.options.progress)
+                                   self.hashes["data"], progress=self.options.progress,
+                                   regions=RegionSampler(anatomy, names) if anatomy else None)
             return {"steps": card.steps}
 
         self.run.stage("generator", inputs, work)

@@ -40,22 +40,21 @@ class LungUNet(nn.Module):
     def __init__(self, width: int = 16):
         super().__init__()
         w = [width, 2 * width, 4 * width, 8 * width]
-        self.down = nn.ModuleList([_double_conv(1, w[0]), _double_conv(w[0], w[1]), _double_conv(w[1], w[2])])
+        self.down1, self.down2, self.down3 = _double_conv(1, w[0]), _double_conv(w[0], w[1]), _double_conv(w[1], w[2])
         self.bottom = _double_conv(w[2], w[3])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(w[3], w[2], 2, stride=2), nn.ConvTranspose2d(w[2], w[1], 2, stride=2),
-                                 nn.ConvTranspose2d(w[1], w[0], 2, stride=2)])
-        self.merge = nn.ModuleList([_double_conv(2 * w[2], w[2]), _double_conv(2 * w[1], w[1]), _double_conv(2 * w[0], w[0])])
+        self.up3, self.merge3 = nn.ConvTranspose2d(w[3], w[2], 2, stride=2), _double_conv(2 * w[2], w[2])
+        self.up2, self.merge2 = nn.ConvTranspose2d(w[2], w[1], 2, stride=2), _double_conv(2 * w[1], w[1])
+        self.up1, self.merge1 = nn.ConvTranspose2d(w[1], w[0], 2, stride=2), _double_conv(2 * w[0], w[0])
         self.head = nn.Conv2d(w[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = nn.functional.max_pool2d(x, 2)
-        x = self.bottom(x)
-        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
-            x = merge(torch.cat([up(x), skip], dim=1))
+        s1 = self.down1(x)
+        s2 = self.down2(nn.functional.max_pool2d(s1, 2))
+        s3 = self.down3(nn.functional.max_pool2d(s2, 2))
+        x = self.bottom(nn.functional.max_pool2d(s3, 2))
+        x = self.merge3(torch.cat([self.up3(x), s3], dim=1))
+        x = self.merge2(torch.cat([self.up2(x), s2], dim=1))
+        x = self.merge1(torch.cat([self.up1(x), s1], dim=1))
         return self.head(x)
 
 
@@ -194,12 +193,38 @@ def write_masks(segmenter: LungSegmenter, manifest, out_root: Path, size: int | 
     """Segment every image of `manifest` and write masks in the layout synthesis reads:
     <out_root>/masks/<image path without suffix>/lung_right.png, lung_left.png."""
     written = 0
+    overlays = []
     for path in tqdm(manifest.frame["path"], desc="segmenting lungs", unit="img", disable=not progress):
         image = load_resized(manifest.resolve_image(path), size or SEG_SIZE)
+        anatomy = segmenter.anatomy(image)
+        if len(overlays) < 24:
+            overlays.append(_overlay(image, anatomy))
         parts = Path(path).with_suffix("").parts  # the same layout synthesis.run._mask_folder reads
         folder = Path(out_root) / "masks" / Path(*(parts[1:] if parts[0] == "images" and len(parts) > 1 else parts))
         folder.mkdir(parents=True, exist_ok=True)
-        for name, mask in segmenter.anatomy(image).items():
+        for name, mask in anatomy.items():
             Image.fromarray((mask * 255).astype(np.uint8)).save(folder / f"{name}.png")
         written += 1
+    if overlays:  # a contact sheet: right lung red, left green, cardiac region blue, costophrenic angles yellow
+        columns = 6
+        tile = overlays[0].shape[0]
+        sheet = np.full(((len(overlays) + columns - 1) // columns * tile, columns * tile, 3), 255, np.uint8)
+        for k, picture in enumerate(overlays):
+            r, c = divmod(k, columns)
+            sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = picture
+        Image.fromarray(sheet).save(Path(out_root) / "lung_overlays.png")
     return written
+
+
+def _overlay(image: np.ndarray, anatomy: dict[str, np.ndarray]) -> np.ndarray:
+    from cxr_audit.anatomy import regions_from_anatomy
+
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    empty = np.zeros_like(image, bool)
+    regions = regions_from_anatomy(anatomy) if (anatomy["lung_right"] | anatomy["lung_left"]).any() else None
+    heart = regions["cardiac_silhouette"]["both"] if regions else empty
+    angles = regions["costophrenic_angles"]["both"] if regions else empty
+    for mask, colour in ((anatomy["lung_right"], (1, 0.2, 0.2)), (anatomy["lung_left"], (0.2, 1, 0.2)),
+                         (heart & ~angles, (0.3, 0.4, 1)), (angles, (1, 0.9, 0.1))):
+        rgb[mask] = 0.6 * rgb[mask] + 0.4 * np.array(colour)
+    return np.round(rgb * 255).astype(np.uint8)

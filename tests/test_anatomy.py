@@ -46,3 +46,15 @@ def test_regions_are_derived_without_heart_or_mediastinum_masks(tmp_path):
     regions = regions_from_anatomy(loaded)
     heart = regions["cardiac_silhouette"]["both"]
     assert heart.any() and (heart & masks["heart"]).sum() / masks["heart"].sum() > 0.5
+
+
+@pytest.mark.parametrize("finding", ["Cardiomegaly", "Pleural Effusion"])
+def test_edit_region_does_not_depend_on_the_finding(finding):
+    """A region that grew with the finding would tell a generator trained on regions the answer."""
+    study = phantom.make_study("p", 1, "M", 11, 12, set())
+    without = phantom.render(study, 64).masks
+    with_finding = phantom.render(phantom.counterfactual(study, add=finding), 64).masks
+    lungs = ("lung_right", "lung_left")
+    a, _ = edit_mask([finding], {k: without[k] for k in lungs})
+    b, _ = edit_mask([finding], {k: with_finding[k] for k in lungs})
+    assert (a != b).sum() <= 0.02 * a.sum()

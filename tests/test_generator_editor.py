@@ -76,3 +76,34 @@ def test_masked_edit_keeps_everything_outside_the_region(tiny_generator):
     assert np.abs(ablation - sources)[:, ~masks[0]].mean() > 0.01  # unconstrained regeneration moves anatomy
     generated = sample(model, targets, settings, seed=1, size=32)
     assert generated.shape == (3, 32, 32) and 0 <= generated.min() and generated.max() <= 1
+
+
+def test_inpainting_generator_trains_on_anatomical_regions_and_edits(phantom_dataset, tmp_path):
+    """With anatomy masks the generator learns to fill one concept's region given the image around it."""
+    from cxr_audit.anatomy import edit_mask
+    from cxr_audit.data.images import load_resized
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.synthesis.generator import RegionSampler
+    from cxr_audit.synthesis.run import training_anatomy
+
+    train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
+    train.frame = train.frame.head(12)
+    images = np.stack([load_resized(train.resolve_image(p), 64) for p in train.frame["path"]])[:, None]
+    labels = train.frame[CONCEPTS].to_numpy(np.float32)
+    anatomy = training_anatomy(train, 64)
+    assert anatomy is not None and len(anatomy) == 12
+    sampler = RegionSampler(anatomy, CONCEPTS)
+    regions = sampler.sample(np.arange(12), labels, torch.Generator().manual_seed(0))
+    assert regions.shape == (12, 1, 64, 64)
+    covered = regions.mean(dim=(1, 2, 3))
+    assert ((covered > 0.01) & (covered < 0.6)).sum() >= 8  # mostly anatomical regions, some whole images
+    card = train_generator(images, labels, CONCEPTS, tmp_path, TrainConfig(steps=3, batch_size=4), "d", (8, 16),
+                           progress=False, regions=sampler)
+    assert card.inpainting
+    model, loaded = load_generator(tmp_path)
+    assert loaded.inpainting and model.inpainting
+    hard, soft = edit_mask(["Cardiomegaly"], anatomy[0])
+    edited = edit(model, images[:1, 0], np.array([[1, 0]], np.float32), hard[None], soft[None],
+                  EditSettings(steps=6, strength=0.8), seed=0)
+    assert np.abs(edited[0, ~hard] - images[0, 0, ~hard]).max() < 1e-5  # float rounding only
+    assert np.abs(edited[0, hard] - images[0, 0, hard]).mean() > 0.01

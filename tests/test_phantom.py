@@ -149,3 +149,16 @@ def test_phantom_command_writes_a_dataset_the_coverage_command_reads(tmp_path, r
     assert result.exit_code == 0, result.output
     again = run_cli("phantom", "--out", tmp_path / "ds", "--n", 40, "--size", 64)
     assert again.exit_code == 2 and "never overwritten" in again.output
+
+
+def test_shipped_demo_generator_was_trained_on_the_demo_dataset(tmp_path):
+    """`make demo` refuses a generator trained on other data: this catches a renderer change early."""
+    import json
+
+    from cxr_audit import demo
+    from cxr_audit.provenance import sha256_file
+
+    labels = demo.demo_dataset(tmp_path)
+    card = json.loads((demo.SHIPPED_GENERATOR / "generator_card.json").read_text())
+    assert card["training_data_sha256"] == sha256_file(labels)
+    assert card["inpainting"] and card["image_size"] == demo.DEMO_SIZE

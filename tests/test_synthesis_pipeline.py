@@ -80,3 +80,41 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
     ablation = run_synthesis(plan, manifest, model, card, generator_sha256(tiny_generator), tmp_path / "abl",
                              checker, options)
     assert ablation["mean_outside_mae"] > 10 * max(summary["mean_outside_mae"], 1e-4)
+
+
+def test_dicom_sources_give_dicom_edits_without_source_phi(tiny_generator, tmp_path):
+    import pydicom
+
+    from cxr_audit.data.phantom_dataset import MADE_UP_NAMES, write_phantom_dataset
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.spec import load_spec
+    from cxr_audit.coverage import analyse_coverage
+    from cxr_audit.synthesis.planner import plan_edits
+
+    data = tmp_path / "dicom"
+    write_phantom_dataset(data, 60, size=64, seed=5, dicom=True, workers=1, progress=False)
+    manifest = read_manifest(data / "labels.csv", "chexpert")
+    train = manifest.split("train")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 1}\n")
+    spec = load_spec(spec_path)
+    plan = plan_edits(train, spec, analyse_coverage(train, spec, spec_path, {}), 0).to_json({})
+    plan["edits"] = plan["edits"][:2]
+    model, card = load_generator(tiny_generator)
+    out = tmp_path / "synthetic"
+    run_synthesis(plan, manifest, model, card, generator_sha256(tiny_generator), out, None,
+                  SynthesisOptions(settings=EditSettings(steps=4, strength=0.5), progress=False))
+    for edit in plan["edits"]:
+        path = out / "images" / f"{edit['edit_id']}.dcm"
+        ds = pydicom.dcmread(path)
+        assert "DERIVED" in ds.ImageType and "SYNTHETIC" in ds.ImageType and ds.ConversionType == "SYN"
+        assert str(ds.PatientName) == "SYNTHETIC^CXR-AUDIT"
+        source = pydicom.dcmread(manifest.resolve_image(manifest.frame.set_index("image_id").loc[
+            edit["source_image_id"], "path"]))
+        raw = path.read_bytes()
+        # nothing identifying from the source header: names, ids, institution, UIDs
+        for value in (str(source.PatientName), source.PatientID, source.InstitutionName, source.StudyInstanceUID,
+                      source.SOPInstanceUID):
+            assert value.encode() not in raw
+        assert not any(name.encode() in raw for name in map(str, MADE_UP_NAMES))
+        assert ds.pixel_array.shape == (64, 64)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cxr_audit.synthesis.generator import ConceptConditionedUNet, encode_vectors, make_scheduler
+from cxr_audit.synthesis.generator import ConceptConditionedUNet, encode_vectors, inpainting_context, make_scheduler
 
 
 @dataclass
@@ -26,9 +26,10 @@ class EditSettings:
 
 
 def _guided_noise(model: ConceptConditionedUNet, x: torch.Tensor, t: torch.Tensor, conditional: torch.Tensor,
-                  null: torch.Tensor, guidance: float) -> torch.Tensor:
+                  null: torch.Tensor, guidance: float, context: torch.Tensor | None = None) -> torch.Tensor:
     """One UNet pass on [conditional; unconditional] and the guided combination."""
-    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([conditional, null]))
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([conditional, null]),
+                 None if context is None else torch.cat([context, context]))
     cond, uncond = both.chunk(2)
     return uncond + guidance * (cond - uncond)
 
@@ -51,10 +52,16 @@ def edit(model: ConceptConditionedUNet, sources: np.ndarray, target_labels: np.n
     conditional = encode_vectors(target_labels).to(device)
     null = torch.zeros_like(conditional)  # every concept unknown: the unconditional input
     noise = torch.randn(x0.shape, generator=generator).to(device)
+    # An inpainting generator also sees the source around the region (the whole image is the region in the
+    # unconstrained ablation).
+    context = None
+    if model.inpainting:
+        region = torch.ones_like(x0) if keep is None else 1 - keep
+        context = inpainting_context(x0, region)
     x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(x0)))
     for i, t in enumerate(timesteps):
         t_batch = t.repeat(len(x0)).to(device)
-        eps = _guided_noise(model, x, t_batch, conditional, null, settings.guidance)
+        eps = _guided_noise(model, x, t_batch, conditional, null, settings.guidance, context)
         x = scheduler.step(eps, t, x, eta=settings.eta, generator=generator).prev_sample
         if keep is not None:
             if i + 1 < len(timesteps):  # the latent is now at timesteps[i + 1]: noise the source to that level

@@ -42,14 +42,16 @@ class ConceptConditionedUNet(nn.Module):
     is the unconditional input for classifier-free guidance."""
 
     def __init__(self, concept_names: list[str], image_size: int = 64,
-                 block_out_channels: tuple[int, ...] = (16, 32, 32), layers_per_block: int = 1):
+                 block_out_channels: tuple[int, ...] = (16, 32, 32), layers_per_block: int = 1,
+                 inpainting: bool = False):
         super().__init__()
         from diffusers import UNet2DModel
 
         self.concept_names = list(concept_names)
+        self.inpainting = inpainting
         n = len(block_out_channels)
         self.unet = UNet2DModel(
-            sample_size=image_size, in_channels=1 + 2 * len(concept_names), out_channels=1,
+            sample_size=image_size, in_channels=1 + 2 * len(concept_names) + (2 if inpainting else 0), out_channels=1,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
             class_embed_type="identity", norm_num_groups=min(8, block_out_channels[0]))
@@ -63,9 +65,22 @@ class ConceptConditionedUNet(nn.Module):
             return vectors
         return vectors * (~unconditional)[:, None].to(vectors.dtype)
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, vectors: torch.Tensor,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """`context` (inpainting models): (N, 2, H, W) = [source outside the region (0 inside), region mask];
+        None means no known pixels (the whole image is the region)."""
         planes = vectors[:, :, None, None].expand(-1, -1, noisy.shape[2], noisy.shape[3]).to(noisy.dtype)
-        return self.unet(torch.cat([noisy, planes], dim=1), timesteps, class_labels=self.encoder(vectors)).sample
+        inputs = [noisy, planes]
+        if self.inpainting:
+            if context is None:
+                context = torch.cat([torch.zeros_like(noisy), torch.ones_like(noisy)], dim=1)
+            inputs.insert(1, context.to(noisy.dtype))
+        return self.unet(torch.cat(inputs, dim=1), timesteps, class_labels=self.encoder(vectors)).sample
+
+
+def inpainting_context(x0: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """[x0 outside the region, 0 inside; the region] for images x0 in [-1, 1] and a (N, 1, H, W) region in {0, 1}."""
+    return torch.cat([x0 * (1 - region), region], dim=1)
 
 
 @dataclass
@@ -78,6 +93,7 @@ class GeneratorCard:
     training_images: int
     steps: int
     seed: int
+    inpainting: bool = False       # trained to fill an anatomical region given the image around it
     tool_version: str = __version__
     weights_sha256: dict[str, str] = field(default_factory=dict)
 
@@ -103,14 +119,19 @@ class TrainConfig:
 
 def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[str], out: Path,
                     config: TrainConfig, data_sha256: str, block_out_channels: tuple[int, ...] = (16, 32, 32),
-                    progress: bool = True) -> GeneratorCard:
-    """DDPM training on (N, 1, S, S) images in [0, 1] with (N, K) labels; resumes from out/checkpoint.pt."""
+                    progress: bool = True, regions=None) -> GeneratorCard:
+    """DDPM training on (N, 1, S, S) images in [0, 1] with (N, K) labels; resumes from out/checkpoint.pt.
+
+    With `regions` (a RegionSampler over the same images) the generator is an inpainting model: each sample
+    hides one concept's anatomical region, shows the rest of the image as context, and the loss is taken
+    mostly inside the region. The concept then decides most of what the model has to predict, so the
+    conditioning is learned in a fraction of the steps a whole-image model needs."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
     size = images.shape[-1]
-    model = ConceptConditionedUNet(concept_names, size, block_out_channels).to(device)
+    model = ConceptConditionedUNet(concept_names, size, block_out_channels, inpainting=regions is not None).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     scheduler = make_scheduler("ddpm")
@@ -135,9 +156,15 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
         noise = torch.randn(x0.shape, generator=generator).to(device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator).to(device)
         drop = (torch.rand(len(batch), generator=generator) < config.p_uncond).to(device)
+        context, weight = None, None
+        if regions is not None:
+            region = regions.sample(batch.numpy(), labels, generator).to(device)
+            context = inpainting_context(x0, region)
+            weight = region + 0.1 * (1 - region)  # outside, the context gives the answer: a little weight
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            prediction = model(scheduler.add_noise(x0, noise, t), t, model.condition(vectors, drop))
-            loss = nn.functional.mse_loss(prediction.float(), noise)
+            prediction = model(scheduler.add_noise(x0, noise, t), t, model.condition(vectors, drop), context)
+            error = (prediction.float() - noise) ** 2
+            loss = error.mean() if weight is None else (error * weight).sum() / weight.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -157,7 +184,7 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
     bar.close()
     card = GeneratorCard(concepts=list(concept_names), image_size=size, block_out_channels=list(block_out_channels),
                          layers_per_block=1, training_data_sha256=data_sha256, training_images=len(images),
-                         steps=step, seed=config.seed)
+                         steps=step, seed=config.seed, inpainting=regions is not None)
     save_generator(ema, card, out)
     return card
 
@@ -205,8 +232,50 @@ def load_generator(folder: str | Path) -> tuple[ConceptConditionedUNet, Generato
             raise UserInputError(f"{folder / relative} has SHA-256 {actual[:16]}..., but the generator card pins "
                                  f"{expected[:16]}...: the weights were changed or corrupted. Retrain or restore them.")
     model = ConceptConditionedUNet([concepts.resolve(c) for c in card.concepts], card.image_size,
-                                   tuple(card.block_out_channels), card.layers_per_block)
+                                   tuple(card.block_out_channels), card.layers_per_block, card.inpainting)
     model.unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
     state = load_file(str(folder / "concept_encoder.safetensors"))
     model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
     return model.eval(), card
+
+
+class RegionSampler:
+    """Training regions for an inpainting generator: for each image, the edit region of one concept (a
+    positive one half of the time when the image has any, so present findings are seen inside their region);
+    10% of samples hide the whole image (unconstrained mode). Regions come from label-independent anatomy
+    (anatomy.regions_from_anatomy), so their shape never gives the label away."""
+
+    def __init__(self, anatomies: list[dict[str, np.ndarray]], concept_names: list[str], p_whole: float = 0.1,
+                 focus: list[str] | None = None):
+        self.anatomies = anatomies
+        self.concept_names = list(concept_names)
+        self.p_whole = p_whole
+        # Concepts the plan will edit get most of the training regions: on a CPU budget, the steps go where
+        # the edits will be made.
+        self.focus = [c for c in (focus or []) if c in self.concept_names]
+        self._cache: dict[tuple[int, str, str], np.ndarray] = {}
+
+    def _region(self, index: int, concept: str, side: str) -> np.ndarray:
+        from cxr_audit.anatomy import edit_mask
+
+        key = (index, concept, side)
+        if key not in self._cache:
+            self._cache[key] = edit_mask([concept], self.anatomies[index], side=side)[0]
+        return self._cache[key]
+
+    def sample(self, indices: np.ndarray, labels: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        size = next(iter(self.anatomies[0].values())).shape
+        out = np.zeros((len(indices), 1, *size), np.float32)
+        draws = torch.rand(len(indices), 4, generator=generator).numpy()  # whole image, focus, positive, concept
+        for k, index in enumerate(indices):
+            if draws[k, 0] < self.p_whole:
+                out[k, 0] = 1
+                continue
+            candidates = self.focus if self.focus and draws[k, 1] < 0.8 else self.concept_names
+            positives = [c for j, c in enumerate(self.concept_names) if labels[index, j] == 1 and c in candidates]
+            pool = positives if positives and draws[k, 2] < 0.5 else candidates
+            concept = pool[min(int(draws[k, 3] * len(pool)), len(pool) - 1)]
+            # Both sides for one-sided concepts: a region that followed the finding's side would tell the
+            # model the label.
+            out[k, 0] = self._region(int(index), concept, "both")
+        return torch.from_numpy(out)

@@ -49,6 +49,22 @@ def _mask_folder(manifest: Manifest, rel_path: str) -> Path:
         manifest.root / "masks" / relative.with_suffix("")
 
 
+def training_anatomy(manifest: Manifest, size: int) -> list[dict[str, np.ndarray]] | None:
+    """Anatomy masks of every image (phantom layout, or written by `cxr-audit segment`), or None when the
+    data has none (the generator then trains without regions)."""
+    paths = list(manifest.frame["path"])
+    if not paths or not (_mask_folder(manifest, paths[0]) / "lung_right.png").exists():
+        return None
+    anatomies = []
+    for path in paths:
+        folder = _mask_folder(manifest, path)
+        if not (folder / "lung_right.png").exists():
+            raise UserInputError(f"No anatomy masks for {path} (looked in {folder}); other images have them. Write "
+                                 "masks for every image with `cxr-audit segment`.")
+        anatomies.append(load_mask_folder(folder, size))
+    return anatomies
+
+
 def _side_for(concept: str, operation: str, finding_masks: dict, rng: np.random.Generator) -> str:
     if not concepts.get(concept).lateral:
         return "both"
@@ -182,7 +198,15 @@ def _write_outputs(out: Path, planned: dict, item: dict, edited: np.ndarray, har
         return buffer.getvalue()
 
     edit_id = planned["edit_id"]
-    atomic_write_bytes(out / "images" / f"{edit_id}.png", png(np.round(edited * 255).astype(np.uint8)))
+    pixels = np.round(edited * 255).astype(np.uint8)
+    atomic_write_bytes(out / "images" / f"{edit_id}.png", png(pixels))
+    if str(item["row"]["path"]).lower().endswith((".dcm", ".dicom")):  # DICOM in, DICOM out (no source PHI)
+        from cxr_audit.synthesis.dicom_out import write_synthetic_dicom
+
+        operation = ", ".join(f"{o['op']} {o['concept']}" for o in planned["operations"])
+        write_synthetic_dicom(out / "images" / f"{edit_id}.dcm", pixels, edit_id,
+                              f"cxr-audit CARS edit ({operation}) of source image sha256 {item['source_sha256']}; "
+                              f"generator sha256 {generator_hash}", item["row"].get("view"))
     atomic_write_bytes(out / "masks" / f"{edit_id}.png", png((hard * 255).astype(np.uint8)))
     atomic_write_json(out / "records" / f"{edit_id}.json", {
         **{k: planned[k] for k in ("edit_id", "cell_id", "source_image_id", "patient_id", "operations",
