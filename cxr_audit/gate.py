@@ -214,13 +214,8 @@ def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun 
             outcomes.append(Outcome(rule_id, rule.type, "skipped", "no --baseline given: nothing to compare with"))
             continue
         if rule.type == "min_metric":
-            for concept in _select(rule.concepts, concepts, "concepts", rule_id):
-                entry = metrics["concepts"][concept][rule.metric]
-                lower = entry["ci"][0] if entry.get("ci") else entry.get("value")
-                line = f"{concept}: {rule.metric} {_num(entry.get('value'))}, lower bound {_num(lower)} (min {rule.min})"
-                details.append(line)
-                if lower is None or lower < rule.min:
-                    failures.append(line)
+            _lower_bound_checks(metrics["concepts"], _select(rule.concepts, concepts, "concepts", rule_id),
+                                rule.metric, rule.min, details, failures)
         elif rule.type == "max_ece":
             for concept in _select(rule.concepts, concepts, "concepts", rule_id):
                 entry = metrics["concepts"][concept]["ece"]
@@ -230,13 +225,8 @@ def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun 
                 if value is None or value > rule.max:
                     failures.append(line)
         elif rule.type == "cell_metric":
-            for cell in _select(rule.cells, cells, "cells", rule_id):
-                entry = metrics["cells"][cell][rule.metric]
-                lower = entry["ci"][0] if entry.get("ci") else entry.get("value")
-                line = f"{cell}: {rule.metric} {_num(entry.get('value'))}, lower bound {_num(lower)} (min {rule.min})"
-                details.append(line)
-                if lower is None or lower < rule.min:
-                    failures.append(line)
+            _lower_bound_checks(metrics["cells"], _select(rule.cells, cells, "cells", rule_id), rule.metric, rule.min,
+                                details, failures)
         elif rule.type == "non_inferiority":
             new, old = candidate.replicates(arm), baseline.replicates("baseline")
             targets = _select(rule.concepts, concepts, "concepts", rule_id)
@@ -293,6 +283,18 @@ def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun 
                    ("; ..." if len(failures) > 5 else "")) if failures else f"all {len(details)} checks passed"
         outcomes.append(Outcome(rule_id, rule.type, status, message, details))
     return outcomes
+
+
+def _lower_bound_checks(entries: dict, names: list[str], metric: str, minimum: float, details: list[str],
+                        failures: list[str]) -> None:
+    """'At least `minimum`', judged on the lower 95% CI bound (the point estimate when there is no CI)."""
+    for name in names:
+        entry = entries[name][metric]
+        lower = entry["ci"][0] if entry.get("ci") else entry.get("value")
+        line = f"{name}: {metric} {_num(entry.get('value'))}, lower bound {_num(lower)} (min {minimum})"
+        details.append(line)
+        if lower is None or lower < minimum:
+            failures.append(line)
 
 
 def _num(value, signed: bool = False) -> str:
