@@ -124,8 +124,9 @@ def uncertainty_figure(metrics: dict, concepts: list[str]) -> str:
         ax.set_title(concept, fontsize=7.5)
         ax.set_xlabel("bits")
         ax.set_ylabel("images")
-    axes[0].legend(loc="upper right", frameon=False)
-    figure.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.tight_layout(rect=(0, 0, 1, 0.94))
+    figure.legend(handles, labels, loc="upper center", ncol=2, frameon=False)  # above the panels, hiding none
     return to_data_uri(figure)
 
 
