@@ -23,6 +23,14 @@ from cxr_audit.errors import UserInputError
 ANATOMY = ("lung_right", "lung_left", "heart", "mediastinum")
 
 
+def mask_folder(rel_image_path: str) -> Path:
+    """Where an image's anatomy masks live, relative to the dataset root: masks/<image path without suffix>,
+    a leading images/ dropped (the phantom's layout: masks/<patient>/<study>/<view>/ beside
+    images/<patient>/<study>/<view>.png). `cxr-audit segment` writes this layout and synthesis reads it."""
+    parts = Path(rel_image_path).with_suffix("").parts
+    return Path("masks", *(parts[1:] if parts[0] == "images" and len(parts) > 1 else parts))
+
+
 def load_mask_folder(folder: str | Path, size: int | None = None) -> dict[str, np.ndarray]:
     """Anatomy masks saved as PNGs named after ANATOMY (the phantom's layout); lungs are required."""
     folder = Path(folder)

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from cxr_audit import __version__
 from cxr_audit.errors import EXIT_BAD_INPUT, UserInputError
+from cxr_audit.provenance import dataset_sha256
 
 app = typer.Typer(
     name="cxr-audit",
@@ -87,7 +88,7 @@ def coverage_command(
     from cxr_audit.spec import load_spec
 
     coverage_spec = load_spec(spec)
-    inputs = {"spec": sha256_file(spec), "data": _data_sha256(data)}
+    inputs = {"spec": sha256_file(spec), "data": dataset_sha256(data)}
     target = out / "coverage.json"
     guard_artifact(target, inputs, force)
     with console.status(f"Reading {data} ({data_format.value} format)"):
@@ -99,17 +100,6 @@ def coverage_command(
     atomic_write_json(target, report.model_dump(mode="json"))
     _print_coverage(report, show_all)
     console.print(f"Wrote {target}, {out / 'cooccurrence.png'} and {out / 'coverage_cells.png'}")
-
-
-def _data_sha256(data: Path) -> str:
-    from cxr_audit.provenance import sha256_file, sha256_files
-
-    if data.is_dir():  # MIMIC: the label, metadata and split files together
-        files = sorted(p for p in data.iterdir() if p.is_file() and p.name.endswith((".csv", ".csv.gz")))
-        return sha256_files(files)
-    if not data.exists():
-        raise UserInputError(f"Dataset labels {data} do not exist. Check --data.")
-    return sha256_file(data)
 
 
 def _print_coverage(report: Any, show_all: bool) -> None:
@@ -276,7 +266,7 @@ def plan_command(
     from cxr_audit.synthesis.planner import plan_edits
 
     coverage_spec = load_spec(spec)
-    inputs = {"spec": sha256_file(spec), "data": _data_sha256(data)}
+    inputs = {"spec": sha256_file(spec), "data": dataset_sha256(data)}
     guard_artifact(out / "plan.json", inputs, force)
     manifest = read_manifest(data, data_format.value, root)
     if coverage_spec.frontal_only:
@@ -319,9 +309,7 @@ def train_generator_command(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Train the concept-conditioned diffusion generator on the training split (resumes from a checkpoint)."""
-    import numpy as np
-
-    from cxr_audit.data.images import load_resized
+    from cxr_audit import concepts
     from cxr_audit.data.readers import read_manifest
     from cxr_audit.spec import LabelPolicy, load_spec
     from cxr_audit.synthesis.generator import RegionSampler, TrainConfig, train_generator
@@ -330,21 +318,21 @@ def train_generator_command(
     coverage_spec = load_spec(spec) if spec else None
     manifest = read_manifest(data, data_format.value, root).frontal()
     train = _training_split(manifest, seed)
-    names = [c for c in (coverage_spec.concepts if coverage_spec else manifest.concepts) if c != "No Finding"]
+    names = concepts.findings(coverage_spec.concepts if coverage_spec else manifest.concepts)
     train.require_concepts(names, "train-generator")
     policy = coverage_spec.label_policy if coverage_spec else LabelPolicy()
     try:
         widths = tuple(int(c) for c in channels.split(","))
     except ValueError:
         raise UserInputError(f"--channels {channels!r} must be comma-separated integers, e.g. 16,32,32.") from None
-    images = np.stack([load_resized(train.resolve_image(p), size) for p in train.frame["path"]])[:, None]
+    images = train.images(size, progress=True)
     anatomy = training_anatomy(train, size)
     if anatomy is None:
         console.print("[yellow]note:[/] no anatomy masks beside the images: training a whole-image generator, which "
                       "learns the concepts far more slowly. `cxr-audit segment` writes lung masks.")
     card = train_generator(images, train.labels(names, policy), names, out,
                            TrainConfig(steps=steps, batch_size=batch_size, seed=seed, max_minutes=minutes, lr=lr),
-                           _data_sha256(data), widths, regions=RegionSampler(anatomy, names) if anatomy else None)
+                           dataset_sha256(data), widths, regions=RegionSampler(anatomy, names) if anatomy else None)
     console.print(f"Generator: {card.steps} steps on {card.training_images:,} images at {size}px, "
                   f"{len(names)} concepts; saved to {out}")
 

@@ -91,7 +91,6 @@ def finetune_command(run: RunOption, arms: ArmsOption = "real_only,cars,unconstr
     from cxr_audit.pipeline import ARMS, options_from_run, prepare
 
     stages = prepare(options_from_run(run))
-    stages.coverage()
     stages.plan(stages.coverage())
     generator_dir, generator_hash = stages.generator()
     checker = stages.checker()

@@ -89,6 +89,12 @@ NIH_14: tuple[str, ...] = (
 _BY_NAME = {c.name: c for c in CONCEPTS}
 
 
+def findings(names: list[str]) -> list[str]:
+    """`names` without No Finding: the concepts a generator or checker conditions on (No Finding follows
+    from them)."""
+    return [n for n in names if n != NO_FINDING]
+
+
 def _normalise(name: str) -> str:
     """Case, underscores, hyphens, slashes and repeated spaces do not distinguish concept names."""
     return re.sub(r"[\s_\-/]+", " ", name.strip().lower())

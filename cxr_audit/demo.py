@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from cxr_audit import concepts
 from cxr_audit.data import phantom
 from cxr_audit.data.phantom_dataset import Combination, Prevalence, write_phantom_dataset
 from cxr_audit.errors import UserInputError
@@ -33,7 +34,8 @@ DEMO_SPEC = Path(__file__).resolve().parents[1] / "coverage_specs" / "phantom.ya
 DEMO_PREVALENCE = Prevalence(combinations=[
     Combination(all_of=["Cardiomegaly", "Pleural Effusion"], probability={"train": 0.01, "val": 0.12, "test": 0.12}),
 ])
-DEMO_FOCUS = ["Cardiomegaly", "Pleural Effusion", "Edema"]  # the concepts the demo's plan edits most
+# The concepts the demo's plan edits (a test checks this against the plan): most training regions go to them.
+DEMO_FOCUS = ["Cardiomegaly", "Pleural Effusion", "Edema"]
 console = Console(stderr=True)
 
 
@@ -51,13 +53,11 @@ def demo_dataset(inputs: Path) -> Path:
     return labels
 
 
-def _training_arrays(labels: Path, concepts: list[str]):
-    from cxr_audit.data.images import load_resized
+def _training_arrays(labels: Path, names: list[str]):
     from cxr_audit.data.readers import read_manifest
 
     train = read_manifest(labels, "chexpert").split("train")
-    images = np.stack([load_resized(train.resolve_image(p), DEMO_SIZE) for p in train.frame["path"]])[:, None]
-    return images, train.frame[concepts].to_numpy(np.float32)
+    return train.images(DEMO_SIZE), train.frame[names].to_numpy(np.float32)
 
 
 def demo_classifier(inputs: Path, labels: Path) -> Path:
@@ -70,11 +70,11 @@ def demo_classifier(inputs: Path, labels: Path) -> Path:
     if path.exists() and stamp.exists() and json.loads(stamp.read_text()).get("data_sha256") == data_hash:
         return path
     console.print("[bold]demo:[/] training the small deployed classifier")
-    concepts = list(phantom.PHANTOM_FINDINGS)
-    images, targets = _training_arrays(labels, concepts)
+    names = list(phantom.PHANTOM_FINDINGS)
+    images, targets = _training_arrays(labels, names)
     torch.manual_seed(DEMO_SEED)
     net = train_small_classifier(images, targets, epochs=6, seed=DEMO_SEED, width=8, progress=True)
-    save_classifier(net, path, concepts, DEMO_SIZE)
+    save_classifier(net, path, names, DEMO_SIZE)
     stamp.write_text(json.dumps({"data_sha256": data_hash, "epochs": 6, "width": 8}))
     return path
 
@@ -83,16 +83,15 @@ def rebuild_generator(labels: Path, minutes: float, steps: int = 20000) -> Path:
     """Retrain the shipped demo generator on the demo's training split (stops after `minutes`)."""
     import shutil
 
-    from cxr_audit.spec import load_spec
-    from cxr_audit.synthesis.generator import TrainConfig, train_generator
-
     from cxr_audit.data.readers import read_manifest
-    from cxr_audit.synthesis.generator import RegionSampler
+    from cxr_audit.spec import load_spec
+    from cxr_audit.synthesis.generator import RegionSampler, TrainConfig, train_generator
     from cxr_audit.synthesis.run import training_anatomy
 
-    names = [c for c in load_spec(DEMO_SPEC).concepts if c != "No Finding"]
-    images, targets = _training_arrays(labels, names)
-    anatomy = training_anatomy(read_manifest(labels, "chexpert").split("train"), DEMO_SIZE)
+    names = concepts.findings(load_spec(DEMO_SPEC).concepts)
+    train = read_manifest(labels, "chexpert").split("train")
+    images, targets = train.images(DEMO_SIZE), train.frame[names].to_numpy(np.float32)
+    anatomy = training_anatomy(train, DEMO_SIZE)
     work = ASSETS / "generator.partial"
     train_generator(images, targets, names, work, TrainConfig(steps=steps, lr=1e-3, max_minutes=minutes),
                     sha256_file(labels), regions=RegionSampler(anatomy, names, focus=DEMO_FOCUS))

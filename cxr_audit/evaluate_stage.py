@@ -13,7 +13,7 @@ from cxr_audit.data.readers import read_manifest
 from cxr_audit.errors import UserInputError
 from cxr_audit.evaluation import Evaluation, EvaluationInput, evaluate
 from cxr_audit.metrics.discrimination import choose_threshold
-from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, guard_artifact, sha256_file
+from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, dataset_sha256, guard_artifact, sha256_file
 from cxr_audit.spec import CoverageSpec, LabelPolicy, load_spec
 
 
@@ -82,7 +82,7 @@ def run_evaluate(options: EvaluateOptions) -> tuple[dict, Evaluation]:
                              "--predictions (a CSV of a model's outputs).")
     spec: CoverageSpec | None = load_spec(options.spec) if options.spec else None
     notes: list[str] = []
-    inputs = {"data": sha256_file(options.data) if options.data.is_file() else "folder"}
+    inputs = {"data": dataset_sha256(options.data)}
     if options.spec:
         inputs["spec"] = sha256_file(options.spec)
     if options.models:

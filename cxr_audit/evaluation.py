@@ -8,7 +8,9 @@ paired comparison between a baseline and a candidate valid.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from cxr_audit.metrics.bootstrap import Estimate, paired_difference, patient_wei
 from cxr_audit.metrics.calibration import calibration_errors, reliability_diagram
 from cxr_audit.metrics.discrimination import threshold_metrics, weighted_auroc, weighted_average_precision
 from cxr_audit.metrics.uncertainty import binary_entropy, decompose
+from cxr_audit.provenance import atomic_write_bytes
 from cxr_audit.spec import Cell
 
 METRICS_SCHEMA_VERSION = "1.0"
@@ -178,8 +181,6 @@ def _uncertainty_histograms(concepts: list[str], probabilities: np.ndarray, mutu
                             bins: int = 20) -> dict[str, dict]:
     """Per concept, histograms of the predictive entropy (bits, 0-1) and, with stochastic passes, of the
     mutual information (epistemic part): what the report's uncertainty plots draw."""
-    from cxr_audit.metrics.uncertainty import binary_entropy
-
     entropy = binary_entropy(probabilities)
     edges = np.linspace(0.0, 1.0, bins + 1)
     out = {}
@@ -213,3 +214,35 @@ def compare(old: Evaluation, new: Evaluation) -> dict[str, dict[str, dict]]:
 def estimate_of(document: dict, concept: str, metric: str) -> Estimate:
     entry = document["concepts"][concept][metric]
     return Estimate(entry["value"], tuple(entry["ci"]) if entry["ci"] else None)
+
+
+def save_replicates(path: Path, replicates: dict[str, dict[str, tuple[float, np.ndarray]]]) -> None:
+    """Bootstrap replicates per target and metric, point estimate first: what a paired comparison with another
+    run on the same test images needs (the gate reads them)."""
+    arrays = {f"{target}::{metric}": np.concatenate([[np.nan if point is None else point], np.asarray(reps, float)])
+              for target, metrics in replicates.items() for metric, (point, reps) in metrics.items()}
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_replicates(path: Path) -> dict[str, dict[str, tuple[float, np.ndarray]]]:
+    out: dict[str, dict[str, tuple[float, np.ndarray]]] = {}
+    with np.load(path) as data:
+        for key in data.files:
+            target, metric = key.rsplit("::", 1)
+            values = data[key]
+            out.setdefault(target, {})[metric] = (float(values[0]), values[1:])
+    return out
+
+
+def test_set_sha256(predictions_path: Path) -> str:
+    """The identity of a test set: its image ids and labels (not the model's outputs)."""
+    import hashlib
+
+    with np.load(predictions_path, allow_pickle=False) as data:
+        digest = hashlib.sha256()
+        digest.update("\n".join(map(str, data["image_id"])).encode())
+        digest.update("\n".join(map(str, data["concepts"])).encode())
+        digest.update(np.nan_to_num(data["labels"], nan=-1).astype(np.int8).tobytes())
+    return digest.hexdigest()

@@ -53,6 +53,10 @@ class TrainingImages:
     synthetic: np.ndarray  # (N,) bool
 
     @staticmethod
+    def real(images: np.ndarray, labels: np.ndarray) -> "TrainingImages":
+        return TrainingImages(images, labels.astype(np.float32), np.zeros(len(images), bool))
+
+    @staticmethod
     def concatenate(parts: list["TrainingImages"]) -> "TrainingImages":
         return TrainingImages(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
                               np.concatenate([p.synthetic for p in parts]))
@@ -217,17 +221,6 @@ def _save_torchscript(net: nn.Module, size: int, channels: int, path: Path, devi
     torch.jit.save(net, str(tmp))
     tmp.replace(path)
     net.to(device)
-
-
-def real_training_images(manifest, concepts: list[str], policy, size: int, progress: bool = True) -> TrainingImages:
-    """The real images of `manifest` at the model's input size, labelled under `policy`."""
-    from cxr_audit.data.images import load_resized
-
-    paths = [manifest.resolve_image(p) for p in manifest.frame["path"]]
-    images = np.stack([load_resized(p, size) for p in tqdm(paths, desc="loading images", unit="img",
-                                                               disable=not progress, leave=False)])[:, None]
-    return TrainingImages(images.astype(np.float32), manifest.labels(concepts, policy).astype(np.float32),
-                          np.zeros(len(paths), bool))
 
 
 def synthetic_training_images(folder: Path, concepts: list[str], size: int) -> TrainingImages:

@@ -8,19 +8,18 @@ runs on different test sets are refused, not compared.
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Annotated, Literal, Union
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from cxr_audit.errors import UserInputError
 from cxr_audit.metrics.bootstrap import paired_difference
-from cxr_audit.provenance import sha256_file
+from cxr_audit.provenance import read_json, sha256_file
 
 ConceptSelection = Union[Literal["all"], list[str]]
 
@@ -98,25 +97,10 @@ class GatePolicy(BaseModel):
 
 
 def load_policy(path: Path) -> GatePolicy:
-    from cxr_audit.spec import _format_validation_error
+    from cxr_audit.spec import load_yaml_model
 
-    path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"Gate policy {path} does not exist. See docs/gates.example.yaml.")
-    text = path.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark else ""
-        raise UserInputError(f"Gate policy {path}{where} is not valid YAML: {getattr(exc, 'problem', exc)}.") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"Gate policy {path} must be a mapping with 'version: 1' and 'rules'.")
-    try:
-        return GatePolicy.model_validate(data)
-    except ValidationError as exc:
-        raise UserInputError(_format_validation_error(path, root, exc)) from None
+    return load_yaml_model(path, GatePolicy, "gate policy", "See docs/gates.example.yaml.",
+                           "'version: 1' and 'rules'", "the example policy docs/gates.example.yaml")
 
 
 @dataclass
@@ -133,18 +117,14 @@ class AuditRun:
     """An audit.json and the run directory beside it (for the bootstrap replicates)."""
     path: Path
     document: dict
+    _replicates: dict = field(default_factory=dict, repr=False)  # read once per arm, however many rules use them
 
     @staticmethod
     def load(path: Path, arm: str) -> "AuditRun":
         path = Path(path)
         if path.is_dir():
             path = path / "audit.json"
-        if not path.exists():
-            raise UserInputError(f"{path} does not exist. Pass the audit.json of a finished `cxr-audit audit` run.")
-        try:
-            document = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise UserInputError(f"{path} is not valid JSON (line {error.lineno}): {error.msg}.") from None
+        document = read_json(path, "Pass the audit.json of a finished `cxr-audit audit` run.")
         for key in ("arms", "test_set", "coverage", "synthesis"):
             if key not in document:
                 raise UserInputError(f"{path} has no '{key}': not an audit.json written by `cxr-audit audit`.")
@@ -157,8 +137,10 @@ class AuditRun:
         return self.document["arms"][arm]["metrics"]
 
     def replicates(self, arm: str) -> dict:
-        from cxr_audit.pipeline import load_replicates
+        from cxr_audit.evaluation import load_replicates
 
+        if arm in self._replicates:
+            return self._replicates[arm]
         relative = f"evaluate/{arm}/replicates.npz"
         file = self.path.parent / relative
         if not file.exists():
@@ -166,7 +148,8 @@ class AuditRun:
                                  f"{self.path}. Keep the run directory together with its audit.json.")
         if arm == "baseline" and sha256_file(file) != self.document["test_set"].get("replicates_sha256"):
             raise UserInputError(f"{file} does not match the SHA-256 recorded in {self.path}.")
-        return load_replicates(file)
+        self._replicates[arm] = load_replicates(file)
+        return self._replicates[arm]
 
 
 def _select(selection, available: list[str], what: str, rule_id: str) -> list[str]:
@@ -198,103 +181,121 @@ def check_same_test_set(candidate: AuditRun, baseline: AuditRun) -> None:
                              "replicates); re-run one with the other's --seed and --bootstrap.")
 
 
+@dataclass
+class _Context:
+    """What every rule is judged against: the candidate's gated arm, and the baseline run if any."""
+    candidate: AuditRun
+    baseline: AuditRun | None
+    arm: str
+    metrics: dict
+    concepts: list[str]
+    cells: list[str]
+
+
+Check = tuple[str, bool]  # (what was checked, with the numbers; whether it passed)
+BASELINE_RULES = ("non_inferiority", "max_uncertainty_rise")
+
+
 def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun | None) -> list[Outcome]:
-    arm = policy.arm
-    metrics = candidate.metrics(arm)
-    concepts = list(metrics["concepts"])
-    cells = [c for c, e in metrics["cells"].items() if e.get("evaluated")]
+    metrics = candidate.metrics(policy.arm)
+    context = _Context(candidate, baseline, policy.arm, metrics, list(metrics["concepts"]),
+                       [c for c, e in metrics["cells"].items() if e.get("evaluated")])
     if baseline is not None:
         check_same_test_set(candidate, baseline)
     outcomes = []
     for index, rule in enumerate(policy.rules):
         rule_id = _rule_id(rule, index)
-        failures: list[str] = []
-        details: list[str] = []
-        if rule.type in ("non_inferiority", "max_uncertainty_rise") and baseline is None:
+        if rule.type in BASELINE_RULES and baseline is None:
             outcomes.append(Outcome(rule_id, rule.type, "skipped", "no --baseline given: nothing to compare with"))
             continue
-        if rule.type == "min_metric":
-            _lower_bound_checks(metrics["concepts"], _select(rule.concepts, concepts, "concepts", rule_id),
-                                rule.metric, rule.min, details, failures)
-        elif rule.type == "max_ece":
-            for concept in _select(rule.concepts, concepts, "concepts", rule_id):
-                entry = metrics["concepts"][concept]["ece"]
-                value = entry["ci"][1] if rule.use_upper_bound and entry.get("ci") else entry.get("value")
-                line = f"{concept}: ECE {_num(entry.get('value'))}{' (upper bound ' + _num(value) + ')' if rule.use_upper_bound else ''} (max {rule.max})"
-                details.append(line)
-                if value is None or value > rule.max:
-                    failures.append(line)
-        elif rule.type == "cell_metric":
-            _lower_bound_checks(metrics["cells"], _select(rule.cells, cells, "cells", rule_id), rule.metric, rule.min,
-                                details, failures)
-        elif rule.type == "non_inferiority":
-            new, old = candidate.replicates(arm), baseline.replicates("baseline")
-            targets = _select(rule.concepts, concepts, "concepts", rule_id)
-            if rule.cells is not None:
-                targets += [f"cell:{c}" for c in _select(rule.cells, cells, "cells", rule_id)]
-            for target in targets:
-                if target not in new or target not in old:
-                    failures.append(f"{target}: not evaluated in both runs")
-                    continue
-                point_new, reps_new = new[target][rule.metric]
-                point_old, reps_old = old[target][rule.metric]
-                difference = paired_difference(point_old, point_new, reps_old, reps_new)
-                lower = difference.ci[0] if difference.ci else difference.difference
-                line = (f"{target}: {rule.metric} {_num(point_old)} -> {_num(point_new)}, difference "
-                        f"{_num(difference.difference, signed=True)} (95% CI lower bound {_num(lower, signed=True)}; "
-                        f"margin -{rule.margin})")
-                details.append(line)
-                if lower is None or lower < -rule.margin:
-                    failures.append(line)
-        elif rule.type == "max_uncertainty_rise":
-            old_metrics = baseline.metrics("baseline")
-            for concept in _select(rule.concepts, concepts, "concepts", rule_id):
-                new_value = metrics["concepts"][concept]["entropy"]["value"]
-                old_value = old_metrics["concepts"].get(concept, {}).get("entropy", {}).get("value")
-                if new_value is None or old_value is None:
-                    failures.append(f"{concept}: entropy not available in both runs")
-                    continue
-                rise = new_value - old_value
-                line = f"{concept}: mean predictive entropy {old_value:.4f} -> {new_value:.4f} bits (rise {rise:+.4f}, max {rule.max_rise})"
-                details.append(line)
-                if rise > rule.max_rise:
-                    failures.append(line)
-        elif rule.type == "coverage":
-            by_id = {c["id"]: c for c in candidate.document["coverage"]["cells"]}
-            synthetic = candidate.document["synthesis"].get("cars", {}).get("accepted_by_cell", {})
-            for cell_id in _select(rule.cells, list(by_id), "cells", rule_id):
-                cell = by_id[cell_id]
-                needed = rule.min_images if rule.min_images is not None else cell["min_count"]
-                have = cell["count"] + (synthetic.get(cell_id, 0) if rule.count_synthetic else 0)
-                line = (f"{cell_id}: {cell['count']} real" + (f" + {synthetic.get(cell_id, 0)} synthetic" if
-                        rule.count_synthetic else "") + f" images (need {needed})")
-                details.append(line)
-                if have < needed:
-                    failures.append(line)
-        elif rule.type == "qc":
-            for mode, summary in candidate.document["synthesis"].items():
-                share = summary["rejected"] / summary["planned"] if summary["planned"] else 0.0
-                line = f"{summary.get('mode', mode)}: {summary['rejected']} of {summary['planned']} edits rejected ({share:.0%}, max {rule.max_rejected_share:.0%})"
-                details.append(line)
-                if share > rule.max_rejected_share:
-                    failures.append(line)
-        status = "failed" if failures else "passed"
-        message = (f"{len(failures)} of {len(details)} checks failed: " + "; ".join(failures[:5]) +
-                   ("; ..." if len(failures) > 5 else "")) if failures else f"all {len(details)} checks passed"
-        outcomes.append(Outcome(rule_id, rule.type, status, message, details))
+        checks = list(_RULE_CHECKS[rule.type](rule, context, rule_id))
+        details = [line for line, _ in checks]
+        failures = [line for line, passed in checks if not passed]
+        message = (f"{len(failures)} of {len(checks)} checks failed: " + "; ".join(failures[:5]) +
+                   ("; ..." if len(failures) > 5 else "")) if failures else f"all {len(checks)} checks passed"
+        outcomes.append(Outcome(rule_id, rule.type, "failed" if failures else "passed", message, details))
     return outcomes
 
 
-def _lower_bound_checks(entries: dict, names: list[str], metric: str, minimum: float, details: list[str],
-                        failures: list[str]) -> None:
+def _lower_bound_checks(entries: dict, names: list[str], metric: str, minimum: float) -> Iterator[Check]:
     """'At least `minimum`', judged on the lower 95% CI bound (the point estimate when there is no CI)."""
     for name in names:
         entry = entries[name][metric]
         lower = entry["ci"][0] if entry.get("ci") else entry.get("value")
-        line = f"{name}: {metric} {_num(entry.get('value'))}, lower bound {_num(lower)} (min {minimum})"
-        details.append(line)
-        if lower is None or lower < minimum:
-            failures.append(line)
+        yield (f"{name}: {metric} {_num(entry.get('value'))}, lower bound {_num(lower)} (min {minimum})",
+               lower is not None and lower >= minimum)
+
+
+def _min_metric(rule: MinMetric, c: _Context, rule_id: str) -> Iterator[Check]:
+    yield from _lower_bound_checks(c.metrics["concepts"], _select(rule.concepts, c.concepts, "concepts", rule_id),
+                                   rule.metric, rule.min)
+
+
+def _cell_metric(rule: CellMetric, c: _Context, rule_id: str) -> Iterator[Check]:
+    yield from _lower_bound_checks(c.metrics["cells"], _select(rule.cells, c.cells, "cells", rule_id),
+                                   rule.metric, rule.min)
+
+
+def _max_ece(rule: MaxEce, c: _Context, rule_id: str) -> Iterator[Check]:
+    for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
+        entry = c.metrics["concepts"][concept]["ece"]
+        value = entry["ci"][1] if rule.use_upper_bound and entry.get("ci") else entry.get("value")
+        bound = f" (upper bound {_num(value)})" if rule.use_upper_bound else ""
+        yield f"{concept}: ECE {_num(entry.get('value'))}{bound} (max {rule.max})", value is not None and value <= rule.max
+
+
+def _non_inferiority(rule: NonInferiority, c: _Context, rule_id: str) -> Iterator[Check]:
+    new, old = c.candidate.replicates(c.arm), c.baseline.replicates("baseline")
+    targets = _select(rule.concepts, c.concepts, "concepts", rule_id)
+    if rule.cells is not None:
+        targets += [f"cell:{cell}" for cell in _select(rule.cells, c.cells, "cells", rule_id)]
+    for target in targets:
+        if target not in new or target not in old:
+            yield f"{target}: not evaluated in both runs", False
+            continue
+        point_new, reps_new = new[target][rule.metric]
+        point_old, reps_old = old[target][rule.metric]
+        difference = paired_difference(point_old, point_new, reps_old, reps_new)
+        lower = difference.ci[0] if difference.ci else difference.difference
+        yield (f"{target}: {rule.metric} {_num(point_old)} -> {_num(point_new)}, difference "
+               f"{_num(difference.difference, signed=True)} (95% CI lower bound {_num(lower, signed=True)}; "
+               f"margin -{rule.margin})", lower is not None and lower >= -rule.margin)
+
+
+def _max_uncertainty_rise(rule: MaxUncertaintyRise, c: _Context, rule_id: str) -> Iterator[Check]:
+    old_metrics = c.baseline.metrics("baseline")
+    for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
+        new_value = c.metrics["concepts"][concept]["entropy"]["value"]
+        old_value = old_metrics["concepts"].get(concept, {}).get("entropy", {}).get("value")
+        if new_value is None or old_value is None:
+            yield f"{concept}: entropy not available in both runs", False
+            continue
+        rise = new_value - old_value
+        yield (f"{concept}: mean predictive entropy {old_value:.4f} -> {new_value:.4f} bits (rise {rise:+.4f}, "
+               f"max {rule.max_rise})", rise <= rule.max_rise)
+
+
+def _coverage(rule: CoverageRule, c: _Context, rule_id: str) -> Iterator[Check]:
+    by_id = {cell["id"]: cell for cell in c.candidate.document["coverage"]["cells"]}
+    synthetic = c.candidate.document["synthesis"].get("cars", {}).get("accepted_by_cell", {})
+    for cell_id in _select(rule.cells, list(by_id), "cells", rule_id):
+        cell = by_id[cell_id]
+        needed = rule.min_images if rule.min_images is not None else cell["min_count"]
+        added = synthetic.get(cell_id, 0) if rule.count_synthetic else 0
+        counted = f"{cell['count']} real" + (f" + {added} synthetic" if rule.count_synthetic else "")
+        yield f"{cell_id}: {counted} images (need {needed})", cell["count"] + added >= needed
+
+
+def _qc(rule: QcRule, c: _Context, rule_id: str) -> Iterator[Check]:
+    for mode, summary in c.candidate.document["synthesis"].items():
+        share = summary["rejected"] / summary["planned"] if summary["planned"] else 0.0
+        yield (f"{summary.get('mode', mode)}: {summary['rejected']} of {summary['planned']} edits rejected "
+               f"({share:.0%}, max {rule.max_rejected_share:.0%})", share <= rule.max_rejected_share)
+
+
+_RULE_CHECKS = {"min_metric": _min_metric, "max_ece": _max_ece, "cell_metric": _cell_metric,
+                "non_inferiority": _non_inferiority, "max_uncertainty_rise": _max_uncertainty_rise,
+                "coverage": _coverage, "qc": _qc}
 
 
 def _num(value, signed: bool = False) -> str:

@@ -269,6 +269,18 @@ class LoadedModel:
         out = out[:, self.output_index].float()
         return torch.sigmoid(out) if self.card.outputs == "logits" else out
 
+    @torch.inference_mode()
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities for in-memory images (N, H, W) in [0, 1], resized to the card's input size."""
+        size = self.card.input_size
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = torch.tensor(images[start:start + batch_size], dtype=torch.float32)[:, None]
+            if x.shape[-2:] != (size, size):
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            out.append(self.predict(x).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.concepts)), np.float32)
+
     def set_mc_dropout(self, enabled: bool) -> None:
         """Dropout on at inference (MC dropout) while batch norm stays in eval mode."""
         if self.module is None:

@@ -14,7 +14,6 @@ what depends on it. Every artifact is written atomically, so a run killed mid-wa
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import sys
@@ -25,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from cxr_audit import __version__
+from cxr_audit import __version__, concepts
 from cxr_audit.errors import UserInputError
 from cxr_audit.finetune import FinetuneConfig
-from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, sha256_file
+from cxr_audit.provenance import atomic_write_json, dataset_sha256, read_json, sha256_file
 from cxr_audit.synthesis.editor import EditSettings
 
 AUDIT_SCHEMA_VERSION = "1.0"
@@ -128,14 +127,6 @@ def environment() -> dict:
             "cpu_threads": torch.get_num_threads(), "packages": packages}
 
 
-def _data_sha256(data: Path) -> str:
-    return sha256_file(data) if data.is_file() else "folder"
-
-
-def _model_sha256(path: Path) -> str:
-    return sha256_file(path)
-
-
 def prepare(options: AuditOptions) -> "_Stages":
     """Check the inputs, claim the run directory and split the data: everything the stages share."""
     from cxr_audit.data.readers import read_manifest
@@ -147,7 +138,7 @@ def prepare(options: AuditOptions) -> "_Stages":
     if "baseline" not in options.arms:
         options.arms = ["baseline", *options.arms]
     spec = load_spec(options.spec)
-    hashes = {"model": _model_sha256(options.model), "data": _data_sha256(options.data),
+    hashes = {"model": sha256_file(options.model), "data": dataset_sha256(options.data),
               "spec": sha256_file(options.spec)}
     if options.card:
         hashes["card"] = sha256_file(options.card)
@@ -216,14 +207,25 @@ class _Stages:
     train: object
     validation: object
     notes: list[str]
+    _loaded: dict = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
         return self.run.path
 
+    @property
+    def findings(self) -> list[str]:
+        return concepts.findings(self.spec.concepts)
+
+    def images(self, split: str, size: int) -> np.ndarray:
+        """The split's images at `size`, read once for every stage that needs them (generator, checker, arms)."""
+        if (split, size) not in self._loaded:
+            part = {"train": self.train, "val": self.validation}[split]
+            self._loaded[(split, size)] = part.images(size, self.options.progress)
+        return self._loaded[(split, size)]
+
     def coverage(self) -> dict:
         from cxr_audit.coverage import analyse_coverage
-        from cxr_audit.report.plots import coverage_bars, cooccurrence_heatmap
 
         inputs = {"data": self.hashes["data"], "spec": self.hashes["spec"], "seed": self.options.seed}
 
@@ -238,6 +240,7 @@ class _Stages:
 
     def evaluate(self, arm: str, model: Path, card: Path | None) -> dict:
         from cxr_audit.evaluate_stage import EvaluateOptions, run_evaluate
+        from cxr_audit.evaluation import save_replicates
 
         out = self.path / "evaluate" / arm
         inputs = {"model": sha256_file(model), "data": self.hashes["data"], "spec": self.hashes["spec"],
@@ -276,20 +279,18 @@ class _Stages:
 
         if self.options.generator:
             return self.options.generator, self.hashes["generator"]
-        from cxr_audit.data.images import load_resized
         from cxr_audit.synthesis.generator import RegionSampler, TrainConfig, train_generator
         from cxr_audit.synthesis.run import training_anatomy
 
         out = self.path / "generator"
-        names = [c for c in self.spec.concepts if c != "No Finding"]
+        names = self.findings
         inputs = {"data": self.hashes["data"], "spec": self.hashes["spec"], "size": self.options.generator_size,
                   "steps": self.options.generator_steps, "seed": self.options.seed}
 
         def work() -> dict:
             size = self.options.generator_size
-            images = np.stack([load_resized(self.train.resolve_image(p), size) for p in self.train.frame["path"]])[:, None]
             anatomy = training_anatomy(self.train, size)
-            card = train_generator(images, self.train.labels(names, self.spec.label_policy), names, out,
+            card = train_generator(self.images("train", size), self.train.labels(names, self.spec.label_policy), names, out,
                                    TrainConfig(steps=self.options.generator_steps, seed=self.options.seed, lr=1e-3,
                                                max_minutes=self.options.generator_minutes),
                                    self.hashes["data"], progress=self.options.progress,
@@ -306,17 +307,15 @@ class _Stages:
 
         if self.options.checker:
             return load_model(self.options.checker)
-        from cxr_audit.data.images import load_resized
         from cxr_audit.train_classifier import save_classifier, train_small_classifier
 
         path = self.path / "checker" / "checker.pt"
-        names = [c for c in self.spec.concepts if c != "No Finding"]
+        names = self.findings
         size = self.options.generator_size
         inputs = {"data": self.hashes["data"], "spec": self.hashes["spec"], "size": size, "seed": self.options.seed}
 
         def work() -> dict:
-            images = np.stack([load_resized(self.train.resolve_image(p), size) for p in self.train.frame["path"]])[:, None]
-            net = train_small_classifier(images, self.train.labels(names, self.spec.label_policy), epochs=8,
+            net = train_small_classifier(self.images("train", size), self.train.labels(names, self.spec.label_policy), epochs=8,
                                          seed=self.options.seed + 101, width=12, progress=self.options.progress)
             save_classifier(net, path, names, size)
             return {"path": "checker/checker.pt", "sha256": sha256_file(path)}
@@ -343,8 +342,7 @@ class _Stages:
         return json.loads((self.path / folder / "synthesis.json").read_text())
 
     def finetune(self, arm: str) -> Path:
-        from cxr_audit.finetune import (CANDIDATE_FILE, TrainingImages, finetune, real_training_images,
-                                        synthetic_training_images)
+        from cxr_audit.finetune import CANDIDATE_FILE, TrainingImages, finetune, synthetic_training_images
         from cxr_audit.models import load_model
 
         out = self.path / "finetune" / arm
@@ -354,16 +352,13 @@ class _Stages:
 
         def work() -> dict:
             model = load_model(self.options.model, self.options.card)
-            concepts = model.concepts
-            policy = self.spec.label_policy
-            size = model.card.input_size
-            real = real_training_images(self.train, [c for c in concepts], policy, size, self.options.progress) \
-                if all(c in self.train.concepts for c in concepts) else None
-            if real is None:
-                raise UserInputError(f"fine-tuning needs labels for every model output ({', '.join(concepts)}) "
+            outputs, policy, size = model.concepts, self.spec.label_policy, model.card.input_size
+            if not all(c in self.train.concepts for c in outputs):
+                raise UserInputError(f"fine-tuning needs labels for every model output ({', '.join(outputs)}) "
                                      f"in {self.options.data}.")
-            parts = [real] + ([synthetic_training_images(self.path / folder, concepts, size)] if folder else [])
-            validation = real_training_images(self.validation, concepts, policy, size, self.options.progress)
+            real = TrainingImages.real(self.images("train", size), self.train.labels(outputs, policy))
+            parts = [real] + ([synthetic_training_images(self.path / folder, outputs, size)] if folder else [])
+            validation = TrainingImages.real(self.images("val", size), self.validation.labels(outputs, policy))
             record = finetune(model, TrainingImages.concatenate(parts), validation, out, self.options.finetune, arm,
                               {k: str(v) for k, v in inputs.items()}, self.options.progress)
             return {"candidate": f"finetune/{arm}/{CANDIDATE_FILE}", "sha256": record["candidate"]["sha256"]}
@@ -409,11 +404,8 @@ def _options_to_json(options: AuditOptions) -> dict:
 
 def options_from_run(run: Path, **changes) -> AuditOptions:
     """The options an existing run was made with (RUN/request.json), for re-running single stages."""
-    request_path = Path(run) / "request.json"
-    if not request_path.exists():
-        raise UserInputError(f"{request_path} does not exist: {run} is not an audit run. Start one with "
-                             "`cxr-audit audit --out RUN ...`.")
-    saved = json.loads(request_path.read_text())["options"]
+    saved = read_json(Path(run) / "request.json", f"{run} is not an audit run. Start one with "
+                      "`cxr-audit audit --out RUN ...`.")["options"]
     for key in ("model", "data", "spec", "out", "root", "card", "generator", "checker"):
         saved[key] = Path(saved[key]) if saved[key] is not None else None
     saved["edit"] = EditSettings(**saved["edit"])
@@ -422,41 +414,9 @@ def options_from_run(run: Path, **changes) -> AuditOptions:
     return AuditOptions(**saved)
 
 
-def save_replicates(path: Path, replicates: dict[str, dict[str, tuple[float, np.ndarray]]]) -> None:
-    """Bootstrap replicates per target and metric, point estimate first: what a paired comparison with another
-    run on the same test images needs (the gate reads them)."""
-    arrays = {f"{target}::{metric}": np.concatenate([[np.nan if point is None else point], np.asarray(reps, float)])
-              for target, metrics in replicates.items() for metric, (point, reps) in metrics.items()}
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_replicates(path: Path) -> dict[str, dict[str, tuple[float, np.ndarray]]]:
-    out: dict[str, dict[str, tuple[float, np.ndarray]]] = {}
-    with np.load(path) as data:
-        for key in data.files:
-            target, metric = key.rsplit("::", 1)
-            values = data[key]
-            out.setdefault(target, {})[metric] = (float(values[0]), values[1:])
-    return out
-
-
-def test_set_sha256(predictions_path: Path) -> str:
-    """The identity of a test set: its image ids and labels (not the model's outputs)."""
-    import hashlib
-
-    with np.load(predictions_path, allow_pickle=False) as data:
-        digest = hashlib.sha256()
-        digest.update("\n".join(map(str, data["image_id"])).encode())
-        digest.update("\n".join(map(str, data["concepts"])).encode())
-        digest.update(np.nan_to_num(data["labels"], nan=-1).astype(np.int8).tobytes())
-    return digest.hexdigest()
-
-
 def assemble(options: AuditOptions, run: Run, spec, hashes: dict, notes: list[str], coverage: dict, plan: dict,
              synthesis: dict, arms: dict, probe: dict, gallery: list[dict]) -> dict:
-    from cxr_audit.evaluation import Evaluation, compare
+    from cxr_audit.evaluation import Evaluation, compare, load_replicates, test_set_sha256
     from cxr_audit.verdict import audit_verdict
 
     replicates = {arm: load_replicates(run.path / "evaluate" / arm / "replicates.npz") for arm in arms}

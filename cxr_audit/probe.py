@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from cxr_audit.data.images import load_resized
@@ -22,18 +21,6 @@ from cxr_audit.errors import UserInputError
 from cxr_audit.models import LoadedModel
 
 PROBE_SCHEMA_VERSION = "1.0"
-
-
-def _scores(model: LoadedModel, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    size = model.card.input_size
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = torch.tensor(images[start:start + batch_size], dtype=torch.float32)[:, None]
-            if x.shape[-1] != size:
-                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            out.append(model.predict(x).numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.concepts)))
 
 
 def _bootstrap_mean(values: np.ndarray, rng: np.random.Generator, replicates: int) -> dict:
@@ -69,8 +56,8 @@ def probe(model: LoadedModel, synthetic_folder: Path, manifest: Manifest, thresh
         sources.append(load_resized(manifest.resolve_image(rows.loc[record["source_image_id"], "path"]), size))
         edits.append(load_resized(synthetic_folder / "images" / f"{record['edit_id']}.png", size))
     names = model.concepts
-    before = _scores(model, np.stack(sources)) if sources else np.zeros((0, len(names)))
-    after = _scores(model, np.stack(edits)) if edits else np.zeros((0, len(names)))
+    before = model.predict_arrays(np.stack(sources)) if sources else np.zeros((0, len(names)))
+    after = model.predict_arrays(np.stack(edits)) if edits else np.zeros((0, len(names)))
     pairs = []
     for k, record in enumerate(records):
         edited = [o["concept"] for o in record["operations"]]

@@ -36,6 +36,28 @@ def sha256_files(paths: Iterable[str | Path]) -> str:
     return digest.hexdigest()
 
 
+def dataset_sha256(data: str | Path) -> str:
+    """The identity of a dataset's labels: the file's SHA-256, or for a folder (MIMIC) one hash over its label,
+    metadata and split files."""
+    data = Path(data)
+    if data.is_dir():
+        return sha256_files(sorted(p for p in data.iterdir() if p.is_file() and p.name.endswith((".csv", ".csv.gz"))))
+    if not data.exists():
+        raise UserInputError(f"Dataset labels {data} do not exist. Check --data.")
+    return sha256_file(data)
+
+
+def read_json(path: str | Path, missing_hint: str) -> Any:
+    """A JSON document the user points at; missing or malformed is a clear error, not a traceback."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"{path} does not exist. {missing_hint}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"{path} is not valid JSON (line {error.lineno}): {error.msg}.") from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
 
+from cxr_audit.anatomy import mask_folder, regions_from_anatomy
 from cxr_audit.data.images import load_resized
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import atomic_write_json, sha256_file
@@ -199,8 +200,7 @@ def write_masks(segmenter: LungSegmenter, manifest, out_root: Path, size: int | 
         anatomy = segmenter.anatomy(image)
         if len(overlays) < 24:
             overlays.append(_overlay(image, anatomy))
-        parts = Path(path).with_suffix("").parts  # the same layout synthesis.run._mask_folder reads
-        folder = Path(out_root) / "masks" / Path(*(parts[1:] if parts[0] == "images" and len(parts) > 1 else parts))
+        folder = Path(out_root) / mask_folder(path)
         folder.mkdir(parents=True, exist_ok=True)
         for name, mask in anatomy.items():
             Image.fromarray((mask * 255).astype(np.uint8)).save(folder / f"{name}.png")
@@ -217,8 +217,6 @@ def write_masks(segmenter: LungSegmenter, manifest, out_root: Path, size: int | 
 
 
 def _overlay(image: np.ndarray, anatomy: dict[str, np.ndarray]) -> np.ndarray:
-    from cxr_audit.anatomy import regions_from_anatomy
-
     rgb = np.repeat(image[..., None], 3, axis=2)
     empty = np.zeros_like(image, bool)
     regions = regions_from_anatomy(anatomy) if (anatomy["lung_right"] | anatomy["lung_left"]).any() else None

@@ -205,7 +205,8 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _format_validation_error(path: Path, root: yaml.Node | None, error: ValidationError) -> str:
+def _format_validation_error(path: Path, root: yaml.Node | None, error: ValidationError, what: str,
+                             format_hint: str) -> str:
     lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
@@ -213,22 +214,20 @@ def _format_validation_error(path: Path, root: yaml.Node | None, error: Validati
         line = _line_of(root, loc)
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"  {path}, line {line}, key '{key}': {message}")
-    return (
-        f"The coverage spec {path} is not valid:\n" + "\n".join(lines) +
-        "\nFix these keys (see the spec format in README.md, 'Coverage spec')."
-    )
+    return f"The {what} {path} is not valid:\n" + "\n".join(lines) + f"\nFix these keys (see {format_hint})."
 
 
-def load_spec(path: str | Path) -> CoverageSpec:
-    """Read and validate a coverage spec; every problem becomes a UserInputError naming file and line."""
+def load_yaml_model(path: str | Path, model: type[BaseModel], what: str, missing_hint: str, mapping_hint: str,
+                    format_hint: str):
+    """Read a user's YAML file safely and validate it with `model`; every problem becomes a UserInputError
+    naming the file, line and key (`what` names the kind of file in messages)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserInputError(f"Coverage spec {path} does not exist. Pass --spec with a YAML file, "
-                             "e.g. coverage_specs/nih.yaml.") from None
+        raise UserInputError(f"{what.capitalize()} {path} does not exist. {missing_hint}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"Coverage spec {path} cannot be read as UTF-8 text: {exc}.") from None
+        raise UserInputError(f"{what.capitalize()} {path} cannot be read as UTF-8 text: {exc}.") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -236,15 +235,22 @@ def load_spec(path: str | Path) -> CoverageSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise UserInputError(f"The coverage spec {path}{where} is not valid YAML: {problem}. "
+        raise UserInputError(f"The {what} {path}{where} is not valid YAML: {problem}. "
                              "Check indentation and that lists use '[a, b]' or '- item'.") from None
     if not isinstance(data, dict):
-        raise UserInputError(f"The coverage spec {path} must be a YAML mapping with at least 'version', "
-                             "'concepts' and 'cells' (see README.md, 'Coverage spec').")
+        raise UserInputError(f"The {what} {path} must be a YAML mapping with {mapping_hint}.")
     try:
-        return CoverageSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise UserInputError(_format_validation_error(path, root, exc)) from None
+        raise UserInputError(_format_validation_error(path, root, exc, what, format_hint)) from None
+
+
+def load_spec(path: str | Path) -> CoverageSpec:
+    """Read and validate a coverage spec; every problem becomes a UserInputError naming file and line."""
+    return load_yaml_model(path, CoverageSpec, "coverage spec",
+                           "Pass --spec with a YAML file, e.g. coverage_specs/nih.yaml.",
+                           "at least 'version', 'concepts' and 'cells' (see README.md, 'Coverage spec')",
+                           "the spec format in README.md, 'Coverage spec'")
 
 
 def spec_sha256(path: str | Path) -> str:

@@ -7,8 +7,7 @@ import yaml
 
 from cxr_audit.data import phantom
 from cxr_audit.data.readers import read_manifest
-from cxr_audit.finetune import (CANDIDATE_FILE, FinetuneConfig, TrainingImages, finetune, real_training_images,
-                                sample_weights)
+from cxr_audit.finetune import CANDIDATE_FILE, FinetuneConfig, TrainingImages, finetune, sample_weights
 from cxr_audit.models import load_model
 from cxr_audit.spec import LabelPolicy
 
@@ -17,8 +16,8 @@ from cxr_audit.spec import LabelPolicy
 def phantom_splits(phantom_dataset):
     manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
     names = list(phantom.PHANTOM_FINDINGS)
-    train = real_training_images(manifest.split("train"), names, LabelPolicy(), 64, progress=False)
-    validation = real_training_images(manifest.split("val"), names, LabelPolicy(), 64, progress=False)
+    train, validation = (TrainingImages.real(part.images(64), part.labels(names, LabelPolicy()))
+                         for part in (manifest.split("train"), manifest.split("val")))
     return train, validation
 
 

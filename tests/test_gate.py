@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_audit.evaluation import EvaluationInput, evaluate
-from cxr_audit.pipeline import save_replicates
+from cxr_audit.evaluation import EvaluationInput, evaluate, save_replicates
 from cxr_audit.provenance import sha256_file
 from cxr_audit.spec import Cell
 

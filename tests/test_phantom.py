@@ -162,3 +162,13 @@ def test_shipped_demo_generator_was_trained_on_the_demo_dataset(tmp_path):
     card = json.loads((demo.SHIPPED_GENERATOR / "generator_card.json").read_text())
     assert card["training_data_sha256"] == sha256_file(labels)
     assert card["inpainting"] and card["image_size"] == demo.DEMO_SIZE
+    # the generator's training focus is exactly what the demo's plan edits
+    from cxr_audit.coverage import analyse_coverage
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.spec import load_spec
+    from cxr_audit.synthesis.planner import plan_edits
+
+    spec = load_spec(demo.DEMO_SPEC)
+    train = read_manifest(labels, "chexpert").frontal().split("train")
+    plan = plan_edits(train, spec, analyse_coverage(train, spec, demo.DEMO_SPEC, {}), demo.DEMO_SEED)
+    assert {o["concept"] for e in plan.edits for o in e.operations} == set(demo.DEMO_FOCUS)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cxr_audit.anatomy import regions_from_anatomy
 from cxr_audit.data import phantom

@@ -1,17 +1,15 @@
 """plan -> synthesize on the phantom: outputs, provenance, QC, resumability, and the ablation."""
 
 import json
-import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from cxr_audit.data.images import load_image
 from cxr_audit.models import load_model
 from cxr_audit.synthesis.editor import EditSettings
-from cxr_audit.synthesis.generator import TrainConfig, generator_sha256, load_generator, train_generator
+from cxr_audit.synthesis.generator import generator_sha256, load_generator
 from cxr_audit.synthesis.run import SynthesisOptions, run_synthesis
 
 SPEC = Path("coverage_specs/phantom.yaml")

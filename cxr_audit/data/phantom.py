@@ -363,6 +363,12 @@ class _Body:
         return layer * np.exp(-distance_from_hilum / 0.18) * lungs
 
 
+def _point_in_lung_box(body: _Body, side: str, relative_xy: tuple[float, float]) -> tuple[float, float]:
+    """A finding's centre, given as a fraction of its lung's bounding box."""
+    x0, y0, x1, y1 = body.lung_box[side]
+    return x0 + relative_xy[0] * (x1 - x0), y0 + relative_xy[1] * (y1 - y0)
+
+
 def _finding_layers(body: _Body, f: FindingParams) -> dict[str, np.ndarray]:
     """{finding: density change} for each finding present (not Cardiomegaly, which changes the heart
     itself). `render` derives each finding's mask from where its change is non-zero."""
@@ -405,9 +411,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, np.ndarray]:
 
     if "Consolidation" in f.present:
         severity, side = f.severity["Consolidation"], f.side["Consolidation"]
-        x0, y0, x1, y1 = body.lung_box[side]
-        cx = x0 + f.consolidation_xy[0] * (x1 - x0)
-        cy = y0 + f.consolidation_xy[1] * (y1 - y0)
+        cx, cy = _point_in_lung_box(body, side, f.consolidation_xy)
         radius = 0.05 + 0.07 * severity
         blob = _smoothstep_inside(_ellipse_distance(g, cx, cy, radius * 1.2, radius) + 0.02 * texture, 0.03)
         change = 0.28 * blob * body.lung(side) * (0.8 + 0.2 * np.clip(texture, -1, 1))
@@ -439,9 +443,7 @@ def _finding_layers(body: _Body, f: FindingParams) -> dict[str, np.ndarray]:
 
     if "Nodule" in f.present:
         severity, side = f.severity["Nodule"], f.side["Nodule"]
-        x0, y0, x1, y1 = body.lung_box[side]
-        cx = x0 + f.nodule_xy[0] * (x1 - x0)
-        cy = y0 + f.nodule_xy[1] * (y1 - y0)
+        cx, cy = _point_in_lung_box(body, side, f.nodule_xy)
         radius = 0.018 + 0.022 * severity
         disc = _smoothstep_inside(_ellipse_distance(g, cx, cy, radius, radius), 2 * g.px)
         change = 0.30 * disc * np.clip(body.lung(side) + 0.3, 0, 1)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from cxr_audit import concepts
@@ -116,17 +115,10 @@ class Prevalence(BaseModel):
 def load_prevalence(path: str | Path | None) -> Prevalence:
     if path is None:
         return Prevalence()
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-        return Prevalence.model_validate(data or {})
-    except FileNotFoundError:
-        raise UserInputError(f"Prevalence file {path} does not exist.") from None
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"Prevalence file {path} is not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        problems = "; ".join(f"key '{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors())
-        raise UserInputError(f"Prevalence file {path} is not valid: {problems}.") from None
+    from cxr_audit.spec import load_yaml_model
+
+    return load_yaml_model(path, Prevalence, "prevalence file", "Check --prevalence.",
+                           "'findings', 'combinations' and/or 'splits'", "the --prevalence format in README.md, 'The embedded phantom'")
 
 
 # ---------------------------------------------------------------------------------------------------------

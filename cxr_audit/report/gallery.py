@@ -6,6 +6,7 @@ alone. Edits are picked round-robin over (operation, concept), accepted edits fi
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -66,8 +67,6 @@ def build_gallery(run: Path, manifest, n: int = 8) -> list[dict]:
         strip = Image.new("RGB", (4 * PANEL + 18, PANEL), "white")
         for k, panel in enumerate((_panel(source), _overlay(source, mask), _panel(edited), _difference(edited, source))):
             strip.paste(panel, (k * (PANEL + 6), 0))
-        import io
-
         buffer = io.BytesIO()
         strip.save(buffer, format="PNG")
         path = run / "gallery" / f"{record['edit_id']}.png"

@@ -9,14 +9,12 @@ producing a report with holes.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from cxr_audit.errors import UserInputError
-from cxr_audit.provenance import atomic_write_bytes, sha256_file
+from cxr_audit.provenance import atomic_write_bytes, read_json, sha256_file
 from cxr_audit.report import figures
 
 REPORT_FILE = "report.pdf"
@@ -58,22 +56,22 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _ci(entry: dict | None, digits: int = 3) -> str:
-    if not entry or entry.get("value") is None:
+def _with_interval(point, ci, digits: int, sign: str = "") -> str:
+    """'0.912 [0.880, 0.941]': a point estimate and its 95% interval (`sign` '+' for differences)."""
+    if point is None:
         return "–"
-    text = f"{entry['value']:.{digits}f}"
-    if entry.get("ci"):
-        text += f" [{entry['ci'][0]:.{digits}f}, {entry['ci'][1]:.{digits}f}]"
+    text = f"{point:{sign}.{digits}f}"
+    if ci:
+        text += f" [{ci[0]:{sign}.{digits}f}, {ci[1]:{sign}.{digits}f}]"
     return text
+
+
+def _ci(entry: dict | None, digits: int = 3) -> str:
+    return _with_interval((entry or {}).get("value"), (entry or {}).get("ci"), digits)
 
 
 def _difference(entry: dict | None, digits: int = 3) -> str:
-    if not entry or entry.get("difference") is None:
-        return "–"
-    text = f"{entry['difference']:+.{digits}f}"
-    if entry.get("ci"):
-        text += f" [{entry['ci'][0]:+.{digits}f}, {entry['ci'][1]:+.{digits}f}]"
-    return text
+    return _with_interval((entry or {}).get("difference"), (entry or {}).get("ci"), digits, "+")
 
 
 def _significance(entry: dict | None, higher_is_better: bool = True) -> str:
@@ -153,12 +151,7 @@ def render_report(run: Path, output: Path | None = None) -> Path:
     """Render RUN/audit.json to RUN/report.pdf (or `output`) with audit.json attached."""
     run = Path(run)
     audit_path = run / "audit.json"
-    if not audit_path.exists():
-        raise UserInputError(f"{audit_path} does not exist: run `cxr-audit audit --out {run}` first.")
-    try:
-        document = json.loads(audit_path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserInputError(f"{audit_path} is not valid JSON (line {error.lineno}): {error.msg}.") from None
+    document = read_json(audit_path, f"Run `cxr-audit audit --out {run}` first.")
     html = build_html(document, run)
     attachment = weasyprint_attachment(audit_path)
     pdf = html_to_pdf(html, run, [attachment], identifier=document["test_set"]["sha256"][:32])

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from cxr_audit import concepts
-from cxr_audit.anatomy import edit_mask, load_mask_folder
+from cxr_audit.anatomy import edit_mask, load_mask_folder, mask_folder
 from cxr_audit.data.images import load_resized
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.errors import UserInputError
@@ -42,11 +41,7 @@ class SynthesisOptions:
 
 
 def _mask_folder(manifest: Manifest, rel_path: str) -> Path:
-    """The phantom's layout: masks/<patient>/<study>/<view>/ beside images/<patient>/<study>/<view>.png."""
-    relative = Path(rel_path)
-    parts = relative.with_suffix("").parts
-    return manifest.resolve_image(str(Path("masks", *parts[1:]))) if parts[0] == "images" else \
-        manifest.root / "masks" / relative.with_suffix("")
+    return manifest.resolve_image(str(mask_folder(rel_path)))  # inside the dataset root, like the images
 
 
 def training_anatomy(manifest: Manifest, size: int) -> list[dict[str, np.ndarray]] | None:
@@ -181,12 +176,7 @@ def _prepare(planned: dict, rows: pd.DataFrame, manifest: Manifest, source_label
 def _checker_scores(checker, images: np.ndarray) -> list[dict[str, float]] | None:
     if checker is None:
         return None
-    x = torch.tensor(images, dtype=torch.float32)[:, None]
-    if x.shape[-1] != checker.card.input_size:
-        x = torch.nn.functional.interpolate(x, size=checker.card.input_size, mode="bilinear", align_corners=False)
-    with torch.inference_mode():
-        probabilities = checker.predict(x).numpy()
-    return [dict(zip(checker.concepts, map(float, row))) for row in probabilities]
+    return [dict(zip(checker.concepts, map(float, row))) for row in checker.predict_arrays(images)]
 
 
 def _write_outputs(out: Path, planned: dict, item: dict, edited: np.ndarray, hard: np.ndarray, qc, generator_hash: str) -> None:
