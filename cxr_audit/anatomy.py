@@ -128,17 +128,12 @@ def regions_from_anatomy(masks: dict[str, np.ndarray]) -> dict[str, dict[str, np
     }
 
 
-def edit_mask(concept_names: list[str], masks: dict[str, np.ndarray], side: str = "both",
-              dilate_px: int | None = None, feather_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The edit region for inserting or deleting `concept_names` on this image.
+def _default_dilation(shape: tuple[int, ...]) -> int:
+    return max(1, round(0.03 * shape[0]))
 
-    Returns (binary mask, feathered soft mask in [0, 1]). `side` applies to one-sided concepts only.
-    Dilation and feathering default to a few percent of the image size, so a lesion at a region's edge and
-    the transition into untouched anatomy both fit."""
-    shape = masks["lung_right"].shape
-    dilate_px = max(1, round(0.03 * shape[0])) if dilate_px is None else dilate_px
-    feather_px = 0.02 * shape[0] if feather_px is None else feather_px
-    regions = regions_from_anatomy(masks)
+
+def _binary_region(concept_names: list[str], regions: dict, side: str, shape: tuple[int, ...],
+                   dilate_px: int) -> np.ndarray:
     binary = np.zeros(shape, bool)
     for name in concept_names:
         concept = concepts.get(name)
@@ -147,6 +142,28 @@ def edit_mask(concept_names: list[str], masks: dict[str, np.ndarray], side: str 
             binary |= regions[region][chosen_side]
     if dilate_px:
         binary = ndimage.binary_dilation(binary, structure=np.ones((3, 3), bool), iterations=dilate_px)
+    return binary
+
+
+def edit_mask(concept_names: list[str], masks: dict[str, np.ndarray], side: str = "both",
+              dilate_px: int | None = None, feather_px: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The edit region for inserting or deleting `concept_names` on this image.
+
+    Returns (binary mask, feathered soft mask in [0, 1]). `side` applies to one-sided concepts only.
+    Dilation and feathering default to a few percent of the image size, so a lesion at a region's edge and
+    the transition into untouched anatomy both fit."""
+    shape = masks["lung_right"].shape
+    dilate_px = _default_dilation(shape) if dilate_px is None else dilate_px
+    feather_px = 0.02 * shape[0] if feather_px is None else feather_px
+    binary = _binary_region(concept_names, regions_from_anatomy(masks), side, shape, dilate_px)
     soft = ndimage.gaussian_filter(binary.astype(np.float32), feather_px) if feather_px else binary.astype(np.float32)
     soft = np.maximum(soft, binary * 0.999).clip(0, 1)  # inside stays fully editable; only the rim ramps
     return binary, soft.astype(np.float32)
+
+
+def binary_edit_masks(concept_names: list[str], masks: dict[str, np.ndarray], side: str = "both") -> dict[str, np.ndarray]:
+    """{concept: edit_mask(...)[0]} for each concept, deriving the regions once (what training needs: many
+    concepts per image, no feathering)."""
+    shape = masks["lung_right"].shape
+    regions = regions_from_anatomy(masks)
+    return {name: _binary_region([name], regions, side, shape, _default_dilation(shape)) for name in concept_names}

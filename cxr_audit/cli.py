@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import json
 from collections.abc import Callable
 from enum import Enum
@@ -333,8 +334,9 @@ def train_generator_command(
     card = train_generator(images, train.labels(names, policy), names, out,
                            TrainConfig(steps=steps, batch_size=batch_size, seed=seed, max_minutes=minutes, lr=lr),
                            dataset_sha256(data), widths, regions=RegionSampler(anatomy, names) if anatomy else None)
-    console.print(f"Generator: {card.steps} steps on {card.training_images:,} images at {size}px, "
-                  f"{len(names)} concepts; saved to {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary line
+        console.print(f"Generator: {card.steps} steps on {card.training_images:,} images at {size}px, "
+                      f"{len(names)} concepts; saved to {out}")
 
 
 @command("synthesize")

@@ -94,6 +94,9 @@ class GeneratorCard:
     steps: int
     seed: int
     inpainting: bool = False       # trained to fill an anatomical region given the image around it
+    processes: int = 1             # data-parallel training processes (GPUs)
+    batch_size: int | None = None  # images per step, over all processes
+    mixed_precision: str = "no"
     tool_version: str = __version__
     weights_sha256: dict[str, str] = field(default_factory=dict)
 
@@ -125,35 +128,56 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
     With `regions` (a RegionSampler over the same images) the generator is an inpainting model: each sample
     hides one concept's anatomical region, shows the rest of the image as context, and the loss is taken
     mostly inside the region. The concept then decides most of what the model has to predict, so the
-    conditioning is learned in a fraction of the steps a whole-image model needs."""
+    conditioning is learned in a fraction of the steps a whole-image model needs.
+
+    Runs through `accelerate`: one process on the CPU or GPU when started plainly; data-parallel over GPUs
+    and nodes when started by `torchrun` or `accelerate launch`. Each process draws its own batches from its
+    own seeded generator, so a step sees world_size x batch_size images; bf16 autocast on a GPU."""
+    from accelerate import Accelerator
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(config.seed)
+    on_gpu = torch.cuda.is_available()
+    # cpu=True is what lets accelerate run CPU processes started by torchrun as one data-parallel job (gloo)
+    accelerator = Accelerator(mixed_precision="bf16" if on_gpu else "no", cpu=not on_gpu)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)  # the same initial weights on every process
     size = images.shape[-1]
     model = ConceptConditionedUNet(concept_names, size, block_out_channels, inpainting=regions is not None).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     scheduler = make_scheduler("ddpm")
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)  # rank 0: the single-process stream
     step = 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():  # resume: weights_only is enough, the checkpoint holds tensors and numbers
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        generators = state["generators"] if "generators" in state else [state["generator"]]  # before 0.1 multi-GPU
+        saved_world = len(generators)
+        if saved_world != world:
+            raise UserInputError(f"{checkpoint} was written by {saved_world} training process(es); this run has "
+                                 f"{world}. Resume with the same number of processes, or start in a new --out.")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        # a copy: set_state on a view into a larger storage crashes torch (seen with 2.14)
+        generator.set_state(generators[rank].clone())
         step = int(state["step"])
-    x_all = torch.tensor(images, dtype=torch.float32) * 2 - 1
-    c_all = encode_vectors(labels)
-    use_amp = device.type == "cuda"
+    model, optimizer = accelerator.prepare(model, optimizer)
+    x_all = torch.tensor(images, dtype=torch.float32, device=device) * 2 - 1  # a few hundred MB at most
+    c_all = encode_vectors(labels).to(device)
+    noise_generator = torch.Generator(device)
     started = time.monotonic()
-    bar = tqdm(total=config.steps, initial=step, desc="training generator", unit="step", disable=not progress)
+    bar = tqdm(total=config.steps, initial=step, desc="training generator", unit="step",
+               disable=not (progress and accelerator.is_local_main_process))
     while step < config.steps:
         batch = torch.randint(0, len(x_all), (config.batch_size,), generator=generator)
-        x0, vectors = x_all[batch].to(device), c_all[batch].to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
+        x0, vectors = x_all[batch.to(device)], c_all[batch.to(device)]
+        # The noise is drawn where it is used (on a GPU, drawing it on the CPU costs more than the step),
+        # from a per-step seed, so the CPU generator's state alone makes a resume exact.
+        noise_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        noise = torch.randn(x0.shape, generator=noise_generator, device=device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator).to(device)
         drop = (torch.rand(len(batch), generator=generator) < config.p_uncond).to(device)
         context, weight = None, None
@@ -161,39 +185,51 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
             region = regions.sample(batch.numpy(), labels, generator).to(device)
             context = inpainting_context(x0, region)
             weight = region + 0.1 * (1 - region)  # outside, the context gives the answer: a little weight
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            prediction = model(scheduler.add_noise(x0, noise, t), t, model.condition(vectors, drop), context)
+        with accelerator.autocast():
+            prediction = model(scheduler.add_noise(x0, noise, t), t, ConceptConditionedUNet.condition(vectors, drop),
+                               context)
             error = (prediction.float() - noise) ** 2
             loss = error.mean() if weight is None else (error * weight).sum() / weight.sum()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         with torch.no_grad():
             decay = min(config.ema_decay, (1 + step) / (10 + step))  # warm-up: EMA follows early weights
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
+            for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()):
                 p_ema.lerp_(p, 1 - decay)
         step += 1
         bar.update()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 10 == 0:  # reading the loss waits for the GPU: not every step
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+        if config.max_minutes is not None and world > 1:  # every process stops at the same step
+            out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=device), "max").item())
         if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-            _save_checkpoint(checkpoint, model, ema, optimizer, generator, step)
+            _save_checkpoint(accelerator, checkpoint, model, ema, optimizer, generator, step)
         if out_of_time:
             break
     bar.close()
     card = GeneratorCard(concepts=list(concept_names), image_size=size, block_out_channels=list(block_out_channels),
                          layers_per_block=1, training_data_sha256=data_sha256, training_images=len(images),
-                         steps=step, seed=config.seed, inpainting=regions is not None)
-    save_generator(ema, card, out)
+                         steps=step, seed=config.seed, inpainting=regions is not None, processes=world,
+                         batch_size=config.batch_size * world, mixed_precision=accelerator.mixed_precision)
+    if accelerator.is_main_process:
+        save_generator(ema, card, out)
+    accelerator.wait_for_everyone()
     return card
 
 
-def _save_checkpoint(path: Path, model, ema, optimizer, generator, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "step": step}, tmp)
-    tmp.replace(path)
+def _save_checkpoint(accelerator, path: Path, model, ema, optimizer, generator: torch.Generator, step: int) -> None:
+    """Weights, optimizer, step and every process's batch-sampling state (so a resumed run draws the
+    batches an uninterrupted one would have); written by the main process, atomically."""
+    states = accelerator.gather(generator.get_state().to(accelerator.device)[None]).cpu()
+    if accelerator.is_main_process:
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(), "generators": [state.clone() for state in states], "step": step}, tmp)
+        tmp.replace(path)
+    accelerator.wait_for_everyone()
 
 
 def save_generator(model: ConceptConditionedUNet, card: GeneratorCard, out: Path) -> None:
@@ -211,18 +247,31 @@ def save_generator(model: ConceptConditionedUNet, card: GeneratorCard, out: Path
 
 
 def generator_sha256(folder: Path) -> str:
-    """One identity for a saved generator: the hash of its card (which pins the weights' hashes)."""
-    return sha256_file(Path(folder) / GENERATOR_CARD)
+    """One identity for a saved generator: the hash of its card (which pins the weights' hashes); for a
+    text-conditioned pipeline folder, a hash over its weight and config files."""
+    from cxr_audit.synthesis.text_backend import is_text_pipeline, text_pipeline_sha256
+
+    folder = Path(folder)
+    if not (folder / GENERATOR_CARD).exists() and is_text_pipeline(folder):
+        return text_pipeline_sha256(folder)
+    return sha256_file(folder / GENERATOR_CARD)
 
 
-def load_generator(folder: str | Path) -> tuple[ConceptConditionedUNet, GeneratorCard]:
-    """Load a saved generator from local files, refusing weights whose SHA-256 differs from the card."""
+def load_generator(folder: str | Path, device: str | torch.device | None = None):
+    """(model, card) of a saved generator, from local files, refusing weights whose SHA-256 differs from the
+    card; on the GPU when there is one (edits run where the model is). A folder holding a diffusers
+    text-to-image pipeline instead gives a text_backend.TextConditionedGenerator and its card."""
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
     folder = Path(folder)
     card_path = folder / GENERATOR_CARD
     if not card_path.exists():
+        from cxr_audit.synthesis.text_backend import TextConditionedGenerator, is_text_pipeline
+
+        if is_text_pipeline(folder):  # the second backend: a local text-conditioned diffusers pipeline
+            generator = TextConditionedGenerator(folder, device)
+            return generator, generator.card
         raise UserInputError(f"{folder} is not a cxr-audit generator (no {GENERATOR_CARD}). Train one with "
                              "`cxr-audit train-generator`.")
     card = GeneratorCard(**json.loads(card_path.read_text()))
@@ -236,7 +285,8 @@ def load_generator(folder: str | Path) -> tuple[ConceptConditionedUNet, Generato
     model.unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
     state = load_file(str(folder / "concept_encoder.safetensors"))
     model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
-    return model.eval(), card
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), card
 
 
 class RegionSampler:
@@ -253,15 +303,20 @@ class RegionSampler:
         # Concepts the plan will edit get most of the training regions: on a CPU budget, the steps go where
         # the edits will be made.
         self.focus = [c for c in (focus or []) if c in self.concept_names]
-        self._cache: dict[tuple[int, str, str], np.ndarray] = {}
+        self._packed: dict[int, np.ndarray] = {}  # image -> bit-packed (K, S, S) concept regions
 
-    def _region(self, index: int, concept: str, side: str) -> np.ndarray:
-        from cxr_audit.anatomy import edit_mask
+    def _region(self, index: int, concept: str) -> np.ndarray:
+        from cxr_audit.anatomy import binary_edit_masks
 
-        key = (index, concept, side)
-        if key not in self._cache:
-            self._cache[key] = edit_mask([concept], self.anatomies[index], side=side)[0]
-        return self._cache[key]
+        # All concepts of an image at once (its regions are derived once), bit-packed: 435 images x 14
+        # concepts at 256 px stay at 50 MB, and a training step costs no anatomy work after the first epoch.
+        # Both sides for one-sided concepts: a region that followed the finding's side would tell the model
+        # the label.
+        if index not in self._packed:
+            regions = binary_edit_masks(self.concept_names, self.anatomies[index], side="both")
+            self._packed[index] = np.packbits(np.stack([regions[c] for c in self.concept_names]), axis=-1)
+        size = self.anatomies[index]["lung_right"].shape[1]
+        return np.unpackbits(self._packed[index][self.concept_names.index(concept)], axis=-1, count=size)
 
     def sample(self, indices: np.ndarray, labels: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         size = next(iter(self.anatomies[0].values())).shape
@@ -275,7 +330,5 @@ class RegionSampler:
             positives = [c for j, c in enumerate(self.concept_names) if labels[index, j] == 1 and c in candidates]
             pool = positives if positives and draws[k, 2] < 0.5 else candidates
             concept = pool[min(int(draws[k, 3] * len(pool)), len(pool) - 1)]
-            # Both sides for one-sided concepts: a region that followed the finding's side would tell the
-            # model the label.
-            out[k, 0] = self._region(int(index), concept, "both")
+            out[k, 0] = self._region(int(index), concept)
         return torch.from_numpy(out)

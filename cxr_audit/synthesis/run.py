@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, atomic_w
 from cxr_audit.synthesis.editor import EditSettings, edit
 from cxr_audit.synthesis.generator import ConceptConditionedUNet, GeneratorCard
 from cxr_audit.synthesis.qc import QCThresholds, score_edit
+from cxr_audit.synthesis.text_backend import TextConditionedGenerator, TextPipelineCard
 
 SYNTHESIS_SCHEMA_VERSION = "1.0"
 
@@ -90,7 +92,8 @@ def _phantom_truth(row: pd.Series, operations: list[dict], size: int) -> np.ndar
     return phantom.render(study, size).image
 
 
-def run_synthesis(plan: dict, manifest: Manifest, generator: ConceptConditionedUNet, card: GeneratorCard,
+def run_synthesis(plan: dict, manifest: Manifest, generator: ConceptConditionedUNet | TextConditionedGenerator,
+                  card: GeneratorCard | TextPipelineCard,
                   generator_hash: str, out: Path, checker=None, options: SynthesisOptions | None = None) -> dict:
     """Carry out `plan` (plan.json) on `manifest` (the training split the plan was made from)."""
     options = options or SynthesisOptions()
@@ -115,10 +118,12 @@ def run_synthesis(plan: dict, manifest: Manifest, generator: ConceptConditionedU
         hard = np.stack([p["hard"] for p in prepared])
         soft = np.stack([p["soft"] for p in prepared])
         seed = int(batch[0]["seed"])
+        # the native generator goes through editor.edit; a text-conditioned pipeline brings its own edit
+        edit_batch = generator.edit if isinstance(generator, TextConditionedGenerator) else partial(edit, generator)
         if options.unconstrained:
-            edited = edit(generator, sources, targets, None, None, options.settings, seed)
+            edited = edit_batch(sources, targets, None, None, options.settings, seed)
         else:
-            edited = edit(generator, sources, targets, hard, soft, options.settings, seed)
+            edited = edit_batch(sources, targets, hard, soft, options.settings, seed)
         before = _checker_scores(checker, sources)
         after = _checker_scores(checker, edited)
         for k, (planned, item) in enumerate(zip(batch, prepared)):

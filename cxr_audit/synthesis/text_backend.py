@@ -1,0 +1,123 @@
+"""The second generator backend: a text-conditioned latent diffusion pipeline on disk (RoentGen, or RadEdit's
+weights in the Stable Diffusion layout), driven with prompts built from the concept vector.
+
+The folder is a diffusers pipeline (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
+`scheduler/`), loaded with `local_files_only=True`: nothing is fetched from a hub. The edit is diffusers'
+`StableDiffusionInpaintPipeline`: with a plain 4-channel text-to-image UNet it does what the CARS editor does in
+latent space (start from the source noised to `strength`, denoise under the prompt with classifier-free
+guidance, and after every step put back the source, noised to the level just reached, outside the mask).
+The result is then composited onto the source with the feathered mask, so outside the region the pixels are
+the source's, exactly, as with the native generator. The safety checker is off: it is trained on photographs
+and blanks radiographs it misreads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr_audit import concepts
+from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import sha256_file, sha256_files
+
+PIPELINE_INDEX = "model_index.json"
+PROMPT_STYLE = "cxr-audit-impression-v1"
+NORMAL_PROMPT = "No acute cardiopulmonary process."
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+
+# The names radiology reports use (the prompts these models were trained on are report impressions).
+REPORT_NAMES = {"Pleural Effusion": "pleural effusion", "Enlarged Cardiomediastinum": "enlarged cardiomediastinum",
+                "Lung Opacity": "lung opacity", "Support Devices": "support devices"}
+
+
+def prompt_for(labels: np.ndarray, concept_names: list[str]) -> tuple[str, str]:
+    """(prompt, negative prompt) for one target vector: the present findings, in report words; the negative
+    prompt names the findings the vector marks absent, so guidance steers away from them (a deletion's
+    finding among them). Unknown concepts are left out of both."""
+    present = [REPORT_NAMES.get(c, c.lower()) for c, v in zip(concept_names, labels) if v == 1]
+    absent = [REPORT_NAMES.get(c, c.lower()) for c, v in zip(concept_names, labels) if v == 0]
+    if not present:
+        prompt = NORMAL_PROMPT
+    else:
+        listed = present[0] if len(present) == 1 else ", ".join(present[:-1]) + " and " + present[-1]
+        prompt = f"{listed[0].upper()}{listed[1:]}."
+    return prompt, ", ".join(absent)
+
+
+@dataclass
+class TextPipelineCard:
+    """What the audit records about a text-conditioned generator (the pipeline folder has no card of ours)."""
+    pipeline: str
+    concepts: list[str]
+    image_size: int
+    prompt_style: str = PROMPT_STYLE
+    backend: str = "text-conditioned latent diffusion (diffusers StableDiffusionInpaintPipeline)"
+    weights_sha256: dict[str, str] = field(default_factory=dict)
+
+
+def is_text_pipeline(folder: str | Path) -> bool:
+    return (Path(folder) / PIPELINE_INDEX).exists()
+
+
+def _pipeline_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def text_pipeline_sha256(folder: str | Path) -> str:
+    """One identity for a pipeline folder: a hash over every weight and config file, in path order."""
+    return sha256_files(_pipeline_files(Path(folder)))
+
+
+class TextConditionedGenerator:
+    """Edits source images toward target concept vectors through a local text-conditioned pipeline."""
+
+    def __init__(self, folder: str | Path, device: str | torch.device | None = None):
+        from diffusers import DiffusionPipeline, StableDiffusionInpaintPipeline
+
+        folder = Path(folder)
+        if not is_text_pipeline(folder):
+            raise UserInputError(f"{folder} has no {PIPELINE_INDEX}: it is not a diffusers pipeline folder.")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        try:
+            base = DiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                     safety_checker=None, requires_safety_checker=False)
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"Could not load the text-conditioned pipeline in {folder}: {exc}. It must be a "
+                                 "complete diffusers Stable Diffusion folder (RoentGen, or RadEdit exported to "
+                                 "that layout) on local disk.") from None
+        self.pipe = StableDiffusionInpaintPipeline.from_pipe(base, safety_checker=None,
+                                                             requires_safety_checker=False).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device = device
+        self.concept_names = [c.name for c in concepts.CONCEPTS if c.name != concepts.NO_FINDING]
+        size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        self.card = TextPipelineCard(pipeline=str(folder.name), concepts=self.concept_names, image_size=size,
+                                     weights_sha256={str(p.relative_to(folder)): sha256_file(p)
+                                                     for p in _pipeline_files(folder)})
+        self.inpainting = False
+
+    @torch.inference_mode()
+    def edit(self, sources: np.ndarray, target_labels: np.ndarray, masks: np.ndarray | None,
+             soft_masks: np.ndarray | None, settings, seed: int) -> np.ndarray:
+        """Same contract as editor.edit: (B, S, S) sources in [0, 1], (B, K) targets over `concept_names`;
+        masks None regenerates the whole image (the unconstrained ablation)."""
+        count, size = len(sources), sources.shape[-1]
+        prompts = [prompt_for(labels, self.concept_names) for labels in target_labels]
+        rgb = torch.tensor(sources, dtype=torch.float32)[:, None].expand(-1, 3, -1, -1)  # the VAE reads RGB
+        region = np.ones_like(sources) if masks is None else masks.astype(np.float32)
+        result = self.pipe(prompt=[p for p, _ in prompts], negative_prompt=[n for _, n in prompts],
+                           image=rgb, mask_image=torch.tensor(region)[:, None], height=size, width=size,
+                           strength=settings.strength, num_inference_steps=settings.steps,
+                           guidance_scale=settings.guidance, output_type="np",
+                           generator=torch.Generator().manual_seed(seed))
+        edited = np.asarray(result.images, dtype=np.float32).reshape(count, size, size, -1).mean(axis=-1)
+        if soft_masks is not None:
+            edited = soft_masks * edited + (1 - soft_masks) * sources
+        return edited.clip(0, 1).astype(np.float32)
+
+    def card_dict(self) -> dict:
+        return asdict(self.card)
