@@ -307,6 +307,9 @@ def train_generator_command(
     channels: Annotated[str, typer.Option("--channels", help="UNet widths per level, e.g. 16,32,32 (CPU) or "
                                           "64,128,256,256 (GPU).")] = "16,32,32",
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
+    timestep_exponent: Annotated[float, typer.Option("--timestep-exponent", help="Timesteps drawn as T*u^x: 1 is "
+                                                     "uniform, 0.5 favours the noisy steps where findings take "
+                                                     "shape.")] = 0.5,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Train the concept-conditioned diffusion generator on the training split (resumes from a checkpoint)."""
@@ -332,7 +335,8 @@ def train_generator_command(
         console.print("[yellow]note:[/] no anatomy masks beside the images: training a whole-image generator, which "
                       "learns the concepts far more slowly. `cxr-audit segment` writes lung masks.")
     card = train_generator(images, train.labels(names, policy), names, out,
-                           TrainConfig(steps=steps, batch_size=batch_size, seed=seed, max_minutes=minutes, lr=lr),
+                           TrainConfig(steps=steps, batch_size=batch_size, seed=seed, max_minutes=minutes, lr=lr,
+                                       timestep_exponent=timestep_exponent),
                            dataset_sha256(data), widths, regions=RegionSampler(anatomy, names) if anatomy else None)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary line
         console.print(f"Generator: {card.steps} steps on {card.training_images:,} images at {size}px, "

@@ -107,3 +107,12 @@ def test_inpainting_generator_trains_on_anatomical_regions_and_edits(phantom_dat
                   EditSettings(steps=6, strength=0.8), seed=0)
     assert np.abs(edited[0, ~hard] - images[0, 0, ~hard]).max() < 1e-5  # float rounding only
     assert np.abs(edited[0, hard] - images[0, 0, hard]).mean() > 0.01
+
+
+def test_timestep_draws_favour_the_noisy_steps_when_asked():
+    from cxr_audit.synthesis.generator import _draw_timesteps
+
+    uniform = _draw_timesteps(20000, 1000, 1.0, torch.Generator().manual_seed(0)).float()
+    noisy = _draw_timesteps(20000, 1000, 0.5, torch.Generator().manual_seed(0)).float()
+    assert 0 <= noisy.min() and noisy.max() <= 999
+    assert abs(uniform.mean().item() - 500) < 15 and abs(noisy.mean().item() - 667) < 15  # E[T*sqrt(u)] = 2T/3

@@ -97,6 +97,7 @@ class GeneratorCard:
     processes: int = 1             # data-parallel training processes (GPUs)
     batch_size: int | None = None  # images per step, over all processes
     mixed_precision: str = "no"
+    timestep_exponent: float = 1.0  # TrainConfig.timestep_exponent (cards written before it: uniform draws)
     tool_version: str = __version__
     weights_sha256: dict[str, str] = field(default_factory=dict)
 
@@ -118,6 +119,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     max_minutes: float | None = None
+    # Timesteps are drawn as T * u**timestep_exponent: 1 is uniform; below 1 the noisier half of the schedule,
+    # where a finding's shape and size are decided, gets more of the training steps. 0.5 (density rising
+    # linearly with t): on the phantom's 6-minute CPU budget checker agreement rose from 0.47 to 0.75
+    # (Cardiomegaly) and from 0.28 to 0.44 (Effusion) over uniform draws, one seed each.
+    timestep_exponent: float = 0.5
 
 
 def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[str], out: Path,
@@ -178,7 +184,8 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
         # from a per-step seed, so the CPU generator's state alone makes a resume exact.
         noise_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         noise = torch.randn(x0.shape, generator=noise_generator, device=device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=generator).to(device)
+        t = _draw_timesteps(len(batch), scheduler.config.num_train_timesteps, config.timestep_exponent,
+                            generator).to(device)
         drop = (torch.rand(len(batch), generator=generator) < config.p_uncond).to(device)
         context, weight = None, None
         if regions is not None:
@@ -213,11 +220,19 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
     card = GeneratorCard(concepts=list(concept_names), image_size=size, block_out_channels=list(block_out_channels),
                          layers_per_block=1, training_data_sha256=data_sha256, training_images=len(images),
                          steps=step, seed=config.seed, inpainting=regions is not None, processes=world,
-                         batch_size=config.batch_size * world, mixed_precision=accelerator.mixed_precision)
+                         batch_size=config.batch_size * world, mixed_precision=accelerator.mixed_precision,
+                         timestep_exponent=config.timestep_exponent)
     if accelerator.is_main_process:
         save_generator(ema, card, out)
     accelerator.wait_for_everyone()
     return card
+
+
+def _draw_timesteps(count: int, total: int, exponent: float, generator: torch.Generator) -> torch.Tensor:
+    if exponent == 1.0:  # the plain uniform draw (keeps earlier runs' batches identical)
+        return torch.randint(0, total, (count,), generator=generator)
+    u = torch.rand(count, generator=generator)
+    return (total * u ** exponent).long().clamp_(0, total - 1)
 
 
 def _save_checkpoint(accelerator, path: Path, model, ema, optimizer, generator: torch.Generator, step: int) -> None:
