@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import os
 import json
+import os
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cxr_audit.errors import UserInputError
-from cxr_audit.models import LoadedModel, load_model
+from cxr_audit.models import LoadedModel, default_device, load_model
 from cxr_audit.provenance import atomic_write_json, atomic_write_text, sha256_file
 from cxr_audit.train_classifier import masked_bce
 
@@ -112,7 +112,7 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
     stand in for a killed process)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     torch.manual_seed(config.seed)
     candidate = _trainable_copy(model).to(device)
     net = candidate.module

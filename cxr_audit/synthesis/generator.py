@@ -159,7 +159,7 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():  # resume: weights_only is enough, the checkpoint holds tensors and numbers
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        generators = state["generators"] if "generators" in state else [state["generator"]]  # before 0.1 multi-GPU
+        generators = state["generators"] if "generators" in state else [state["generator"]]  # single-process checkpoints
         saved_world = len(generators)
         if saved_world != world:
             raise UserInputError(f"{checkpoint} was written by {saved_world} training process(es); this run has "
@@ -179,7 +179,8 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
                disable=not (progress and accelerator.is_local_main_process))
     while step < config.steps:
         batch = torch.randint(0, len(x_all), (config.batch_size,), generator=generator)
-        x0, vectors = x_all[batch.to(device)], c_all[batch.to(device)]
+        on_device = batch.to(device)
+        x0, vectors = x_all[on_device], c_all[on_device]
         # The noise is drawn where it is used (on a GPU, drawing it on the CPU costs more than the step),
         # from a per-step seed, so the CPU generator's state alone makes a resume exact.
         noise_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
@@ -300,8 +301,9 @@ def load_generator(folder: str | Path, device: str | torch.device | None = None)
     model.unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
     state = load_file(str(folder / "concept_encoder.safetensors"))
     model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), card
+    from cxr_audit.models import default_device
+
+    return model.to(device or default_device()).eval(), card
 
 
 class RegionSampler:

@@ -108,6 +108,8 @@ def run_synthesis(plan: dict, manifest: Manifest, generator: ConceptConditionedU
                                  columns=[c for c in gen_concepts if c in manifest.concepts],
                                  index=manifest.frame["image_id"])
     todo = [e for e in plan["edits"] if not (out / "records" / f"{e['edit_id']}.json").exists()]
+    # the native generator goes through editor.edit; a text-conditioned pipeline brings its own edit
+    edit_batch = generator.edit if isinstance(generator, TextConditionedGenerator) else partial(edit, generator)
     bar = tqdm(total=len(plan["edits"]), initial=len(plan["edits"]) - len(todo), desc="synthesizing",
                unit="edit", disable=not options.progress)
     for start in range(0, len(todo), options.batch_size):
@@ -118,8 +120,6 @@ def run_synthesis(plan: dict, manifest: Manifest, generator: ConceptConditionedU
         hard = np.stack([p["hard"] for p in prepared])
         soft = np.stack([p["soft"] for p in prepared])
         seed = int(batch[0]["seed"])
-        # the native generator goes through editor.edit; a text-conditioned pipeline brings its own edit
-        edit_batch = generator.edit if isinstance(generator, TextConditionedGenerator) else partial(edit, generator)
         if options.unconstrained:
             edited = edit_batch(sources, targets, None, None, options.settings, seed)
         else:

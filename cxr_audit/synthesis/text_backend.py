@@ -13,7 +13,7 @@ and blanks radiographs it misreads.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ import torch
 
 from cxr_audit import concepts
 from cxr_audit.errors import UserInputError
-from cxr_audit.provenance import sha256_file, sha256_files
+from cxr_audit.models import default_device
+from cxr_audit.provenance import sha256_files
 
 PIPELINE_INDEX = "model_index.json"
 PROMPT_STYLE = "cxr-audit-impression-v1"
@@ -49,13 +50,15 @@ def prompt_for(labels: np.ndarray, concept_names: list[str]) -> tuple[str, str]:
 
 @dataclass
 class TextPipelineCard:
-    """What the audit records about a text-conditioned generator (the pipeline folder has no card of ours)."""
+    """What the audit records about a text-conditioned generator (the pipeline folder has no card of ours).
+    Its identity is generator_sha256 (a hash over `files`), recorded beside the card: hashing each file here
+    too would read gigabytes of weights twice."""
     pipeline: str
     concepts: list[str]
     image_size: int
     prompt_style: str = PROMPT_STYLE
     backend: str = "text-conditioned latent diffusion (diffusers StableDiffusionInpaintPipeline)"
-    weights_sha256: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
 
 
 def is_text_pipeline(folder: str | Path) -> bool:
@@ -80,7 +83,7 @@ class TextConditionedGenerator:
         folder = Path(folder)
         if not is_text_pipeline(folder):
             raise UserInputError(f"{folder} has no {PIPELINE_INDEX}: it is not a diffusers pipeline folder.")
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(device or default_device())
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         try:
             base = DiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype,
@@ -92,13 +95,10 @@ class TextConditionedGenerator:
         self.pipe = StableDiffusionInpaintPipeline.from_pipe(base, safety_checker=None,
                                                              requires_safety_checker=False).to(device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.device = device
         self.concept_names = [c.name for c in concepts.CONCEPTS if c.name != concepts.NO_FINDING]
         size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
         self.card = TextPipelineCard(pipeline=str(folder.name), concepts=self.concept_names, image_size=size,
-                                     weights_sha256={str(p.relative_to(folder)): sha256_file(p)
-                                                     for p in _pipeline_files(folder)})
-        self.inpainting = False
+                                     files=[str(p.relative_to(folder)) for p in _pipeline_files(folder)])
 
     @torch.inference_mode()
     def edit(self, sources: np.ndarray, target_labels: np.ndarray, masks: np.ndarray | None,
@@ -118,6 +118,3 @@ class TextConditionedGenerator:
         if soft_masks is not None:
             edited = soft_masks * edited + (1 - soft_masks) * sources
         return edited.clip(0, 1).astype(np.float32)
-
-    def card_dict(self) -> dict:
-        return asdict(self.card)
