@@ -107,8 +107,8 @@ def regions_from_anatomy(masks: dict[str, np.ndarray]) -> dict[str, dict[str, np
     def central(mask: np.ndarray) -> dict[str, np.ndarray]:
         return {"right": mask, "left": mask, "both": mask}
 
-    pleura_band = lambda lung: lung & ~ndimage.binary_erosion(lung, iterations=2)  # noqa: E731
-    outside = lambda lung: ndimage.binary_dilation(lung, iterations=4) & ~lung  # noqa: E731
+    pleura_band = lambda lung: lung & ~ndimage.binary_erosion(lung, iterations=2)
+    outside = lambda lung: ndimage.binary_dilation(lung, iterations=4) & ~lung
     # Tubes, lines and ECG leads lie anywhere over the upper chest and neck, lungs included.
     upper = np.zeros(shape, bool)
     upper[: top + int(0.4 * (bottom - top)), max(cols[0] - 4, 0): cols[-1] + 5] = True
@@ -161,9 +161,11 @@ def edit_mask(concept_names: list[str], masks: dict[str, np.ndarray], side: str 
     return binary, soft.astype(np.float32)
 
 
-def binary_edit_masks(concept_names: list[str], masks: dict[str, np.ndarray], side: str = "both") -> dict[str, np.ndarray]:
-    """{concept: edit_mask(...)[0]} for each concept, deriving the regions once (what training needs: many
-    concepts per image, no feathering)."""
+def binary_edit_masks(concept_names: list[str], masks: dict[str, np.ndarray],
+                      sides: tuple[str, ...] = ("both",)) -> dict[tuple[str, str], np.ndarray]:
+    """{(concept, side): edit_mask(...)[0]} for each concept and side, deriving the regions once (what
+    training needs: many concepts per image, no feathering). One-sided entries only for lateral concepts."""
     shape = masks["lung_right"].shape
     regions = regions_from_anatomy(masks)
-    return {name: _binary_region([name], regions, side, shape, _default_dilation(shape)) for name in concept_names}
+    return {(name, side): _binary_region([name], regions, side, shape, _default_dilation(shape))
+            for side in sides for name in concept_names if side == "both" or concepts.get(name).lateral}

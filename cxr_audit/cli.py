@@ -136,6 +136,11 @@ def _print_coverage(report: Any, show_all: bool) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+class PredictionType(str, Enum):
+    v = "v_prediction"
+    epsilon = "epsilon"
+
+
 class EvaluateSplit(str, Enum):
     auto = "auto"
     train = "train"
@@ -231,7 +236,11 @@ def phantom_command(
     workers: Annotated[int | None, typer.Option("--workers", help="Processes (default: CPU count, max 4).")] = None,
 ) -> None:
     """Generate a procedural chest X-ray phantom dataset with anatomy and finding masks."""
-    from cxr_audit.data.phantom_dataset import load_prevalence, phantom_prevalence_summary, write_phantom_dataset
+    from cxr_audit.data.phantom_dataset import (
+        load_prevalence,
+        phantom_prevalence_summary,
+        write_phantom_dataset,
+    )
 
     frame = write_phantom_dataset(out, n, size, seed, load_prevalence(prevalence), dicom, workers)
     console.print(phantom_prevalence_summary(frame))
@@ -310,6 +319,9 @@ def train_generator_command(
     timestep_exponent: Annotated[float, typer.Option("--timestep-exponent", help="Timesteps drawn as T*u^x: 1 is "
                                                      "uniform, 0.5 favours the noisy steps where findings take "
                                                      "shape.")] = 0.5,
+    prediction_type: Annotated[PredictionType, typer.Option(
+        "--prediction-type", help="What the UNet learns to predict: v (learns faster on a small budget) or the "
+                                  "noise (epsilon).")] = PredictionType.v,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Train the concept-conditioned diffusion generator on the training split (resumes from a checkpoint)."""
@@ -336,7 +348,7 @@ def train_generator_command(
                       "learns the concepts far more slowly. `cxr-audit segment` writes lung masks.")
     card = train_generator(images, train.labels(names, policy), names, out,
                            TrainConfig(steps=steps, batch_size=batch_size, seed=seed, max_minutes=minutes, lr=lr,
-                                       timestep_exponent=timestep_exponent),
+                                       timestep_exponent=timestep_exponent, prediction_type=prediction_type.value),
                            dataset_sha256(data), widths, regions=RegionSampler(anatomy, names) if anatomy else None)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary line
         console.print(f"Generator: {card.steps} steps on {card.training_images:,} images at {size}px, "
@@ -413,7 +425,7 @@ def schema_command(name: Annotated[SchemaName, typer.Argument(help="Which artifa
 
 
 # The whole-audit commands live in their own modules; importing them registers them on `app`.
-from cxr_audit import cli_anatomy, cli_audit, cli_gate  # noqa: E402,F401
+from cxr_audit import cli_anatomy, cli_audit, cli_gate  # noqa: F401
 
 
 def main() -> None:
@@ -421,4 +433,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m cxr_audit.cli` (what torchrun starts) runs this file as __main__; the command modules register
+    # on the imported cxr_audit.cli, so run that one's app or only the commands defined above would exist.
+    from cxr_audit.cli import main as registered_main
+
+    registered_main()

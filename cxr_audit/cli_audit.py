@@ -136,7 +136,7 @@ def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Run directory of the demo audit.")] = Path("reports/demo"),
     rebuild_generator: Annotated[bool, typer.Option("--rebuild-generator", help="Retrain the shipped demo "
                                                     "generator (minutes on CPU) instead of using it.")] = False,
-    minutes: Annotated[float, typer.Option("--generator-minutes", help="Time budget for --rebuild-generator.")] = 20.0,
+    minutes: Annotated[float, typer.Option("--generator-minutes", help="Time budget for --rebuild-generator.")] = 12.0,
 ) -> None:
     """The full audit on the embedded phantom: dataset with a rare cell, a small deployed classifier, the
     shipped generator, every stage, and report.pdf."""

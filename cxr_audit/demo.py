@@ -102,7 +102,7 @@ def rebuild_generator(labels: Path, minutes: float, steps: int = 20000) -> Path:
     return SHIPPED_GENERATOR
 
 
-def run_demo(out: Path, retrain_generator: bool = False, generator_minutes: float = 20.0) -> dict:
+def run_demo(out: Path, retrain_generator: bool = False, generator_minutes: float = 12.0) -> dict:
     from cxr_audit.finetune import FinetuneConfig
     from cxr_audit.pipeline import AuditOptions, run_audit
 

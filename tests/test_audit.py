@@ -116,3 +116,16 @@ def test_report_without_audit_json_is_a_clear_error(tmp_path, run_cli):
     result = run_cli("report", "--run", tmp_path)
     assert result.exit_code == 2
     assert "audit.json" in result.output
+
+
+def test_every_command_exists_when_started_as_a_module():
+    """torchrun starts `python -m cxr_audit.cli`; the audit commands register from their own modules, so the
+    module entry point must see them as the console script does."""
+    import os
+    import subprocess
+    import sys
+
+    listed = subprocess.run([sys.executable, "-m", "cxr_audit.cli", "--help"], capture_output=True, text=True,
+                            check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    for command in ("audit", "demo", "gate", "segment", "train-generator", "synthesize"):
+        assert f" {command} " in listed, command

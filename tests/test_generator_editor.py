@@ -34,6 +34,30 @@ def test_saved_in_diffusers_layout_with_pinned_hashes(tiny_generator):
     assert loaded.image_size == 32 and model.concept_names == CONCEPTS
 
 
+def test_prediction_type_travels_from_training_to_the_editor(tiny_generator, tmp_path):
+    """New generators predict v; cards written before the field existed predicted the noise, and must still
+    be sampled that way (a v model read as an epsilon model gives garbage, silently)."""
+    import shutil
+
+    out, card, _, _ = tiny_generator
+    assert card.prediction_type == "v_prediction"
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    model, _ = load_generator(out)
+    assert model.prediction_type == "v_prediction"
+    older = tmp_path / "gen"
+    shutil.copytree(out, older)
+    saved = json.loads((older / "generator_card.json").read_text())
+    del saved["prediction_type"]
+    (older / "generator_card.json").write_text(json.dumps(saved))
+    as_epsilon, _ = load_generator(older)
+    assert as_epsilon.prediction_type == "epsilon"
+    settings = EditSettings(steps=6, strength=1.0)
+    labels = np.array([[1, 0]], np.float32)
+    # the same weights read the other way denoise to another image
+    assert not np.allclose(sample(model, labels, settings, seed=0, size=32),
+                           sample(as_epsilon, labels, settings, seed=0, size=32))
+
+
 def test_tampered_weights_are_refused(tiny_generator, tmp_path):
     import shutil
 
@@ -99,7 +123,7 @@ def test_inpainting_generator_trains_on_anatomical_regions_and_edits(phantom_dat
     assert ((covered > 0.01) & (covered < 0.6)).sum() >= 8  # mostly anatomical regions, some whole images
     card = train_generator(images, labels, CONCEPTS, tmp_path, TrainConfig(steps=3, batch_size=4), "d", (8, 16),
                            progress=False, regions=sampler)
-    assert card.inpainting
+    assert card.inpainting and card.one_side_share == sampler.p_one_side
     model, loaded = load_generator(tmp_path)
     assert loaded.inpainting and model.inpainting
     hard, soft = edit_mask(["Cardiomegaly"], anatomy[0])
@@ -107,6 +131,31 @@ def test_inpainting_generator_trains_on_anatomical_regions_and_edits(phantom_dat
                   EditSettings(steps=6, strength=0.8), seed=0)
     assert np.abs(edited[0, ~hard] - images[0, 0, ~hard]).max() < 1e-5  # float rounding only
     assert np.abs(edited[0, hard] - images[0, 0, hard]).mean() > 0.01
+
+
+def test_one_sided_concepts_hide_one_side_at_random_whatever_the_label(phantom_dataset):
+    """Effusion inserts edit one costophrenic angle with the other in view, so training must show that case;
+    the side drawn must not follow the label, or the region would give the label away."""
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.synthesis.generator import RegionSampler
+    from cxr_audit.synthesis.run import training_anatomy
+
+    train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
+    train.frame = train.frame.head(8)
+    anatomy = training_anatomy(train, 64)
+    sampler = RegionSampler(anatomy, ["Pleural Effusion"], p_whole=0.0)
+    shares = []
+    for effusion in (0.0, 1.0):
+        labels = np.full((8, 1), effusion, np.float32)
+        regions = sampler.sample(np.arange(8).repeat(25), labels, torch.Generator().manual_seed(1))[:, 0].numpy()
+        assert (regions.sum(axis=(1, 2)) > 0).all() and (regions.mean(axis=(1, 2)) < 0.4).all()  # a region, not the image
+        # the patient's right is the image's left half (a one-sided region's dilation may cross the midline
+        # by a pixel or two, into the mediastinum)
+        right_share = regions[:, :, :32].sum(axis=(1, 2)) / regions.sum(axis=(1, 2))
+        only_right, only_left = right_share > 0.9, right_share < 0.1
+        assert only_right.any() and only_left.any() and (~only_right & ~only_left).any()
+        shares.append((only_right | only_left).mean())
+    assert all(0.35 < share < 0.65 for share in shares), shares  # about half one-sided, label or not
 
 
 def test_timestep_draws_favour_the_noisy_steps_when_asked():

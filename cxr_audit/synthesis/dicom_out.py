@@ -19,7 +19,7 @@ def write_synthetic_dicom(path: Path, pixels: np.ndarray, edit_id: str, descript
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    uid = lambda kind: generate_uid(entropy_srcs=["cxr-audit-synthetic", kind, edit_id])  # noqa: E731 - deterministic
+    uid = lambda kind: generate_uid(entropy_srcs=["cxr-audit-synthetic", kind, edit_id])  # deterministic per edit
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
     meta.MediaStorageSOPInstanceUID = uid("sop")

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cxr_audit.synthesis.generator import ConceptConditionedUNet, encode_vectors, inpainting_context, make_scheduler
+from cxr_audit.synthesis.generator import (
+    ConceptConditionedUNet,
+    encode_vectors,
+    inpainting_context,
+    make_scheduler,
+)
 
 
 @dataclass
@@ -25,8 +30,8 @@ class EditSettings:
     eta: float = 0.0           # DDIM stochasticity
 
 
-def _guided_noise(model: ConceptConditionedUNet, x: torch.Tensor, t: torch.Tensor, conditional: torch.Tensor,
-                  null: torch.Tensor, guidance: float, context: torch.Tensor | None = None) -> torch.Tensor:
+def _guided_prediction(model: ConceptConditionedUNet, x: torch.Tensor, t: torch.Tensor, conditional: torch.Tensor,
+                       null: torch.Tensor, guidance: float, context: torch.Tensor | None = None) -> torch.Tensor:
     """One UNet pass on [conditional; unconditional] and the guided combination."""
     both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([conditional, null]),
                  None if context is None else torch.cat([context, context]))
@@ -43,7 +48,7 @@ def edit(model: ConceptConditionedUNet, sources: np.ndarray, target_labels: np.n
     regenerates the whole image from the perturbed vector.
     """
     device = next(model.parameters()).device
-    scheduler = make_scheduler("ddim")
+    scheduler = make_scheduler("ddim", model.prediction_type)
     scheduler.set_timesteps(settings.steps)
     timesteps = scheduler.timesteps[int(round(settings.steps * (1 - settings.strength))):]
     generator = torch.Generator().manual_seed(seed)
@@ -61,8 +66,8 @@ def edit(model: ConceptConditionedUNet, sources: np.ndarray, target_labels: np.n
     x = scheduler.add_noise(x0, noise, timesteps[:1].repeat(len(x0)))
     for i, t in enumerate(timesteps):
         t_batch = t.repeat(len(x0)).to(device)
-        eps = _guided_noise(model, x, t_batch, conditional, null, settings.guidance, context)
-        x = scheduler.step(eps, t, x, eta=settings.eta, generator=generator).prev_sample
+        prediction = _guided_prediction(model, x, t_batch, conditional, null, settings.guidance, context)
+        x = scheduler.step(prediction, t, x, eta=settings.eta, generator=generator).prev_sample
         if keep is not None:
             if i + 1 < len(timesteps):  # the latent is now at timesteps[i + 1]: noise the source to that level
                 fresh = torch.randn(x0.shape, generator=generator).to(device)
@@ -82,7 +87,7 @@ def sample(model: ConceptConditionedUNet, labels: np.ndarray, settings: EditSett
     """Plain sampling from pure noise with the same number of UNet calls as an edit of the same strength
     (the benchmark's reference for the cost of masking)."""
     device = next(model.parameters()).device
-    scheduler = make_scheduler("ddim")
+    scheduler = make_scheduler("ddim", model.prediction_type)
     scheduler.set_timesteps(settings.steps)
     timesteps = scheduler.timesteps[int(round(settings.steps * (1 - settings.strength))):]
     generator = torch.Generator().manual_seed(seed)
@@ -90,6 +95,6 @@ def sample(model: ConceptConditionedUNet, labels: np.ndarray, settings: EditSett
     null = torch.zeros_like(conditional)
     x = torch.randn((len(labels), 1, size, size), generator=generator).to(device)
     for t in timesteps:
-        eps = _guided_noise(model, x, t.repeat(len(x)).to(device), conditional, null, settings.guidance)
-        x = scheduler.step(eps, t, x, eta=settings.eta, generator=generator).prev_sample
+        prediction = _guided_prediction(model, x, t.repeat(len(x)).to(device), conditional, null, settings.guidance)
+        x = scheduler.step(prediction, t, x, eta=settings.eta, generator=generator).prev_sample
     return ((x.clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy()

@@ -43,12 +43,13 @@ class ConceptConditionedUNet(nn.Module):
 
     def __init__(self, concept_names: list[str], image_size: int = 64,
                  block_out_channels: tuple[int, ...] = (16, 32, 32), layers_per_block: int = 1,
-                 inpainting: bool = False):
+                 inpainting: bool = False, prediction_type: str = "epsilon"):
         super().__init__()
         from diffusers import UNet2DModel
 
         self.concept_names = list(concept_names)
         self.inpainting = inpainting
+        self.prediction_type = prediction_type  # what the UNet predicts: "epsilon" (the noise) or "v_prediction"
         n = len(block_out_channels)
         self.unet = UNet2DModel(
             sample_size=image_size, in_channels=1 + 2 * len(concept_names) + (2 if inpainting else 0), out_channels=1,
@@ -98,14 +99,17 @@ class GeneratorCard:
     batch_size: int | None = None  # images per step, over all processes
     mixed_precision: str = "no"
     timestep_exponent: float = 1.0  # TrainConfig.timestep_exponent (cards written before it: uniform draws)
+    prediction_type: str = "epsilon"  # TrainConfig.prediction_type (cards written before it: the noise)
+    one_side_share: float | None = None  # RegionSampler.p_one_side (None: not recorded, or no regions)
     tool_version: str = __version__
     weights_sha256: dict[str, str] = field(default_factory=dict)
 
 
-def make_scheduler(kind: str = "ddpm"):
+def make_scheduler(kind: str = "ddpm", prediction_type: str = "epsilon"):
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    common = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
+    common = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                  prediction_type=prediction_type)
     return DDPMScheduler(**common) if kind == "ddpm" else DDIMScheduler(**common, set_alpha_to_one=True)
 
 
@@ -124,6 +128,12 @@ class TrainConfig:
     # linearly with t): on the phantom's 6-minute CPU budget checker agreement rose from 0.47 to 0.75
     # (Cardiomegaly) and from 0.28 to 0.44 (Effusion) over uniform draws, one seed each.
     timestep_exponent: float = 0.5
+    # "v_prediction" (Salimans & Ho 2022) or "epsilon". Near the noisy end of the schedule the noise is almost
+    # the input itself, so an epsilon model learns little there about the image it should produce, and its
+    # image estimate divides by a vanishing signal level; v keeps a useful target at every noise level. On the
+    # phantom's 6-minute CPU budget it took Effusion inserts the checker agrees with from about half to over
+    # 0.9 (docs/generator_budget.md).
+    prediction_type: str = "v_prediction"
 
 
 def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[str], out: Path,
@@ -150,10 +160,11 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
         out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)  # the same initial weights on every process
     size = images.shape[-1]
-    model = ConceptConditionedUNet(concept_names, size, block_out_channels, inpainting=regions is not None).to(device)
+    model = ConceptConditionedUNet(concept_names, size, block_out_channels, inpainting=regions is not None,
+                                   prediction_type=config.prediction_type).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    scheduler = make_scheduler("ddpm")
+    scheduler = make_scheduler("ddpm", config.prediction_type)
     generator = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)  # rank 0: the single-process stream
     step = 0
     checkpoint = out / "checkpoint.pt"
@@ -164,6 +175,11 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
         if saved_world != world:
             raise UserInputError(f"{checkpoint} was written by {saved_world} training process(es); this run has "
                                  f"{world}. Resume with the same number of processes, or start in a new --out.")
+        saved_prediction = state.get("prediction_type", "epsilon")  # checkpoints written before v existed
+        if saved_prediction != config.prediction_type:
+            raise UserInputError(f"{checkpoint} was trained to predict {saved_prediction}; this run asks for "
+                                 f"{config.prediction_type}. Resume with --prediction-type {saved_prediction}, or "
+                                 "start in a new --out.")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -196,7 +212,8 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
         with accelerator.autocast():
             prediction = model(scheduler.add_noise(x0, noise, t), t, ConceptConditionedUNet.condition(vectors, drop),
                                context)
-            error = (prediction.float() - noise) ** 2
+            target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+            error = (prediction.float() - target) ** 2
             loss = error.mean() if weight is None else (error * weight).sum() / weight.sum()
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -214,7 +231,7 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
         if config.max_minutes is not None and world > 1:  # every process stops at the same step
             out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=device), "max").item())
         if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-            _save_checkpoint(accelerator, checkpoint, model, ema, optimizer, generator, step)
+            _save_checkpoint(accelerator, checkpoint, model, ema, optimizer, generator, step, config.prediction_type)
         if out_of_time:
             break
     bar.close()
@@ -222,7 +239,8 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
                          layers_per_block=1, training_data_sha256=data_sha256, training_images=len(images),
                          steps=step, seed=config.seed, inpainting=regions is not None, processes=world,
                          batch_size=config.batch_size * world, mixed_precision=accelerator.mixed_precision,
-                         timestep_exponent=config.timestep_exponent)
+                         timestep_exponent=config.timestep_exponent, prediction_type=config.prediction_type,
+                         one_side_share=None if regions is None else regions.p_one_side)
     if accelerator.is_main_process:
         save_generator(ema, card, out)
     accelerator.wait_for_everyone()
@@ -236,14 +254,16 @@ def _draw_timesteps(count: int, total: int, exponent: float, generator: torch.Ge
     return (total * u ** exponent).long().clamp_(0, total - 1)
 
 
-def _save_checkpoint(accelerator, path: Path, model, ema, optimizer, generator: torch.Generator, step: int) -> None:
+def _save_checkpoint(accelerator, path: Path, model, ema, optimizer, generator: torch.Generator, step: int,
+                     prediction_type: str) -> None:
     """Weights, optimizer, step and every process's batch-sampling state (so a resumed run draws the
     batches an uninterrupted one would have); written by the main process, atomically."""
     states = accelerator.gather(generator.get_state().to(accelerator.device)[None]).cpu()
     if accelerator.is_main_process:
         tmp = path.with_suffix(".tmp")
         torch.save({"model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(), "generators": [state.clone() for state in states], "step": step}, tmp)
+                    "optimizer": optimizer.state_dict(), "generators": [state.clone() for state in states], "step": step,
+                    "prediction_type": prediction_type}, tmp)
         tmp.replace(path)
     accelerator.wait_for_everyone()
 
@@ -252,7 +272,7 @@ def save_generator(model: ConceptConditionedUNet, card: GeneratorCard, out: Path
     from safetensors.torch import save_file
 
     model.unet.save_pretrained(out / "unet", safe_serialization=True)
-    make_scheduler("ddpm").save_pretrained(out / "scheduler")
+    make_scheduler("ddpm", card.prediction_type).save_pretrained(out / "scheduler")
     encoder_state = {f"encoder.{k}": v.contiguous() for k, v in model.encoder.state_dict().items()}
     save_file(encoder_state, str(out / "concept_encoder.safetensors"))
     card.weights_sha256 = {
@@ -297,7 +317,8 @@ def load_generator(folder: str | Path, device: str | torch.device | None = None)
             raise UserInputError(f"{folder / relative} has SHA-256 {actual[:16]}..., but the generator card pins "
                                  f"{expected[:16]}...: the weights were changed or corrupted. Retrain or restore them.")
     model = ConceptConditionedUNet([concepts.resolve(c) for c in card.concepts], card.image_size,
-                                   tuple(card.block_out_channels), card.layers_per_block, card.inpainting)
+                                   tuple(card.block_out_channels), card.layers_per_block, card.inpainting,
+                                   card.prediction_type)
     model.unet = UNet2DModel.from_pretrained(folder / "unet", local_files_only=True)
     state = load_file(str(folder / "concept_encoder.safetensors"))
     model.encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
@@ -310,35 +331,49 @@ class RegionSampler:
     """Training regions for an inpainting generator: for each image, the edit region of one concept (a
     positive one half of the time when the image has any, so present findings are seen inside their region);
     10% of samples hide the whole image (unconstrained mode). Regions come from label-independent anatomy
-    (anatomy.regions_from_anatomy), so their shape never gives the label away."""
+    (anatomy.regions_from_anatomy), so their shape never gives the label away.
+
+    One-sided concepts (Effusion, Pneumothorax, ...) hide both sides half of the time and one side, drawn at
+    random, otherwise. An insert edits one side, with the other side shown clean; a model that only ever saw
+    both sides hidden puts the finding wherever it likes, often on the side that is then thrown away. The
+    side is drawn without looking at the label, so it gives nothing away either: with a label of 1 and a
+    clean side in view, the finding has to go in the hidden side."""
+
+    SIDES = ("both", "right", "left")
 
     def __init__(self, anatomies: list[dict[str, np.ndarray]], concept_names: list[str], p_whole: float = 0.1,
-                 focus: list[str] | None = None):
+                 focus: list[str] | None = None, p_one_side: float = 0.5):
         self.anatomies = anatomies
         self.concept_names = list(concept_names)
         self.p_whole = p_whole
+        self.p_one_side = p_one_side
         # Concepts the plan will edit get most of the training regions: on a CPU budget, the steps go where
         # the edits will be made.
         self.focus = [c for c in (focus or []) if c in self.concept_names]
-        self._packed: dict[int, np.ndarray] = {}  # image -> bit-packed (K, S, S) concept regions
+        self._lateral = {c for c in self.concept_names if concepts.get(c).lateral}
+        # one plane per (concept, side) that exists: both sides for every concept, one side for lateral ones
+        self._planes = [(c, side) for side in self.SIDES for c in self.concept_names
+                        if side == "both" or c in self._lateral]
+        self._plane_index = {plane: i for i, plane in enumerate(self._planes)}
+        self._packed: dict[int, np.ndarray] = {}  # image -> bit-packed (planes, S, S) regions
 
-    def _region(self, index: int, concept: str) -> np.ndarray:
+    def _region(self, index: int, concept: str, side: str = "both") -> np.ndarray:
         from cxr_audit.anatomy import binary_edit_masks
 
-        # All concepts of an image at once (its regions are derived once), bit-packed: 435 images x 14
-        # concepts at 256 px stay at 50 MB, and a training step costs no anatomy work after the first epoch.
-        # Both sides for one-sided concepts: a region that followed the finding's side would tell the model
-        # the label.
+        # All regions of an image at once (its anatomy is derived once per side), bit-packed: 435 images x 14
+        # concepts at 256 px stay near 100 MB with the one-sided planes, and a training step costs no anatomy
+        # work after the first epoch.
         if index not in self._packed:
-            regions = binary_edit_masks(self.concept_names, self.anatomies[index], side="both")
-            self._packed[index] = np.packbits(np.stack([regions[c] for c in self.concept_names]), axis=-1)
+            regions = binary_edit_masks(self.concept_names, self.anatomies[index], self.SIDES)
+            self._packed[index] = np.packbits(np.stack([regions[plane] for plane in self._planes]), axis=-1)
         size = self.anatomies[index]["lung_right"].shape[1]
-        return np.unpackbits(self._packed[index][self.concept_names.index(concept)], axis=-1, count=size)
+        return np.unpackbits(self._packed[index][self._plane_index[concept, side]], axis=-1, count=size)
 
     def sample(self, indices: np.ndarray, labels: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         size = next(iter(self.anatomies[0].values())).shape
         out = np.zeros((len(indices), 1, *size), np.float32)
-        draws = torch.rand(len(indices), 4, generator=generator).numpy()  # whole image, focus, positive, concept
+        # whole image, focus, positive, concept, one side, which side
+        draws = torch.rand(len(indices), 6, generator=generator).numpy()
         for k, index in enumerate(indices):
             if draws[k, 0] < self.p_whole:
                 out[k, 0] = 1
@@ -347,5 +382,8 @@ class RegionSampler:
             positives = [c for j, c in enumerate(self.concept_names) if labels[index, j] == 1 and c in candidates]
             pool = positives if positives and draws[k, 2] < 0.5 else candidates
             concept = pool[min(int(draws[k, 3] * len(pool)), len(pool) - 1)]
-            out[k, 0] = self._region(int(index), concept)
+            side = "both"
+            if concept in self._lateral and draws[k, 4] < self.p_one_side:
+                side = "right" if draws[k, 5] < 0.5 else "left"
+            out[k, 0] = self._region(int(index), concept, side)
         return torch.from_numpy(out)
