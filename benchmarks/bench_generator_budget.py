@@ -30,7 +30,7 @@ from cxr_audit.spec import load_spec
 from cxr_audit.synthesis.editor import EditSettings, edit
 from cxr_audit.synthesis.generator import RegionSampler, TrainConfig, load_generator, train_generator
 from cxr_audit.synthesis.run import training_anatomy
-from cxr_audit.train_classifier import predict_probabilities, train_small_classifier
+from cxr_audit.train_classifier import predict_probabilities, train_checker
 
 INSERTED = ("Cardiomegaly", "Pleural Effusion")
 
@@ -55,9 +55,8 @@ def agreement(labels: Path, generators: list[Path], normals: int, guidances: lis
     manifest = read_manifest(labels, "chexpert")
     train_split = manifest.split("train")
     findings = list(phantom.PHANTOM_FINDINGS)
-    torch.manual_seed(101)
-    checker = train_small_classifier(train_split.images(demo.DEMO_SIZE), train_split.frame[findings].to_numpy(np.float32),
-                                     epochs=8, seed=101, width=12)
+    # the audit's own QC checker recipe, trained on the real phantom images
+    checker = train_checker(train_split.images(demo.DEMO_SIZE), train_split.frame[findings].to_numpy(np.float32))
     test = manifest.split("test").frame
     sources = test[test[findings].sum(axis=1) == 0].head(normals)
     for generator in generators:

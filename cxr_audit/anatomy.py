@@ -161,11 +161,17 @@ def edit_mask(concept_names: list[str], masks: dict[str, np.ndarray], side: str 
     return binary, soft.astype(np.float32)
 
 
+def region_planes(concept_names: list[str], sides: tuple[str, ...] = ("both",)) -> list[tuple[str, str]]:
+    """The (concept, side) edit regions that exist: both sides for every concept, one side only for lateral
+    (usually one-sided) concepts."""
+    return [(name, side) for side in sides for name in concept_names if side == "both" or concepts.get(name).lateral]
+
+
 def binary_edit_masks(concept_names: list[str], masks: dict[str, np.ndarray],
                       sides: tuple[str, ...] = ("both",)) -> dict[tuple[str, str], np.ndarray]:
-    """{(concept, side): edit_mask(...)[0]} for each concept and side, deriving the regions once (what
-    training needs: many concepts per image, no feathering). One-sided entries only for lateral concepts."""
+    """{(concept, side): edit_mask(...)[0]} for each of region_planes(), deriving the regions once (what
+    training needs: many concepts per image, no feathering)."""
     shape = masks["lung_right"].shape
     regions = regions_from_anatomy(masks)
     return {(name, side): _binary_region([name], regions, side, shape, _default_dilation(shape))
-            for side in sides for name in concept_names if side == "both" or concepts.get(name).lateral}
+            for name, side in region_planes(concept_names, sides)}

@@ -307,7 +307,7 @@ class _Stages:
 
         if self.options.checker:
             return load_model(self.options.checker)
-        from cxr_audit.train_classifier import save_classifier, train_small_classifier
+        from cxr_audit.train_classifier import save_classifier, train_checker
 
         path = self.path / "checker" / "checker.pt"
         names = self.findings
@@ -315,8 +315,8 @@ class _Stages:
         inputs = {"data": self.hashes["data"], "spec": self.hashes["spec"], "size": size, "seed": self.options.seed}
 
         def work() -> dict:
-            net = train_small_classifier(self.images("train", size), self.train.labels(names, self.spec.label_policy), epochs=8,
-                                         seed=self.options.seed + 101, width=12, progress=self.options.progress)
+            net = train_checker(self.images("train", size), self.train.labels(names, self.spec.label_policy),
+                                seed=self.options.seed, progress=self.options.progress)
             save_classifier(net, path, names, size)
             return {"path": "checker/checker.pt", "sha256": sha256_file(path)}
 

@@ -50,6 +50,13 @@ def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int =
     return net.eval()
 
 
+def train_checker(images: np.ndarray, labels: np.ndarray, seed: int = 0, progress: bool = False) -> SmallCXRNet:
+    """The independent concept checker that grades synthetic edits (QC): a small classifier trained on real
+    images only. Seeded apart from the run's seed so it never shares initial weights with a model trained
+    alongside it."""
+    return train_small_classifier(images, labels, epochs=8, seed=seed + 101, width=12, progress=progress)
+
+
 @torch.inference_mode()
 def predict_probabilities(net: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     net.eval()

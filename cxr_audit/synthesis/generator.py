@@ -343,6 +343,8 @@ class RegionSampler:
 
     def __init__(self, anatomies: list[dict[str, np.ndarray]], concept_names: list[str], p_whole: float = 0.1,
                  focus: list[str] | None = None, p_one_side: float = 0.5):
+        from cxr_audit.anatomy import region_planes
+
         self.anatomies = anatomies
         self.concept_names = list(concept_names)
         self.p_whole = p_whole
@@ -351,18 +353,16 @@ class RegionSampler:
         # the edits will be made.
         self.focus = [c for c in (focus or []) if c in self.concept_names]
         self._lateral = {c for c in self.concept_names if concepts.get(c).lateral}
-        # one plane per (concept, side) that exists: both sides for every concept, one side for lateral ones
-        self._planes = [(c, side) for side in self.SIDES for c in self.concept_names
-                        if side == "both" or c in self._lateral]
+        self._planes = region_planes(self.concept_names, self.SIDES)
         self._plane_index = {plane: i for i, plane in enumerate(self._planes)}
         self._packed: dict[int, np.ndarray] = {}  # image -> bit-packed (planes, S, S) regions
 
     def _region(self, index: int, concept: str, side: str = "both") -> np.ndarray:
         from cxr_audit.anatomy import binary_edit_masks
 
-        # All regions of an image at once (its anatomy is derived once per side), bit-packed: 435 images x 14
-        # concepts at 256 px stay near 100 MB with the one-sided planes, and a training step costs no anatomy
-        # work after the first epoch.
+        # All regions of an image at once (its anatomy is derived once), bit-packed: 435 images x 32 planes
+        # (NIH's 14 concepts, 9 of them with one-sided planes too) at 256 px stay near 115 MB, and a training
+        # step costs no anatomy work after the first epoch.
         if index not in self._packed:
             regions = binary_edit_masks(self.concept_names, self.anatomies[index], self.SIDES)
             self._packed[index] = np.packbits(np.stack([regions[plane] for plane in self._planes]), axis=-1)
