@@ -15,7 +15,7 @@ from pathlib import Path
 from cxr_audit.coverage import analyse_coverage
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.provenance import atomic_write_json, sha256_file
-from cxr_audit.report.plots import cooccurrence_heatmap, coverage_bars
+from cxr_audit.report import figures
 from cxr_audit.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +37,9 @@ def main() -> int:
     timings[f"count {len(report.cells)} cells"] = time.perf_counter() - t
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        cooccurrence_heatmap(report, Path(out) / "cooccurrence.png")
-        coverage_bars(report, Path(out) / "cells.png")
+        figures.save_png(figures.cooccurrence_figure(report.cooccurrence, report.dataset.n_images),
+                         Path(out) / "cooccurrence.png")
+        figures.save_png(figures.coverage_figure(report.cells), Path(out) / "cells.png")
         atomic_write_json(Path(out) / "coverage.json", report.model_dump(mode="json"))
     timings["plots + json"] = time.perf_counter() - t
     total = time.perf_counter() - start

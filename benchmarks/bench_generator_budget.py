@@ -21,16 +21,19 @@ import numpy as np
 import torch
 
 from cxr_audit import concepts, demo
-from cxr_audit.anatomy import edit_mask
+from cxr_audit.anatomy.masks import dataset_anatomy
+from cxr_audit.anatomy.regions import edit_mask
+from cxr_audit.classifier.small_cnn import predict_probabilities, train_checker
 from cxr_audit.data import phantom
-from cxr_audit.data.phantom_dataset import study_of
+from cxr_audit.data.phantom.dataset import study_of
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.provenance import sha256_file
 from cxr_audit.spec import load_spec
 from cxr_audit.synthesis.editor import EditSettings, edit
-from cxr_audit.synthesis.generator import RegionSampler, TrainConfig, load_generator, train_generator
-from cxr_audit.synthesis.run import training_anatomy
-from cxr_audit.train_classifier import predict_probabilities, train_checker
+from cxr_audit.rundir import RunDir, run_stage
+from cxr_audit.synthesis.generator.regions import RegionSampler
+from cxr_audit.synthesis.generator.store import load_generator
+from cxr_audit.synthesis.generator.training import TrainConfig, train_generator
 
 INSERTED = ("Cardiomegaly", "Pleural Effusion")
 
@@ -39,7 +42,7 @@ def train(labels: Path, out: Path, args: argparse.Namespace) -> None:
     names = concepts.findings(load_spec(demo.DEMO_SPEC).concepts)
     train_split = read_manifest(labels, "chexpert").split("train")
     images, targets = train_split.images(demo.DEMO_SIZE), train_split.frame[names].to_numpy(np.float32)
-    regions = RegionSampler(training_anatomy(train_split, demo.DEMO_SIZE), names, focus=demo.DEMO_FOCUS,
+    regions = RegionSampler(dataset_anatomy(train_split, demo.DEMO_SIZE), names, focus=demo.DEMO_FOCUS,
                             p_one_side=args.p_one_side)
     config = TrainConfig(steps=100_000, lr=1e-3, max_minutes=args.minutes, seed=args.seed,
                          timestep_exponent=args.timestep_exponent, prediction_type=args.prediction_type)
@@ -132,9 +135,12 @@ def main() -> None:
     parser.add_argument("--normals", type=int, default=32)
     parser.add_argument("--guidance", type=float, nargs="+", default=[3.0])
     parser.add_argument("--figure", type=Path, help="also save a PNG of the first generator's inserts here")
-    parser.add_argument("--inputs", type=Path, default=Path("reports/.demo-inputs"))
+    parser.add_argument("--inputs", type=Path, default=Path("reports/generator-budget"),
+                        help="Run folder for the phantom dataset (made once, reused).")
     args = parser.parse_args()
-    labels = demo.demo_dataset(args.inputs)
+    stage = demo.PhantomStage(RunDir(args.inputs))
+    run_stage(stage.rundir, stage)
+    labels = stage.outputs()[0]
     with tempfile.TemporaryDirectory() as scratch:
         generators = args.generator
         if generators is None:

@@ -19,8 +19,8 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 from cxr_audit.data.images import load_resized
-from cxr_audit.inference import predict
-from cxr_audit.models import load_model
+from cxr_audit.classifier.inference import predict
+from cxr_audit.classifier.loading import load_model
 
 mode, model_path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 paths = (sorted(Path(sys.argv[4]).glob("images/*/*/*.png")) or sorted(Path(sys.argv[4]).glob("images/*.png")))
@@ -51,7 +51,7 @@ def save_model(path: Path, input_size: int, width: int) -> Path:
     import torch
     import yaml
 
-    from cxr_audit.nets import SmallCXRNet
+    from cxr_audit.classifier.small_cnn import SmallCXRNet
 
     torch.jit.script(SmallCXRNet(8, width=width).eval()).save(str(path))
     path.with_name(path.name + ".card.yaml").write_text(yaml.safe_dump(
@@ -73,7 +73,7 @@ def compare(label: str, model: Path, data: Path, sizes: tuple[int, int]) -> None
 
 
 def main() -> None:
-    from cxr_audit.data.phantom_dataset import write_phantom_dataset
+    from cxr_audit.data.phantom.dataset import write_phantom_dataset
 
     nih = Path(__file__).resolve().parents[2] / "shared" / "data" / "nih621"
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from cxr_audit.data import phantom
-from cxr_audit.data.phantom_dataset import write_phantom_dataset
+from cxr_audit.data.phantom.dataset import write_phantom_dataset
 
 
 def render_rate(size: int, n: int) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cxr_audit.synthesis.editor import EditSettings, edit, sample
-from cxr_audit.synthesis.generator import ConceptConditionedUNet
+from cxr_audit.synthesis.generator.model import ConceptConditionedUNet
 
 CONCEPTS = ["Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Consolidation", "Edema", "Atelectasis",
             "Nodule", "Support Devices"]

@@ -48,6 +48,7 @@ class CellCoverage(BaseModel):
 class DatasetSummary(BaseModel):
     path: str
     format: str
+    split: str = Field("all", description="the split counted: train (the training data), or all images")
     n_images: int = Field(description="images counted (after the frontal-only filter when it is on)")
     n_patients: int
     n_images_read: int = Field(description="rows read from the labels file before filtering")
@@ -74,21 +75,6 @@ class CoverageReport(BaseModel):
         return [c for c in self.cells if c.deficit > 0 and (c.plausible or not plausible_only)]
 
 
-def _subgroup_mask(frame: pd.DataFrame, subgroup: Subgroup | None) -> np.ndarray:
-    mask = np.ones(len(frame), dtype=bool)
-    if subgroup is None:
-        return mask
-    if subgroup.sex is not None:
-        mask &= (frame["sex"] == subgroup.sex).to_numpy()
-    if subgroup.view is not None:
-        mask &= (frame["view"] == subgroup.view).to_numpy()
-    if subgroup.age is not None:
-        age = frame["age"].to_numpy(dtype=float)
-        with np.errstate(invalid="ignore"):
-            mask &= (age >= subgroup.age[0]) & (age < subgroup.age[1])
-    return mask
-
-
 def _breakdown(values: pd.Series, mask: np.ndarray, keys: list[str]) -> dict[str, int]:
     selected = values[mask].fillna("unknown").astype(str).value_counts()
     out = {key: int(selected.get(key, 0)) for key in keys}
@@ -106,7 +92,7 @@ def _age_breakdown(ages: np.ndarray, mask: np.ndarray) -> dict[str, int]:
 def count_cell(cell: Cell, frame: pd.DataFrame, labels: np.ndarray, index: dict[str, int],
                patient_codes: np.ndarray) -> tuple[np.ndarray, int, int]:
     """The images that fall in a cell, with the image and patient counts."""
-    mask = _subgroup_mask(frame, cell.subgroup)
+    mask = cell.subgroup_mask(frame)
     for concept in cell.all_of:
         mask &= labels[:, index[concept]] == 1
     for concept in cell.none_of:
@@ -115,8 +101,9 @@ def count_cell(cell: Cell, frame: pd.DataFrame, labels: np.ndarray, index: dict[
 
 
 def analyse_coverage(manifest: Manifest, spec: CoverageSpec, spec_path: str | Path,
-                     inputs_sha256: dict[str, str]) -> CoverageReport:
-    """Count every cell of `spec` on `manifest` (the training data of the model under audit)."""
+                     inputs_sha256: dict[str, str], split: str = "all", data_path: str | None = None) -> CoverageReport:
+    """Count every cell of `spec` on `manifest` (the training data of the model under audit: `split` says
+    which split of the labels file it is; `data_path` is how reports name the labels file)."""
     manifest.require_concepts(spec.concepts, f"The coverage spec {spec_path}")
     n_read = len(manifest)
     if spec.frontal_only:
@@ -151,7 +138,8 @@ def analyse_coverage(manifest: Manifest, spec: CoverageSpec, spec_path: str | Pa
     return CoverageReport(
         inputs_sha256=inputs_sha256,
         spec_path=str(spec_path),
-        dataset=DatasetSummary(path=str(manifest.source), format=manifest.format, n_images=len(frame),
+        dataset=DatasetSummary(path=data_path or str(manifest.source), format=manifest.format, split=split,
+                               n_images=len(frame),
                                n_patients=manifest.n_patients, n_images_read=n_read,
                                frontal_only=spec.frontal_only, notes=manifest.notes),
         label_policy=spec.label_policy,

@@ -2,28 +2,29 @@
 
 1. A phantom dataset (64 px) in which Cardiomegaly + Pleural Effusion is rare in training (1%) but common in
    validation and test, so coverage cell PHANTOM-COV-001 is in deficit.
-2. A small "deployed" classifier (SmallCXRNet, TorchScript) trained on its training split.
+2. A small "deployed" classifier (SmallCXRNet) really trained on its training split.
 3. The generator shipped in `cxr_audit/demo_assets/generator` (trained on the same training split with
    `cxr-audit demo --rebuild-generator`; its card pins the training data's SHA-256, and the demo checks it).
 4. The full audit into the run directory, then report.pdf.
 
-Inputs go to `<out>/../.<name>-inputs/` and are reused when present, so a second `make demo` is quick.
+The dataset and the model are stages of the demo run (RUN/inputs/), under the same skip rule as the audit's
+own stages: a second `make demo` reuses them, and a copied demo run still finds them.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
-from rich.console import Console
 
-from cxr_audit import concepts
-from cxr_audit.data import phantom
-from cxr_audit.data.phantom_dataset import Combination, Prevalence, write_phantom_dataset
+from cxr_audit.classifier.finetune import FinetuneConfig
+from cxr_audit.data.phantom.dataset import PHANTOM_VERSION, Combination, Prevalence, write_phantom_dataset
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import sha256_file
+from cxr_audit.rundir import FinetuneLayout, RunDir, run_stage
+from cxr_audit.stages.context import RunContext
 
 DEMO_IMAGES = 1600
 DEMO_SIZE = 64
@@ -36,95 +37,118 @@ DEMO_PREVALENCE = Prevalence(combinations=[
 ])
 # The concepts the demo's plan edits (a test checks this against the plan): most training regions go to them.
 DEMO_FOCUS = ["Cardiomegaly", "Pleural Effusion", "Edema"]
-console = Console(stderr=True)
+DEMO_CLASSIFIER = {"epochs": 6, "width": 8}
+DEMO_INTENDED_USE = ("Demonstration on the procedural phantom: the small classifier stands in for a deployed chest "
+                     "X-ray triage model that flags eight findings on frontal radiographs.")
 
 
-def demo_dataset(inputs: Path) -> Path:
-    labels = inputs / "phantom" / "labels.csv"
-    if not labels.exists():
-        console.print(f"[bold]demo:[/] rendering {DEMO_IMAGES} phantom studies at {DEMO_SIZE} px")
-        tmp = inputs / "phantom.partial"
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        write_phantom_dataset(tmp, DEMO_IMAGES, size=DEMO_SIZE, seed=DEMO_SEED, prevalence=DEMO_PREVALENCE)
-        tmp.rename(inputs / "phantom")
-    return labels
+def _labels(run: RunDir) -> Path:
+    return run.inputs / "phantom" / "labels.csv"
 
 
-def _training_arrays(labels: Path, names: list[str]):
-    from cxr_audit.data.readers import read_manifest
-
-    train = read_manifest(labels, "chexpert").split("train")
-    return train.images(DEMO_SIZE), train.frame[names].to_numpy(np.float32)
+def _model(run: RunDir) -> Path:
+    return run.inputs / "deployed_model" / "deployed_model.safetensors"
 
 
-def demo_classifier(inputs: Path, labels: Path) -> Path:
-    """The 'deployed' model: a SmallCXRNet really trained on the phantom's training split (about a minute)."""
-    from cxr_audit.train_classifier import save_classifier, train_small_classifier
+class PhantomStage:
+    """The demo's dataset: the phantom with its rare cell."""
 
-    path = inputs / "deployed_model.pt"
-    stamp = inputs / "deployed_model.json"
-    data_hash = sha256_file(labels)
-    if path.exists() and stamp.exists() and json.loads(stamp.read_text()).get("data_sha256") == data_hash:
-        return path
-    console.print("[bold]demo:[/] training the small deployed classifier")
-    names = list(phantom.PHANTOM_FINDINGS)
-    images, targets = _training_arrays(labels, names)
-    torch.manual_seed(DEMO_SEED)
-    net = train_small_classifier(images, targets, epochs=6, seed=DEMO_SEED, width=8, progress=True)
-    save_classifier(net, path, names, DEMO_SIZE)
-    stamp.write_text(json.dumps({"data_sha256": data_hash, "epochs": 6, "width": 8}))
-    return path
+    name = "demo_phantom"
+
+    def __init__(self, run: RunDir, images: int = DEMO_IMAGES):
+        self.rundir, self.images = run, images
+
+    @property
+    def owned(self) -> list[Path]:
+        return [self.rundir.inputs / "phantom"]
+
+    def outputs(self) -> list[Path]:
+        return [_labels(self.rundir)]
+
+    def inputs(self) -> dict:
+        return {"images": self.images, "size": DEMO_SIZE, "seed": DEMO_SEED, "phantom_version": PHANTOM_VERSION,
+                "prevalence": DEMO_PREVALENCE.model_dump(mode="json")}
+
+    def run(self) -> None:
+        write_phantom_dataset(self.owned[0], self.images, size=DEMO_SIZE, seed=DEMO_SEED, prevalence=DEMO_PREVALENCE)
 
 
-def rebuild_generator(labels: Path, minutes: float, steps: int = 20000) -> Path:
+class DeployedModelStage:
+    """The demo's "deployed" model: a SmallCXRNet really trained on the phantom's training split."""
+
+    name = "demo_model"
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    @property
+    def owned(self) -> list[Path]:
+        return [_model(self.ctx.run).parent]
+
+    def outputs(self) -> list[Path]:
+        return [_model(self.ctx.run), FinetuneLayout.card_for(_model(self.ctx.run))]
+
+    def inputs(self) -> dict:
+        return {"data": sha256_file(_labels(self.ctx.run)), "seed": DEMO_SEED, "size": DEMO_SIZE, **DEMO_CLASSIFIER}
+
+    def run(self) -> None:
+        from cxr_audit.classifier.small_cnn import save_classifier, train_small_classifier
+        from cxr_audit.data.phantom import PHANTOM_FINDINGS
+
+        names = list(PHANTOM_FINDINGS)
+        net = train_small_classifier(self.ctx.images("train", DEMO_SIZE), self.ctx.labels("train", names),
+                                     seed=DEMO_SEED, progress=self.ctx.progress, **DEMO_CLASSIFIER)
+        save_classifier(net, _model(self.ctx.run), names, DEMO_SIZE)
+
+
+def demo_context(out: Path, force: bool = False, images: int = DEMO_IMAGES, progress: bool = True,
+                 log=None, check_generator: bool = True, **changes) -> RunContext:
+    """The demo run at `out` with its inputs made (or reused): ready for the audit's stages. `changes` override
+    configuration values (tests use smaller budgets)."""
+    from cxr_audit.stages.pipeline import open_run
+
+    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    run = RunDir(out)
+    finetune = FinetuneConfig(steps=300, batch_size=32, lr=5e-4, eval_every=50, patience=4)
+    given = {"data": _labels(run), "format": "chexpert", "spec": DEMO_SPEC, "models": [_model(run)],
+             "generator": SHIPPED_GENERATOR, "finetune": {k: v for k, v in finetune.__dict__.items() if k != "seed"},
+             "bootstrap": 1000, "mc_samples": 10, "seed": DEMO_SEED, "intended_use": DEMO_INTENDED_USE, **changes}
+    ctx = open_run(run, given, force, progress=progress, log=log or print)
+    run_stage(run, PhantomStage(run, images), force, ctx.log)
+    if check_generator:
+        _check_shipped_generator(ctx)
+    run_stage(run, DeployedModelStage(ctx), force, ctx.log)
+    return ctx
+
+
+def _check_shipped_generator(ctx: RunContext) -> None:
+    card_path = SHIPPED_GENERATOR / "generator_card.json"
+    if ctx.path("generator") != SHIPPED_GENERATOR:
+        return
+    if not card_path.exists():
+        raise UserInputError(f"The demo generator is missing ({card_path}). Rebuild it with "
+                             "`cxr-audit demo --rebuild-generator`.")
+    if json.loads(card_path.read_text())["training_data_sha256"] != ctx.data_sha256:
+        raise UserInputError(f"The shipped demo generator was trained on other data than {ctx.path('data')} (the "
+                             "phantom renderer or the demo settings changed). Rebuild it: `cxr-audit demo "
+                             "--rebuild-generator`.")
+
+
+def rebuild_demo_generator(ctx: RunContext, minutes: float, steps: int = 20000) -> Path:
     """Retrain the shipped demo generator on the demo's training split (stops after `minutes`)."""
-    import shutil
+    from cxr_audit.anatomy.masks import dataset_anatomy
+    from cxr_audit.synthesis.generator.regions import RegionSampler
+    from cxr_audit.synthesis.generator.training import TrainConfig, train_generator
 
-    from cxr_audit.data.readers import read_manifest
-    from cxr_audit.spec import load_spec
-    from cxr_audit.synthesis.generator import RegionSampler, TrainConfig, train_generator
-    from cxr_audit.synthesis.run import training_anatomy
-
-    names = concepts.findings(load_spec(DEMO_SPEC).concepts)
-    train = read_manifest(labels, "chexpert").split("train")
-    images, targets = train.images(DEMO_SIZE), train.frame[names].to_numpy(np.float32)
-    anatomy = training_anatomy(train, DEMO_SIZE)
+    names = ctx.findings
+    anatomy = dataset_anatomy(ctx.frontal("train"), DEMO_SIZE)
     work = ASSETS / "generator.partial"
-    train_generator(images, targets, names, work, TrainConfig(steps=steps, lr=1e-3, max_minutes=minutes),
-                    sha256_file(labels), regions=RegionSampler(anatomy, names, focus=DEMO_FOCUS))
+    train_generator(ctx.images("train", DEMO_SIZE), ctx.labels("train", names), names, work,
+                    TrainConfig(steps=steps, lr=1e-3, max_minutes=minutes), ctx.data_sha256,
+                    regions=RegionSampler(anatomy, names, focus=DEMO_FOCUS))
     (work / "checkpoint.pt").unlink(missing_ok=True)  # the optimizer state is not shipped
     if SHIPPED_GENERATOR.exists():
         shutil.rmtree(SHIPPED_GENERATOR)
     work.rename(SHIPPED_GENERATOR)
     return SHIPPED_GENERATOR
 
-
-def run_demo(out: Path, retrain_generator: bool = False, generator_minutes: float = 12.0) -> dict:
-    from cxr_audit.finetune import FinetuneConfig
-    from cxr_audit.pipeline import AuditOptions, run_audit
-
-    out = Path(out)
-    inputs = out.parent / f".{out.name}-inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-    labels = demo_dataset(inputs)
-    if retrain_generator:
-        rebuild_generator(labels, generator_minutes)
-    card_path = SHIPPED_GENERATOR / "generator_card.json"
-    if not card_path.exists():
-        raise UserInputError(f"The demo generator is missing ({card_path}). Rebuild it with "
-                             "`cxr-audit demo --rebuild-generator`.")
-    if json.loads(card_path.read_text())["training_data_sha256"] != sha256_file(labels):
-        raise UserInputError(f"The shipped demo generator was trained on other data than {labels} (the phantom "
-                             "renderer or the demo settings changed). Rebuild it: `cxr-audit demo --rebuild-generator`.")
-    model = demo_classifier(inputs, labels)
-    options = AuditOptions(
-        model=model, data=labels, spec=DEMO_SPEC, out=out, data_format="chexpert", generator=SHIPPED_GENERATOR,
-        finetune=FinetuneConfig(steps=300, batch_size=32, lr=5e-4, eval_every=50, patience=4, seed=DEMO_SEED),
-        bootstrap=1000, mc_samples=10, seed=DEMO_SEED,
-        intended_use="Demonstration on the procedural phantom: the small classifier stands in for a deployed "
-                     "chest X-ray triage model that flags eight findings on frontal radiographs.")
-    return run_audit(options)

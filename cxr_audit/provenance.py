@@ -1,8 +1,7 @@
-"""Hashes, atomic writes and the run-directory guard.
+"""Hashes, atomic writes, and reading the JSON documents a user points at.
 
-Every artifact a stage writes records the SHA-256 of its inputs. Writing goes to a temporary name in the
-same folder and is renamed into place, so a killed run never leaves a half-written file, and an artifact
-made from other inputs is never silently replaced.
+Writing goes to a temporary name in the same folder and is renamed into place, so a killed run never leaves
+a half-written file. (Which results may be replaced is decided by the run directory: rundir.py.)
 """
 
 from __future__ import annotations
@@ -81,21 +80,17 @@ def atomic_write_json(path: str | Path, document: Any) -> None:
     atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def guard_artifact(path: str | Path, inputs: dict[str, str], force: bool = False) -> None:
-    """Refuse to replace an artifact that was made from other inputs (unless `force`).
+def read_document(path: str | Path, model, what: str, missing_hint: str):
+    """A JSON document validated by a pydantic `model`: missing, malformed or mistyped is a clear user error
+    naming the file and the key (a document from another tool or an edited one), never a traceback."""
+    from pydantic import ValidationError
 
-    `inputs` maps an input's role to its SHA-256; the artifact stores the same mapping under "inputs_sha256".
-    Re-running with identical inputs is allowed: the stage is deterministic, so it writes the same file.
-    """
     path = Path(path)
-    if force or not path.exists():
-        return
+    document = read_json(path, missing_hint)
     try:
-        recorded = json.loads(path.read_text()).get("inputs_sha256", {})
-    except (json.JSONDecodeError, OSError, AttributeError):
-        recorded = None
-    if recorded != inputs:
-        raise UserInputError(
-            f"{path} already exists and was made from other inputs. A run never overwrites another run's "
-            f"results: choose a new --out folder, or pass --force to replace it."
-        )
+        return model.model_validate(document)
+    except ValidationError as error:
+        problems = [f"key '{'.'.join(map(str, e['loc'])) or '(top level)'}': {e['msg']}" for e in error.errors()[:5]]
+        more = f" (and {error.error_count() - 5} more)" if error.error_count() > 5 else ""
+        raise UserInputError(f"{path} is not a valid {what}: " + "; ".join(problems) + more +
+                             ". Was it written by another version of cxr-audit, or edited?") from None

@@ -6,17 +6,17 @@ file, the line and the key, because the spec is written by hand by clinicians an
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+import numpy as np
+import pandas as pd
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cxr_audit import concepts
 from cxr_audit.errors import UserInputError
+from cxr_audit.yamlio import load_yaml_model
 
 SPEC_VERSION = 1
 LabelValuePolicy = Literal["ignore", "zeros", "ones"]
@@ -76,6 +76,19 @@ class Subgroup(_Strict):
             raise ValueError(f"age band must be [lo, hi] with lo < hi, got {list(value)}")
         return value
 
+    def mask(self, frame: pd.DataFrame) -> np.ndarray:
+        """Which rows of a manifest frame (columns sex, view, age) belong to this subgroup."""
+        mask = np.ones(len(frame), dtype=bool)
+        if self.sex is not None:
+            mask &= (frame["sex"] == self.sex).to_numpy()
+        if self.view is not None:
+            mask &= (frame["view"] == self.view).to_numpy()
+        if self.age is not None:
+            age = frame["age"].to_numpy(dtype=float)
+            with np.errstate(invalid="ignore"):  # unknown ages (NaN) are in no band
+                mask &= (age >= self.age[0]) & (age < self.age[1])
+        return mask
+
     def label(self) -> str:
         parts = []
         if self.sex:
@@ -107,6 +120,10 @@ class Cell(_Strict):
     @property
     def concepts(self) -> list[str]:
         return [*self.all_of, *self.none_of]
+
+    def subgroup_mask(self, frame: pd.DataFrame) -> np.ndarray:
+        """Rows of `frame` inside the cell's subgroup (every row when it has none)."""
+        return self.subgroup.mask(frame) if self.subgroup is not None else np.ones(len(frame), dtype=bool)
 
 
 class Pairwise(_Strict):
@@ -184,74 +201,9 @@ class CoverageSpec(_Strict):
         return cells
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Loading with line numbers
-
-
-def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the YAML node at pydantic's error location, or of its nearest ancestor."""
-    node, line = root, (root.start_mark.line + 1 if root is not None else None)
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = [v for k, v in node.value if k.value == key or (key == "if_" and k.value == "if")]
-            if not match:
-                break
-            node = match[0]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-        else:
-            break
-        line = node.start_mark.line + 1
-    return line
-
-
-def _format_validation_error(path: Path, root: yaml.Node | None, error: ValidationError, what: str,
-                             format_hint: str) -> str:
-    lines = []
-    for item in error.errors():
-        loc = tuple(item["loc"])
-        key = ".".join(str(p) for p in loc if not str(p).startswith("function-after")) or "(top level)"
-        line = _line_of(root, loc)
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}, line {line}, key '{key}': {message}")
-    return f"The {what} {path} is not valid:\n" + "\n".join(lines) + f"\nFix these keys (see {format_hint})."
-
-
-def load_yaml_model(path: str | Path, model: type[BaseModel], what: str, missing_hint: str, mapping_hint: str,
-                    format_hint: str):
-    """Read a user's YAML file safely and validate it with `model`; every problem becomes a UserInputError
-    naming the file, line and key (`what` names the kind of file in messages)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserInputError(f"{what.capitalize()} {path} does not exist. {missing_hint}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"{what.capitalize()} {path} cannot be read as UTF-8 text: {exc}.") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise UserInputError(f"The {what} {path}{where} is not valid YAML: {problem}. "
-                             "Check indentation and that lists use '[a, b]' or '- item'.") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"The {what} {path} must be a YAML mapping with {mapping_hint}.")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise UserInputError(_format_validation_error(path, root, exc, what, format_hint)) from None
-
-
 def load_spec(path: str | Path) -> CoverageSpec:
     """Read and validate a coverage spec; every problem becomes a UserInputError naming file and line."""
     return load_yaml_model(path, CoverageSpec, "coverage spec",
                            "Pass --spec with a YAML file, e.g. coverage_specs/nih.yaml.",
                            "at least 'version', 'concepts' and 'cells' (see README.md, 'Coverage spec')",
                            "the spec format in README.md, 'Coverage spec'")
-
-
-def spec_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

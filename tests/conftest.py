@@ -32,10 +32,23 @@ def run_cli():
     return invoke
 
 
+@pytest.fixture()
+def open_test_run():
+    """A run context as a command opens it: `open_test_run(out, data=..., spec=..., ...)` (quiet)."""
+    from cxr_audit.rundir import RunDir
+    from cxr_audit.stages.pipeline import open_run
+
+    def make(out, force: bool = False, cache_dir=None, workers: int = 0, **given):
+        return open_run(RunDir(out), given, force, progress=False, log=lambda message: None, workers=workers,
+                        cache_dir=cache_dir)
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory) -> Path:
     """A small phantom dataset (360 studies, 64 px) with train/val/test splits."""
-    from cxr_audit.data.phantom_dataset import write_phantom_dataset
+    from cxr_audit.data.phantom.dataset import write_phantom_dataset
 
     out = tmp_path_factory.mktemp("phantom") / "dataset"
     write_phantom_dataset(out, 360, size=64, seed=21, workers=1, progress=False)
@@ -52,7 +65,7 @@ def phantom_model(phantom_dataset, tmp_path_factory) -> Path:
     from cxr_audit.data import phantom
     from cxr_audit.data.images import load_resized
     from cxr_audit.data.readers import read_manifest
-    from cxr_audit.train_classifier import train_small_classifier
+    from cxr_audit.classifier.small_cnn import train_small_classifier
 
     torch.set_num_threads(2)
     train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
@@ -75,7 +88,7 @@ def tiny_generator(phantom_dataset, tmp_path_factory) -> Path:
     from cxr_audit.data import phantom
     from cxr_audit.data.images import load_resized
     from cxr_audit.data.readers import read_manifest
-    from cxr_audit.synthesis.generator import TrainConfig, train_generator
+    from cxr_audit.synthesis.generator.training import TrainConfig, train_generator
 
     train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
     images = np.stack([load_resized(train.resolve_image(p), 64) for p in train.frame["path"][:32]])[:, None]
@@ -84,3 +97,48 @@ def tiny_generator(phantom_dataset, tmp_path_factory) -> Path:
     train_generator(images, labels, list(phantom.PHANTOM_FINDINGS), out, TrainConfig(steps=4, batch_size=4),
                     "d", (8, 16), progress=False)
     return out
+
+
+def minimal_audit_document(metrics, test_set: str = "T" * 64, coverage_count: int = 12, synthetic: int = 5,
+                           rejected: int = 2, replicates_sha256: str = "r" * 64, model_path: str = "model.pt") -> dict:
+    """A complete, valid audit.json around real metrics (a MetricsDocument's scores, from `evaluate`), with the
+    other sections as small as the schema allows: what the gate, compare and report tests read."""
+    from cxr_audit.audit.document import AuditDocument
+    from cxr_audit.coverage import CellCoverage, CoverageReport, DatasetSummary
+    from cxr_audit.evaluation.documents import MetricsDocument, ProbeDocument
+    from cxr_audit.spec import LabelPolicy
+    from cxr_audit.synthesis.documents import SynthesisSummary
+
+    metrics = MetricsDocument(tool_version="test", notes=[], **metrics,
+                              model={"path": model_path, "sha256": "a" * 64, "format": "torchscript"},
+                              data={"path": "labels.csv", "sha256": "d" * 64, "format": "csv", "split": "test",
+                                    "label_policy": {}})
+    cell = CellCoverage(id="HF", all_of=["Cardiomegaly", "Pleural Effusion"], none_of=[], subgroup=None,
+                        count=coverage_count, patients=coverage_count, min_count=15,
+                        deficit=max(0, 15 - coverage_count), plausible=True, violations=[], by_sex={}, by_view={},
+                        by_age_band={})
+    coverage = CoverageReport(inputs_sha256={}, spec_path="spec.yaml", label_policy=LabelPolicy(), concepts={},
+                              rules=[], cells=[cell], cooccurrence={},
+                              dataset=DatasetSummary(path="labels.csv", format="csv", split="train",
+                                                     n_images=100, n_patients=50, n_images_read=100,
+                                                     frontal_only=True, notes=[]))
+    synthesis = SynthesisSummary(generator_sha256="g" * 64, generator={}, mode="masked (CARS)", settings={},
+                                 qc_thresholds={}, planned=10, accepted=10 - rejected, rejected=rejected,
+                                 rejected_by_reason={}, accepted_by_cell={"HF": synthetic}, mean_outside_mae=0.0,
+                                 checker_agreement=None, mean_ground_truth_mae=None)
+    bootstrap = metrics.bootstrap
+    probe = ProbeDocument(model={}, synthesis={}, pairs_scored=0, accepted_only=True, thresholds={},
+                          bootstrap=bootstrap, by_concept={}, by_cell={}, pairs=[])
+    document = AuditDocument(
+        tool_version="test", created="2026-01-01T00:00:00Z",
+        scope={"intended_use": "test", "model": model_path, "concepts": list(metrics.concepts), "cells": ["HF"],
+               "test_split": "test", "n_test_images": metrics.n_images, "n_test_patients": metrics.n_patients},
+        inputs={"model": {"path": model_path, "sha256": "a" * 64}}, environment={}, seeds={}, command_line="",
+        stage_seconds={}, notes=[], coverage=coverage, plan={"edits": 0, "cells": [], "rejections": []},
+        synthesis={"cars": synthesis}, gallery=[], arms={"baseline": {"title": "Deployed", "metrics": metrics}},
+        comparisons={}, probe=probe,
+        test_set={"sha256": test_set, "predictions": "evaluate/baseline/predictions.npz", "predictions_sha256": "p" * 64,
+                  "replicates": "evaluate/baseline/replicates.npz", "replicates_sha256": replicates_sha256,
+                  "bootstrap": bootstrap},
+        verdict={"status": "no concerns", "headline": "", "concerns": [], "strengths": [], "thresholds": {}, "note": ""})
+    return document.model_dump(mode="json")

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from cxr_audit.anatomy import edit_mask, load_mask_folder, regions_from_anatomy
+from cxr_audit.anatomy.masks import load_mask_folder
+from cxr_audit.anatomy.regions import edit_mask, regions_from_anatomy
 from cxr_audit.data import phantom
 
 MINIMUM_INSIDE = {"Nodule": 0.95, "Consolidation": 0.9, "Atelectasis": 0.9, "Edema": 0.9,

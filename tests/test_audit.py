@@ -6,22 +6,25 @@ from pathlib import Path
 import pytest
 from pypdf import PdfReader
 
-from cxr_audit.finetune import FinetuneConfig
-from cxr_audit.pipeline import ARMS, AuditOptions, run_audit
-from cxr_audit.report.render import ReportError, html_to_pdf, render_report
-from cxr_audit.synthesis.editor import EditSettings
+from cxr_audit.report.render import ReportError, html_to_pdf
+from cxr_audit.rundir import RunDir
+from cxr_audit.stages.config import ARMS
+from cxr_audit.stages.pipeline import open_run, run_audit
 
 SPEC = Path("coverage_specs/phantom.yaml")
 
 
-def _options(phantom_dataset, phantom_model, tiny_generator, spec, out, **changes) -> AuditOptions:
-    options = AuditOptions(
-        model=phantom_model, data=phantom_dataset / "labels.csv", spec=spec, out=out, generator=tiny_generator,
-        edit=EditSettings(steps=4, strength=0.5, guidance=2.0), bootstrap=50, mc_samples=2,
-        finetune=FinetuneConfig(steps=6, batch_size=16, eval_every=3, checkpoint_every=3), progress=False)
-    for key, value in changes.items():
-        setattr(options, key, value)
-    return options
+def audit_options(phantom_dataset, phantom_model, tiny_generator, spec, **changes) -> dict:
+    """Small budgets keep the test fast; the flow is the real one."""
+    return {"models": [phantom_model], "data": phantom_dataset / "labels.csv", "spec": spec,
+            "generator": tiny_generator, "edit": {"steps": 4, "strength": 0.5, "guidance": 2.0}, "bootstrap": 100,
+            "mc_samples": 2, "finetune": {"steps": 6, "batch_size": 16, "eval_every": 3, "checkpoint_every": 3},
+            **changes}
+
+
+def audit(out, options: dict, force: bool = False):
+    ctx = open_run(RunDir(out), options, force, progress=False, log=lambda message: None, workers=0)
+    return run_audit(ctx, force).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,7 @@ def audit_run(phantom_dataset, phantom_model, tiny_generator, tmp_path_factory):
     spec = folder / "spec.yaml"  # small synthesis budgets keep the test fast
     spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 3}\n")
     out = folder / "run"
-    document = run_audit(_options(phantom_dataset, phantom_model, tiny_generator, spec, out))
-    render_report(out)
+    document = audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec))
     return out, spec, document
 
 
@@ -59,8 +61,8 @@ def test_audit_json_holds_every_section(audit_run, phantom_dataset):
     assert {entry["metrics"]["n_images"] for entry in on_disk["arms"].values()} == {test_size}
     assert {entry["metrics"]["data"]["split"] for entry in on_disk["arms"].values()} == {"test"}
     # synthetic images only ever join the training split
-    for folder in ("synthetic", "unconstrained"):
-        manifest = out / folder / "synthetic_manifest.csv"
+    for mode in ("cars", "unconstrained"):
+        manifest = RunDir(out).synthesis(mode).manifest
         if manifest.stat().st_size > 5:
             assert set(pd.read_csv(manifest)["split"]) == {"train"}
 
@@ -91,20 +93,20 @@ def test_pdf_embeds_audit_json_and_rerenders_the_same(audit_run, run_cli):
 
 def test_rerun_skips_finished_stages(audit_run, phantom_dataset, phantom_model, tiny_generator):
     out, spec, _ = audit_run
-    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
-    run_audit(_options(phantom_dataset, phantom_model, tiny_generator, spec, out))
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")} == stamps
+    stamps = {p.name: p.stat().st_mtime_ns for p in RunDir(out).stages.glob("*.json")}
+    audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec))
+    assert {p.name: p.stat().st_mtime_ns for p in RunDir(out).stages.glob("*.json")} == stamps
 
 
 def test_a_run_of_other_inputs_is_refused(audit_run, phantom_dataset, phantom_model, tiny_generator, run_cli):
     out, spec, _ = audit_run
-    request = (out / "request.json").read_bytes()
-    audit = (out / "audit.json").read_bytes()
+    request = RunDir(out).request.read_bytes()
+    audit_json = RunDir(out).audit.read_bytes()
     result = run_cli("audit", "--model", phantom_model, "--data", phantom_dataset / "labels.csv", "--spec", spec,
                      "--out", out, "--generator", tiny_generator, "--seed", "7", "--no-report")
     assert result.exit_code == 2
-    assert "never overwrites another run" in result.output
-    assert (out / "request.json").read_bytes() == request and (out / "audit.json").read_bytes() == audit
+    assert "never overwrites another run" in result.output and "evaluate_baseline (differs in: seed)" in result.output
+    assert RunDir(out).request.read_bytes() == request and RunDir(out).audit.read_bytes() == audit_json
 
 
 def test_weasyprint_warning_fails_the_render(tmp_path):
@@ -127,5 +129,6 @@ def test_every_command_exists_when_started_as_a_module():
 
     listed = subprocess.run([sys.executable, "-m", "cxr_audit.cli", "--help"], capture_output=True, text=True,
                             check=True, env={**os.environ, "COLUMNS": "200"}).stdout
-    for command in ("audit", "demo", "gate", "segment", "train-generator", "synthesize"):
+    for command in ("audit", "demo", "gate", "segment", "train-generator", "synthesize", "coverage", "evaluate",
+                    "plan", "finetune", "probe", "report", "compare", "schema", "concepts"):
         assert f" {command} " in listed, command

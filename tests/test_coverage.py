@@ -6,6 +6,7 @@ import pytest
 
 from cxr_audit.coverage import analyse_coverage, load_coverage
 from cxr_audit.data.readers import read_manifest
+from cxr_audit.rundir import RunDir
 from cxr_audit.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,28 +43,29 @@ def test_nih_counts_equal_an_independent_pandas_count(shared_data, tmp_path, run
     data = shared_data / "nih_data_entry_2017.csv.gz"
     result = run_cli("coverage", "--data", data, "--format", "nih", "--spec", NIH_SPEC, "--out", tmp_path)
     assert result.exit_code == 0, result.output
-    document = json.loads((tmp_path / "coverage.json").read_text())
+    document = json.loads(RunDir(tmp_path).coverage.document.read_text())
     raw = pd.read_csv(data)
     has: dict = {}
-    assert document["dataset"]["n_images"] == len(raw) == 112_120
+    # the official NIH file has no split column: every image is the training data, and the report says so
+    assert document["dataset"]["n_images"] == len(raw) == 112_120 and document["dataset"]["split"] == "all"
     assert len(document["cells"]) == 12 + 91  # explicit cells + C(14, 2) pairs
     for cell in document["cells"]:
         count, patients = independent_count(raw, cell, has)
         assert (cell["count"], cell["patients"]) == (count, patients), cell["id"]
         assert cell["deficit"] == max(0, cell["min_count"] - count)
         assert sum(cell["by_sex"].values()) == count
-    assert (tmp_path / "cooccurrence.png").stat().st_size > 10_000
+    assert RunDir(tmp_path).coverage.cooccurrence_png.stat().st_size > 10_000
     assert "NIH-COV-001" in result.output and "deficit" in result.output
 
 
 def test_coverage_json_follows_its_schema(shared_data, tmp_path, run_cli):
     run_cli("coverage", "--data", shared_data / "nih621" / "labels.csv", "--format", "nih",
             "--spec", NIH_SPEC, "--out", tmp_path)
-    document = json.loads((tmp_path / "coverage.json").read_text())
+    document = json.loads(RunDir(tmp_path).coverage.document.read_text())
     assert document["schema_version"] == "1.0"
     required = {"id", "all_of", "none_of", "subgroup", "count", "patients", "min_count", "deficit", "plausible"}
     assert all(required <= set(cell) for cell in document["cells"])
-    report = load_coverage(tmp_path / "coverage.json")  # round-trips through the pydantic model
+    report = load_coverage(RunDir(tmp_path).coverage.document)  # round-trips through the pydantic model
     assert report.concepts["Pleural Effusion"].positives == 82
     assert set(document["inputs_sha256"]) == {"spec", "data"}
 
@@ -72,8 +74,9 @@ def test_same_inputs_give_byte_identical_outputs(shared_data, tmp_path, run_cli)
     args = ["coverage", "--data", shared_data / "nih621" / "labels.csv", "--format", "nih", "--spec", NIH_SPEC]
     run_cli(*args, "--out", tmp_path / "a")
     run_cli(*args, "--out", tmp_path / "b")
-    for name in ("coverage.json", "cooccurrence.png", "coverage_cells.png"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    a, b = RunDir(tmp_path / "a").coverage, RunDir(tmp_path / "b").coverage
+    for name in ("document", "cooccurrence_png", "cells_png"):
+        assert getattr(a, name).read_bytes() == getattr(b, name).read_bytes(), name
 
 
 def test_implausible_cells_are_flagged_and_unknown_labels_never_count(tmp_path):
@@ -98,10 +101,11 @@ def test_other_inputs_never_overwrite_a_run(shared_data, tmp_path, run_cli):
     labels = shared_data / "nih621" / "labels.csv"
     assert run_cli("coverage", "--data", labels, "--format", "nih", "--spec", NIH_SPEC,
                    "--out", tmp_path / "run").exit_code == 0
-    before = (tmp_path / "run" / "coverage.json").read_bytes()
+    layout = RunDir(tmp_path / "run").coverage
+    before = layout.document.read_bytes()
     result = run_cli("coverage", "--data", labels, "--format", "nih", "--spec", spec, "--out", tmp_path / "run")
     assert result.exit_code == 2 and "other inputs" in result.output
-    assert (tmp_path / "run" / "coverage.json").read_bytes() == before
+    assert layout.document.read_bytes() == before
     assert run_cli("coverage", "--data", labels, "--format", "nih", "--spec", spec, "--out", tmp_path / "run",
                    "--force").exit_code == 0
 
@@ -124,4 +128,4 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(shared_data, tmp_path
     result = run_cli("coverage", "--data", data, "--format", fmt, "--spec", spec, "--out", tmp_path / "out")
     assert result.exit_code == 2
     assert expected in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "out" / "coverage.json").exists()
+    assert not RunDir(tmp_path / "out").coverage.document.exists()

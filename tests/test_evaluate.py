@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxr_audit.evaluate_stage import EvaluateOptions, run_evaluate
-from cxr_audit.models import LoadedModel
+from cxr_audit.classifier.adapter import LoadedModel
+from cxr_audit.stages.evaluate import EvaluateStage
+from cxr_audit.stages.pipeline import run_stages
+
+from cxr_audit.rundir import RunDir as run_dir
 
 REQUIRED = ("n", "positives", "auprc", "auroc", "ece", "ace", "mce", "brier", "entropy")
 
@@ -19,8 +22,8 @@ def test_black_box_chexnet_predictions_on_real_nih_images(shared_data, tmp_path,
                      "--format", "nih", "--spec", "coverage_specs/nih.yaml", "--out", tmp_path, "--bootstrap", 300)
     assert result.exit_code == 0, result.output
     assert "Cardiomegaly" in result.output and "AUROC" in result.output
-    document = json.loads((tmp_path / "metrics.json").read_text())
-    assert document["schema_version"] == "1.0" and document["data"]["split"] == "all"
+    document = json.loads(run_dir(tmp_path).evaluation("baseline").metrics.read_text())
+    assert document["schema_version"] == "2.0" and document["data"]["split"] == "all"
     assert len(document["concepts"]) == 14
     for metrics in document["concepts"].values():
         assert all(key in metrics for key in REQUIRED)
@@ -47,12 +50,17 @@ def test_predictions_missing_images_exit_2(shared_data, tmp_path, run_cli):
     assert result.exit_code == 2 and "no prediction for 521 of 621 images" in result.output
 
 
+def _evaluate(open_test_run, out, **given) -> dict:
+    ctx = open_test_run(out, **given)
+    run_stages(ctx, [EvaluateStage(ctx, "baseline", "auto")])
+    return json.loads(ctx.run.evaluation("baseline").metrics.read_text())
+
+
 def test_model_evaluation_writes_metrics_with_uncertainty_and_uses_the_cache(
-        phantom_dataset, phantom_model, tmp_path, monkeypatch):
-    options = EvaluateOptions(data=phantom_dataset / "labels.csv", data_format="chexpert", out=tmp_path / "run",
-                              models=[phantom_model], spec=__import__("pathlib").Path("coverage_specs/phantom.yaml"),
-                              bootstrap=200, mc_samples=4, workers=0, cache_dir=tmp_path / "cache", progress=False)
-    document, _ = run_evaluate(options)
+        phantom_dataset, phantom_model, tmp_path, monkeypatch, open_test_run):
+    given = dict(data=phantom_dataset / "labels.csv", models=[phantom_model], spec="coverage_specs/phantom.yaml",
+                 bootstrap=200, mc_samples=4, cache_dir=tmp_path / "cache")
+    document = _evaluate(open_test_run, tmp_path / "run", **given)
     assert document["data"]["split"] == "test" and document["uncertainty"]["method"] == "mc_dropout"
     concepts = document["concepts"]
     assert set(concepts) == {"Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Consolidation", "Edema",
@@ -60,7 +68,7 @@ def test_model_evaluation_writes_metrics_with_uncertainty_and_uses_the_cache(
     assert all("mutual_information" in m for m in concepts.values())
     assert concepts["Cardiomegaly"]["threshold"]["source"] == "validation split (max F1)"
     assert concepts["Cardiomegaly"]["auroc"]["value"] > 0.75  # really trained (chance is 0.5)
-    stored = np.load(tmp_path / "run" / "predictions.npz")
+    stored = np.load(run_dir(tmp_path / "run").evaluation("baseline").predictions)
     assert stored["probabilities"].shape == (document["n_images"], 8)
     assert document["reliability"]["Cardiomegaly"]["count"] and document["pr_curves"]["Cardiomegaly"]["recall"]
 
@@ -69,8 +77,7 @@ def test_model_evaluation_writes_metrics_with_uncertainty_and_uses_the_cache(
         raise AssertionError("the model ran although every prediction was cached")
 
     monkeypatch.setattr(LoadedModel, "predict", refuse)
-    options.out, options.mc_samples = tmp_path / "run2", 0
-    again, _ = run_evaluate(options)
+    again = _evaluate(open_test_run, tmp_path / "run2", **{**given, "mc_samples": 0})
     assert again["concepts"]["Cardiomegaly"]["auroc"] == concepts["Cardiomegaly"]["auroc"]
 
 
@@ -86,7 +93,7 @@ def test_an_ensemble_averages_members_and_reports_their_disagreement(phantom_dat
 
     import torch
 
-    from cxr_audit.nets import SmallCXRNet
+    from cxr_audit.classifier.small_cnn import SmallCXRNet
 
     other = tmp_path / "other.ts"
     torch.manual_seed(3)
@@ -95,7 +102,9 @@ def test_an_ensemble_averages_members_and_reports_their_disagreement(phantom_dat
     result = run_cli("evaluate", "--model", phantom_model, "--model", other, "--data", phantom_dataset / "labels.csv",
                      "--format", "chexpert", "--out", tmp_path / "run", "--bootstrap", 200, "--workers", 0)
     assert result.exit_code == 0, result.output
-    document = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    document = json.loads(run_dir(tmp_path / "run").evaluation("baseline").metrics.read_text())
     assert document["uncertainty"] == {"method": "ensemble", "samples": 2}
-    assert len(document["model"]["ensemble"]) == 2 and "model_2" in document["inputs_sha256"]
+    assert len(document["model"]["ensemble"]) == 2
+    record = json.loads(run_dir(tmp_path / "run").stage_record("evaluate_baseline").read_text())
+    assert len(record["inputs"]["models"]) == 2  # both members are inputs of the stage
     assert document["concepts"]["Cardiomegaly"]["mutual_information"]["value"] > 0.01

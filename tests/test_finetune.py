@@ -7,8 +7,9 @@ import yaml
 
 from cxr_audit.data import phantom
 from cxr_audit.data.readers import read_manifest
-from cxr_audit.finetune import CANDIDATE_FILE, FinetuneConfig, TrainingImages, finetune, sample_weights
-from cxr_audit.models import load_model
+from cxr_audit.classifier.finetune import FinetuneConfig, TrainingImages, finetune, sample_weights
+from cxr_audit.classifier.loading import load_model
+from cxr_audit.rundir import FinetuneLayout
 from cxr_audit.spec import LabelPolicy
 
 
@@ -41,24 +42,27 @@ def test_interrupted_finetune_resumes_to_the_same_weights(phantom_model, phantom
     model = load_model(phantom_model)
     # one evaluation, at the end: the candidate is the final weights, so every step must have matched
     config = FinetuneConfig(steps=8, batch_size=8, eval_every=8, checkpoint_every=2, patience=10)
-    whole = finetune(model, train, validation, tmp_path / "whole", config, "real_only", {"x": "1"}, progress=False)
-    assert whole["steps_run"] == 8
-    partial = finetune(model, train, validation, tmp_path / "resumed", config, "real_only", {"x": "1"},
+    whole, resumed_layout = FinetuneLayout(tmp_path / "whole"), FinetuneLayout(tmp_path / "resumed")
+    record = finetune(model, train, validation, whole, config, "real_only", {"x": "1"}, progress=False)
+    assert record["steps_run"] == 8
+    partial = finetune(model, train, validation, resumed_layout, config, "real_only", {"x": "1"},
                        progress=False, stop_after=5)
     assert partial == {"interrupted_at_step": 5}
-    assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / CANDIDATE_FILE).exists()
-    resumed = finetune(model, train, validation, tmp_path / "resumed", config, "real_only", {"x": "1"}, progress=False)
+    assert resumed_layout.checkpoint.exists() and not resumed_layout.candidate_torchscript.exists()
+    resumed = finetune(model, train, validation, resumed_layout, config, "real_only", {"x": "1"}, progress=False)
     assert resumed["steps_run"] == 8
-    a, b = _weights(tmp_path / "whole" / CANDIDATE_FILE), _weights(tmp_path / "resumed" / CANDIDATE_FILE)
+    # a TorchScript model's candidate is TorchScript
+    a, b = _weights(whole.candidate()), _weights(resumed_layout.candidate())
+    assert whole.candidate() == whole.candidate_torchscript
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the deployed model itself is untouched, the candidate differs from it
     original = _weights(phantom_model)
     assert any(not torch.equal(original[k], a[k]) for k in a if a[k].is_floating_point())
     # the candidate's card inherits the preprocessing and loads as a model
-    card = yaml.safe_load((tmp_path / "whole" / f"{CANDIDATE_FILE}.card.yaml").read_text())
+    card = yaml.safe_load(whole.card_for(whole.candidate()).read_text())
     assert card["input_size"] == 64 and card["output_names"] == list(phantom.PHANTOM_FINDINGS)
-    candidate = load_model(tmp_path / "whole" / CANDIDATE_FILE)
-    assert candidate.sha256 == whole["candidate"]["sha256"]
+    candidate = load_model(whole.candidate())
+    assert candidate.sha256 == record["candidate"]["sha256"]
 
 
 def test_checkpoint_of_other_settings_is_refused(phantom_model, phantom_splits, tmp_path):
@@ -66,10 +70,11 @@ def test_checkpoint_of_other_settings_is_refused(phantom_model, phantom_splits, 
 
     train, validation = phantom_splits
     model = load_model(phantom_model)
-    finetune(model, train, validation, tmp_path, FinetuneConfig(steps=4, batch_size=4, checkpoint_every=2), "a",
+    layout = FinetuneLayout(tmp_path)
+    finetune(model, train, validation, layout, FinetuneConfig(steps=4, batch_size=4, checkpoint_every=2), "a",
              {"x": "1"}, progress=False, stop_after=2)
     with pytest.raises(UserInputError, match="other settings"):
-        finetune(model, train, validation, tmp_path, FinetuneConfig(steps=4, batch_size=4, lr=1e-2), "a", {"x": "1"},
+        finetune(model, train, validation, layout, FinetuneConfig(steps=4, batch_size=4, lr=1e-2), "a", {"x": "1"},
                  progress=False)
 
 
@@ -79,7 +84,7 @@ def test_torchvision_backbones_load_and_finetune(architecture, size, tmp_path):
     import torchvision
     from safetensors.torch import save_file
 
-    from cxr_audit.models import _first_conv_to_one_channel
+    from cxr_audit.classifier.loading import _first_conv_to_one_channel
 
     torch.manual_seed(0)
     net = torchvision.models.get_model(architecture, weights=None, num_classes=2)
@@ -93,10 +98,13 @@ def test_torchvision_backbones_load_and_finetune(architecture, size, tmp_path):
     rng = np.random.default_rng(0)
     images = TrainingImages(rng.random((6, 1, size, size), dtype=np.float32),
                             np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0], [0, 1]], np.float32), np.zeros(6, bool))
-    record = finetune(model, images, images, tmp_path / "ft", FinetuneConfig(steps=2, batch_size=2, eval_every=2),
+    layout = FinetuneLayout(tmp_path / "ft")
+    record = finetune(model, images, images, layout, FinetuneConfig(steps=2, batch_size=2, eval_every=2),
                       "real_only", {"m": architecture}, progress=False)
     assert record["steps_run"] == 2
-    candidate = load_model(tmp_path / "ft" / CANDIDATE_FILE)
+    # weights for a torchvision architecture: the candidate is a state dict of the same architecture
+    assert layout.candidate() == layout.candidate_weights
+    candidate = load_model(layout.candidate())
     with torch.inference_mode():
         probabilities = candidate.predict(torch.rand(2, 1, size, size))
     assert probabilities.shape == (2, 2) and torch.all((probabilities >= 0) & (probabilities <= 1))

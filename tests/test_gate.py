@@ -10,8 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_audit.evaluation import EvaluationInput, evaluate, save_replicates
+from conftest import minimal_audit_document
+
+from cxr_audit.evaluation.scoring import EvaluationInput, evaluate, save_replicates
 from cxr_audit.provenance import sha256_file
+from cxr_audit.rundir import RunDir
 from cxr_audit.spec import Cell
 
 CONCEPTS = ["Cardiomegaly", "Pleural Effusion"]
@@ -32,18 +35,12 @@ def _write_audit(folder: Path, scores: np.ndarray, labels: np.ndarray, test_set:
     evaluation = evaluate(EvaluationInput(concepts=CONCEPTS, probabilities=scores, labels=labels, patient_ids=patients,
                                           thresholds={c: (0.5, "default") for c in CONCEPTS}, cells=[CELL]),
                           n_replicates=200, seed=0)
-    save_replicates(folder / "evaluate" / "baseline" / "replicates.npz", evaluation.replicates)
-    document = {
-        "inputs": {"model": {"path": f"{folder.name}.pt", "sha256": "a" * 64}},
-        "arms": {"baseline": {"metrics": evaluation.document}},
-        "test_set": {"sha256": test_set, "bootstrap": {"seed": 0, "replicates": 200},
-                     "replicates_sha256": sha256_file(folder / "evaluate" / "baseline" / "replicates.npz")},
-        "coverage": {"cells": [{"id": "HF", "count": coverage_count, "min_count": 15}]},
-        "synthesis": {"cars": {"mode": "masked (CARS)", "planned": 10, "rejected": rejected, "accepted": 10 - rejected,
-                               "accepted_by_cell": {"HF": synthetic}}},
-    }
-    (folder / "audit.json").write_text(json.dumps(document))
-    return folder / "audit.json"
+    run = RunDir(folder)
+    save_replicates(run.evaluation("baseline").replicates, evaluation.replicates)
+    document = minimal_audit_document(evaluation.scores, test_set, coverage_count, synthetic, rejected,
+                                      sha256_file(run.evaluation("baseline").replicates), f"{folder.name}.pt")
+    run.audit.write_text(json.dumps(document))
+    return run.audit
 
 
 @pytest.fixture()
@@ -163,7 +160,7 @@ def test_unknown_concept_in_a_rule_exits_2(audits, tmp_path, run_cli):
 
 
 def test_tampered_replicates_are_refused(audits, tmp_path, run_cli):
-    replicates = audits["old"].parent / "evaluate" / "baseline" / "replicates.npz"
+    replicates = RunDir(audits["old"].parent).evaluation("baseline").replicates
     replicates.write_bytes(replicates.read_bytes() + b"x")
     result = _gate(run_cli, audits["small_regression"], _policy(tmp_path, [{"type": "non_inferiority", "margin": 0.1}]),
                    audits["old"])
@@ -205,7 +202,7 @@ def test_policy_arm_must_exist(audits, tmp_path, run_cli):
 
 
 def test_policy_example_in_docs_is_valid():
-    from cxr_audit.gate import load_policy
+    from cxr_audit.audit.gate import load_policy
 
     policy = load_policy(Path("docs/gates.example.yaml"))
     assert {rule.type for rule in policy.rules} >= {"min_metric", "max_ece", "non_inferiority", "coverage", "qc"}

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from cxr_audit.errors import UserInputError
-from cxr_audit.synthesis.generator import TrainConfig, load_generator, train_generator
+from cxr_audit.synthesis.generator.store import load_generator
+from cxr_audit.synthesis.generator.training import TrainConfig, train_generator
 
 CONCEPTS = ["Cardiomegaly", "Pleural Effusion"]
 
 TRAIN_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
-    from cxr_audit.synthesis.generator import TrainConfig, train_generator
+    from cxr_audit.synthesis.generator.training import TrainConfig, train_generator
 
     rng = np.random.default_rng(0)
     images = rng.random((24, 1, 32, 32)).astype(np.float32)

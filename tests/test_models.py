@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from cxr_audit.errors import UserInputError
-from cxr_audit.models import load_model
-from cxr_audit.nets import SmallCXRNet
+from cxr_audit.classifier.loading import load_model
+from cxr_audit.classifier.small_cnn import SmallCXRNet
 
 NAMES = ["Cardiomegaly", "Effusion", "Pneumothorax"]
 SIZE = 32

@@ -6,7 +6,7 @@ import pytest
 from cxr_audit.coverage import analyse_coverage
 from cxr_audit.data import phantom
 from cxr_audit.data.images import load_image
-from cxr_audit.data.phantom_dataset import (
+from cxr_audit.data.phantom.dataset import (
     Combination,
     Prevalence,
     load_prevalence,
@@ -158,7 +158,11 @@ def test_shipped_demo_generator_was_trained_on_the_demo_dataset(tmp_path):
     from cxr_audit import demo
     from cxr_audit.provenance import sha256_file
 
-    labels = demo.demo_dataset(tmp_path)
+    from cxr_audit.rundir import RunDir, run_stage
+
+    stage = demo.PhantomStage(RunDir(tmp_path))
+    run_stage(stage.rundir, stage, log=lambda message: None)
+    labels = stage.outputs()[0]
     card = json.loads((demo.SHIPPED_GENERATOR / "generator_card.json").read_text())
     assert card["training_data_sha256"] == sha256_file(labels)
     assert card["inpainting"] and card["image_size"] == demo.DEMO_SIZE
@@ -171,4 +175,4 @@ def test_shipped_demo_generator_was_trained_on_the_demo_dataset(tmp_path):
     spec = load_spec(demo.DEMO_SPEC)
     train = read_manifest(labels, "chexpert").frontal().split("train")
     plan = plan_edits(train, spec, analyse_coverage(train, spec, demo.DEMO_SPEC, {}), demo.DEMO_SEED)
-    assert {o["concept"] for e in plan.edits for o in e.operations} == set(demo.DEMO_FOCUS)
+    assert {o.concept for e in plan.edits for o in e.operations} == set(demo.DEMO_FOCUS)

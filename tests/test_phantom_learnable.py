@@ -6,9 +6,9 @@ from sklearn.metrics import roc_auc_score
 
 from cxr_audit.data import phantom
 from cxr_audit.data.images import load_resized
-from cxr_audit.data.phantom_dataset import write_phantom_dataset
+from cxr_audit.data.phantom.dataset import write_phantom_dataset
 from cxr_audit.data.readers import read_manifest
-from cxr_audit.train_classifier import predict_probabilities, train_small_classifier
+from cxr_audit.classifier.small_cnn import predict_probabilities, train_small_classifier
 
 
 def test_small_cnn_reaches_auroc_above_0_9_on_most_findings(tmp_path):

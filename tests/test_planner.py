@@ -7,8 +7,9 @@ import pytest
 from cxr_audit.coverage import analyse_coverage
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.spec import load_spec
-from cxr_audit.synthesis.planner import derive_target, plan_edits
 from cxr_audit.concepts import RuleSet
+from cxr_audit.synthesis.documents import Operation
+from cxr_audit.synthesis.planner import derive_target, plan_edits
 
 
 def dataset(tmp_path, rows):
@@ -57,7 +58,7 @@ def test_one_edit_sources_from_distinct_patients_within_budget(tmp_path):
         assert edit.target_vector["Cardiomegaly"] == 1 and edit.target_vector["Pleural Effusion"] == 1
         op = edit.operations[0]
         assert set(edit.regions) == set({"Pleural Effusion": ["costophrenic_angles"],
-                                         "Cardiomegaly": ["cardiac_silhouette"]}[op["concept"]])
+                                         "Cardiomegaly": ["cardiac_silhouette"]}[op.concept])
 
 
 def test_same_seed_same_plan(tmp_path):
@@ -67,9 +68,9 @@ def test_same_seed_same_plan(tmp_path):
 
 def test_inserting_into_a_normal_study_clears_no_finding():
     source = {"No Finding": 1.0, "Pleural Effusion": 0.0, "Lung Opacity": 0.0, "Edema": 0.0}
-    target = derive_target(source, [{"op": "insert", "concept": "Edema"}], RuleSet())
+    target = derive_target(source, [Operation(op="insert", concept="Edema")], RuleSet())
     assert target == {"No Finding": 0.0, "Pleural Effusion": 0.0, "Lung Opacity": 1.0, "Edema": 1.0}
-    back = derive_target(target, [{"op": "delete", "concept": "Edema"}], RuleSet())
+    back = derive_target(target, [Operation(op="delete", concept="Edema")], RuleSet())
     assert back["No Finding"] == 0.0  # Lung Opacity stays: it may have another cause
 
 
@@ -85,14 +86,14 @@ def test_a_user_rule_rejects_targets_and_names_the_rule(tmp_path):
     plan = plan_for(tmp_path, ROWS, spec)
     # cardiomegaly sources would become Cardiomegaly + Pneumothorax, which the rule forbids
     assert all(e.source_vector["Cardiomegaly"] == 0 for e in plan.edits)
-    assert any("Pneumothorax excludes Cardiomegaly (spec)" in r["reason"] for r in plan.rejections)
+    assert any("Pneumothorax excludes Cardiomegaly (spec)" in r.reason for r in plan.rejections)
 
 
 def test_never_seen_combinations_need_sign_off(tmp_path):
     spec = SPEC.replace("all_of: [Cardiomegaly, Effusion], min_count: 4", "all_of: [Edema, Pneumothorax], min_count: 2")
     rows = ROWS + ["i1.png,p9,train,0,0,0,0,1"]
     plan = plan_for(tmp_path, rows, spec)
-    assert plan.edits == [] and any("never seen" in r["reason"] for r in plan.rejections)
+    assert plan.edits == [] and any("never seen" in r.reason for r in plan.rejections)
     allowed = plan_for(tmp_path, rows, spec + "    synthesis: {allow_unseen_combinations: true}\n")
     assert len(allowed.edits) == 2
 
@@ -116,6 +117,6 @@ def test_reaching_no_finding_deletes_the_findings_present(tmp_path):
     rows = ["a.png,p1,train,0,1,0,0,0", "b.png,p2,train,0,1,1,0,0", "c.png,p3,train,1,0,0,0,0"]
     plan = plan_for(tmp_path, rows, spec)
     for edit in plan.edits:
-        assert all(op["op"] == "delete" for op in edit.operations)
+        assert all(op.op == "delete" for op in edit.operations)
         assert edit.target_vector["No Finding"] == 1 and edit.target_vector["Cardiomegaly"] == 0
     assert [len(e.operations) for e in plan.edits] == [1]  # one-edit source first; b needs two

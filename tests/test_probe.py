@@ -7,17 +7,23 @@ import pytest
 from PIL import Image
 
 from cxr_audit.data import phantom
-from cxr_audit.data.phantom_dataset import study_of
+from cxr_audit.data.phantom.dataset import study_of
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.errors import UserInputError
-from cxr_audit.models import load_model
-from cxr_audit.probe import probe
+from cxr_audit.classifier.loading import load_model
+from cxr_audit.evaluation.probe import probe
+from cxr_audit.rundir import SynthesisLayout
+from cxr_audit.synthesis.documents import EditRecord, SynthesisSummary
+
+QC = {"outside_mae": 0.0, "outside_ssim": 1.0, "alignment": None, "checker_before": None, "checker_after": None,
+      "texture_ratio": 1.0, "ground_truth_mae": 0.0, "passed": True, "reasons": []}
 
 
 def _write_pairs(folder, manifest, concept, op, n):
     """A synthesize-run folder whose 'edits' are the renderer's true counterfactuals."""
-    (folder / "images").mkdir(parents=True)
-    (folder / "records").mkdir()
+    layout = SynthesisLayout(folder)
+    layout.images.mkdir(parents=True)
+    layout.records.mkdir()
     frame = manifest.frame
     wanted = 0 if op == "insert" else 1
     rows = frame[(frame[concept] == wanted) & (frame["split"] == "train")].head(n)
@@ -25,11 +31,16 @@ def _write_pairs(folder, manifest, concept, op, n):
         study = phantom.counterfactual(study_of(row), **{"add" if op == "insert" else "remove": concept})
         image = phantom.render(study, 64).image
         edit_id = f"e{k:03d}"
-        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / "images" / f"{edit_id}.png")
-        (folder / "records" / f"{edit_id}.json").write_text(json.dumps({
-            "edit_id": edit_id, "cell_id": "CELL", "source_image_id": row["image_id"],
-            "operations": [{"op": op, "concept": concept}], "qc": {"passed": True}}))
-    (folder / "synthesis.json").write_text(json.dumps({"generator": {"image_size": 64}, "mode": "truth"}))
+        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(layout.image(edit_id))
+        record = EditRecord(edit_id=edit_id, cell_id="CELL", source_image_id=row["image_id"], patient_id="p",
+                            operations=[{"op": op, "concept": concept}], target_vector={}, seed=0, source_sha256="s",
+                            generator_sha256="truth", qc=QC, sex=None, age=None, view=None)
+        layout.record(edit_id).write_text(record.model_dump_json())
+    summary = SynthesisSummary(generator_sha256="truth", generator={"image_size": 64}, mode="truth", settings={},
+                               qc_thresholds={}, planned=len(rows), accepted=len(rows), rejected=0,
+                               rejected_by_reason={}, accepted_by_cell={}, mean_outside_mae=0.0,
+                               checker_agreement=None, mean_ground_truth_mae=0.0)
+    layout.summary.write_text(summary.model_dump_json())
     return len(rows)
 
 
@@ -37,8 +48,8 @@ def _write_pairs(folder, manifest, concept, op, n):
 def test_probe_follows_true_counterfactuals(phantom_dataset, phantom_model, tmp_path, op):
     manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
     n = _write_pairs(tmp_path, manifest, "Cardiomegaly", op, 20)
-    document = probe(load_model(phantom_model), tmp_path, manifest, {"Cardiomegaly": 0.5}, replicates=200,
-                     progress=False)
+    document = probe(load_model(phantom_model), SynthesisLayout(tmp_path), manifest, {"Cardiomegaly": 0.5},
+                     replicates=200, progress=False).model_dump(mode="json")
     entry = document["by_concept"][f"{op} Cardiomegaly"]
     assert entry["pairs"] == n == document["pairs_scored"]
     # a trained model's score follows the one finding that changed, on a clear majority of pairs
@@ -54,9 +65,9 @@ def test_probe_follows_true_counterfactuals(phantom_dataset, phantom_model, tmp_
 def test_probe_of_a_foreign_synthesis_is_refused(phantom_dataset, phantom_model, tmp_path):
     manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
     _write_pairs(tmp_path, manifest, "Cardiomegaly", "insert", 2)
-    record = tmp_path / "records" / "e000.json"
+    record = SynthesisLayout(tmp_path).record("e000")
     data = json.loads(record.read_text())
     data["source_image_id"] = "not-in-this-dataset"
     record.write_text(json.dumps(data))
     with pytest.raises(UserInputError, match="not in the data"):
-        probe(load_model(phantom_model), tmp_path, manifest, {}, progress=False)
+        probe(load_model(phantom_model), SynthesisLayout(tmp_path), manifest, {}, progress=False)

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from cxr_audit.anatomy import regions_from_anatomy
+from cxr_audit.anatomy.regions import regions_from_anatomy
 from cxr_audit.data import phantom
-from cxr_audit.data.phantom_dataset import study_of
-from cxr_audit.segmentation import SHIPPED_SEGMENTER, LungSegmenter, dice, load_lung_dataset, split_lungs
+from cxr_audit.data.phantom.dataset import study_of
+from cxr_audit.anatomy.segmenter import SHIPPED_SEGMENTER, LungSegmenter, dice, load_lung_dataset, split_lungs
 
 
 def test_split_lungs_recovers_each_lung_of_the_phantom(phantom_dataset):
@@ -50,7 +50,7 @@ def test_segment_command_writes_masks_synthesis_can_use(shared_data, tmp_path, r
                      shared_data / "nih621", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "lung_overlays.png").exists()
-    from cxr_audit.anatomy import load_mask_folder
+    from cxr_audit.anatomy.masks import load_mask_folder
 
     first = tmp_path / "masks" / labels.iloc[0]["Image Index"].removesuffix(".png")
     anatomy = load_mask_folder(first, 128)

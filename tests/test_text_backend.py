@@ -11,7 +11,8 @@ import torch
 
 from cxr_audit import concepts
 from cxr_audit.synthesis.editor import EditSettings
-from cxr_audit.synthesis.generator import generator_sha256, load_generator
+from cxr_audit.rundir import RunDir
+from cxr_audit.synthesis.backends import backend_sha256, load_backend
 from cxr_audit.synthesis.text_backend import NORMAL_PROMPT, TextConditionedGenerator, prompt_for
 
 NAMES = ["Cardiomegaly", "Pleural Effusion", "Edema"]
@@ -62,29 +63,32 @@ def test_prompts_name_present_findings_and_steer_away_from_absent_ones():
 def test_pipeline_folder_loads_as_a_generator_with_a_pinned_identity(tiny_pipeline, tmp_path):
     import shutil
 
-    generator, card = load_generator(tiny_pipeline, device="cpu")
+    generator = load_backend(tiny_pipeline, device="cpu")
     assert isinstance(generator, TextConditionedGenerator)
-    assert card.image_size == 64 and "Cardiomegaly" in card.concepts and concepts.NO_FINDING not in card.concepts
-    assert "unet/diffusion_pytorch_model.safetensors" in card.files
-    identity = generator_sha256(tiny_pipeline)
+    card = generator.card()
+    assert generator.image_size == 64 and "Cardiomegaly" in generator.concepts
+    assert concepts.NO_FINDING not in generator.concepts
+    assert "unet/diffusion_pytorch_model.safetensors" in card["files"]
+    identity = backend_sha256(tiny_pipeline)
+    assert generator.sha256 == identity
     changed = tmp_path / "changed"
     shutil.copytree(tiny_pipeline, changed)
     config = json.loads((changed / "unet" / "config.json").read_text())
     config["_note"] = "edited"
     (changed / "unet" / "config.json").write_text(json.dumps(config))
-    assert generator_sha256(changed) != identity
+    assert backend_sha256(changed) != identity
 
 
 def test_masked_text_edit_keeps_the_outside_and_is_deterministic(tiny_pipeline):
-    generator, card = load_generator(tiny_pipeline, device="cpu")
+    generator = load_backend(tiny_pipeline, device="cpu")
     rng = np.random.default_rng(0)
-    size = card.image_size
+    size = generator.image_size
     sources = rng.random((2, size, size)).astype(np.float32)
     masks = np.zeros((2, size, size), bool)
     masks[:, 20:44, 16:48] = True
     soft = masks.astype(np.float32)
-    targets = np.full((2, len(card.concepts)), np.nan, np.float32)
-    targets[:, card.concepts.index("Cardiomegaly")] = 1
+    targets = np.full((2, len(generator.concepts)), np.nan, np.float32)
+    targets[:, generator.concepts.index("Cardiomegaly")] = 1
     settings = EditSettings(steps=4, strength=1.0, guidance=3.0)
     edited = generator.edit(sources, targets, masks, soft, settings, seed=3)
     assert edited.shape == sources.shape
@@ -92,8 +96,8 @@ def test_masked_text_edit_keeps_the_outside_and_is_deterministic(tiny_pipeline):
     assert np.abs(edited[masks] - sources[masks]).mean() > 0.01  # inside: regenerated
     assert np.array_equal(edited, generator.edit(sources, targets, masks, soft, settings, seed=3))
     other = targets.copy()
-    other[:, card.concepts.index("Cardiomegaly")] = 0
-    other[:, card.concepts.index("Pleural Effusion")] = 1
+    other[:, generator.concepts.index("Cardiomegaly")] = 0
+    other[:, generator.concepts.index("Pleural Effusion")] = 1
     assert not np.array_equal(edited, generator.edit(sources, other, masks, soft, settings, seed=3))  # the prompt counts
     unconstrained = generator.edit(sources, targets, None, None, settings, seed=3)
     assert np.abs(unconstrained[~masks] - sources[~masks]).mean() > 0.01
@@ -108,13 +112,14 @@ def test_synthesis_run_goes_through_the_text_backend(tiny_pipeline, phantom_data
     spec.write_text(open("coverage_specs/phantom.yaml").read() + "synthesis: {budget_per_cell: 2}\n")
     runner = CliRunner()
     data = ["--data", str(phantom_dataset / "labels.csv"), "--format", "chexpert"]
-    assert runner.invoke(app, ["plan", *data, "--spec", str(spec), "--out", str(tmp_path)]).exit_code == 0
-    result = runner.invoke(app, ["synthesize", "--run", str(tmp_path), "--generator", str(tiny_pipeline), *data,
-                                 "--steps", "3"])
+    run = RunDir(tmp_path / "run")
+    assert runner.invoke(app, ["plan", *data, "--spec", str(spec), "--out", str(run.path)]).exit_code == 0
+    result = runner.invoke(app, ["synthesize", "--run", str(run.path), "--generator", str(tiny_pipeline), "--steps", "3"])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "synthetic" / "synthesis.json").read_text())
+    layout = run.synthesis("cars")
+    summary = json.loads(layout.summary.read_text())
     assert summary["planned"] > 0 and summary["generator"]["prompt_style"] == "cxr-audit-impression-v1"
-    assert summary["generator_sha256"] == generator_sha256(tiny_pipeline)
-    records = [json.loads(p.read_text()) for p in (tmp_path / "synthetic" / "records").glob("*.json")]
+    assert summary["generator_sha256"] == backend_sha256(tiny_pipeline)
+    records = [json.loads(p.read_text()) for p in layout.records.glob("*.json")]
     # masked: outside the region only the feathered rim may differ from the source
     assert records and all(r["qc"]["outside_mae"] <= 0.002 for r in records)

@@ -20,7 +20,7 @@ from cxr_audit.spec import LabelPolicy
 # Metadata columns every reader fills (NaN / None where the format has no such information).
 META_COLUMNS = ("image_id", "path", "patient_id", "view", "sex", "age", "split")
 FRONTAL_VIEWS = ("PA", "AP")
-SPLITS = ("train", "val", "test")
+
 
 _VIEW_ALIASES = {
     "PA": "PA", "POSTEROANTERIOR": "PA",
@@ -135,35 +135,3 @@ class Manifest:
         loaded = [load_resized(p, size) for p in tqdm(paths, desc="loading images", unit="img", disable=not progress,
                                                          leave=False)]
         return np.stack(loaded)[:, None].astype(np.float32) if loaded else np.zeros((0, 1, size, size), np.float32)
-
-
-def assign_patient_splits(manifest: Manifest, fractions: dict[str, float] | None = None,
-                          seed: int = 0) -> Manifest:
-    """Give every image a train/val/test split so that no patient is in two splits.
-
-    Splits already in the manifest (MIMIC's split file, NIH's official lists) are kept and checked.
-    Otherwise patients are shuffled with `seed` and cut by the fractions (default 70/10/20).
-    """
-    frame = manifest.frame.copy()
-    if frame["split"].notna().all():
-        per_patient = frame.groupby("patient_id")["split"].nunique()
-        leaking = per_patient[per_patient > 1]
-        if len(leaking):
-            raise UserInputError(
-                f"{manifest.source}: {len(leaking)} patients appear in more than one split (e.g. patient "
-                f"{leaking.index[0]!r}). Fix the split column so each patient is in one split only."
-            )
-        return manifest.with_frame(frame)
-    fractions = fractions or {"train": 0.7, "val": 0.1, "test": 0.2}
-    if abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise UserInputError(f"split fractions {fractions} must add up to 1.")
-    patients = np.array(sorted(frame["patient_id"].astype(str).unique()))
-    order = np.random.default_rng(seed).permutation(len(patients))
-    bounds = np.round(np.cumsum(list(fractions.values())) * len(patients)).astype(int)
-    assignment: dict[str, str] = {}
-    start = 0
-    for name, stop in zip(fractions, bounds):
-        assignment.update({p: name for p in patients[order[start:stop]]})
-        start = stop
-    frame["split"] = frame["patient_id"].astype(str).map(assignment)
-    return manifest.with_frame(frame)

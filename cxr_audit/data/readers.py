@@ -317,8 +317,21 @@ READERS: dict[str, Callable[..., Manifest]] = {
 }
 
 
-def read_manifest(data: str | Path, fmt: str, root: str | Path | None = None) -> Manifest:
-    """Read a dataset's labels in the given format (nih, chexpert, mimic, csv)."""
+def detect_format(data: Path) -> str:
+    """The format of a labels file from its columns (a folder is MIMIC-CXR-JPG); the generic CSV otherwise."""
+    if data.is_dir():
+        return "mimic"
+    header = _read_csv(data, "Labels file", nrows=0).columns
+    for fmt, required in (("nih", NIH_COLUMNS), ("chexpert", CHEXPERT_COLUMNS)):
+        if all(column in header for column in required):
+            return fmt
+    return "csv"
+
+
+def read_manifest(data: str | Path, fmt: str = "auto", root: str | Path | None = None) -> Manifest:
+    """Read a dataset's labels in the given format (nih, chexpert, mimic, csv; auto: detected)."""
+    if fmt == "auto":
+        fmt = detect_format(Path(data))
     if fmt not in READERS:
-        raise UserInputError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+        raise UserInputError(f"unknown --format {fmt!r}; choose one of auto, {', '.join(FORMATS)}.")
     return READERS[fmt](Path(data), Path(root) if root is not None else None)

@@ -85,3 +85,18 @@ def paired_difference(point_old: float, point_new: float, replicates_old: np.nda
     tail = min((deltas <= 0).sum(), (deltas >= 0).sum())
     p_value = min(1.0, 2 * (tail + 1) / (deltas.size + 1))
     return PairedDifference(point, (float(lo), float(hi)), p_value)
+
+
+def bootstrap_mean(values: np.ndarray, replicates: int = DEFAULT_REPLICATES,
+                   rng: np.random.Generator | None = None) -> Estimate:
+    """The mean of independent units (e.g. probe pairs) with a percentile bootstrap interval; no interval for
+    a single value, nothing for none."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return Estimate(None, None)
+    if values.size == 1:
+        return Estimate(float(values[0]), None)
+    rng = rng or np.random.default_rng(0)
+    draws = rng.integers(0, values.size, size=(replicates, values.size))
+    means = values[draws].mean(axis=1)
+    return Estimate(float(values.mean()), (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))))

@@ -55,6 +55,20 @@ def weighted_average_precision(scores: np.ndarray, labels: np.ndarray,
     return ap
 
 
+def precision_recall_curve(scores: np.ndarray, labels: np.ndarray, points: int = 60) -> dict[str, list[float]]:
+    """Precision and recall at each distinct score threshold (tied scores enter together, as in the AUPRC
+    above), thinned to about `points` thresholds for plotting; empty when there is no positive."""
+    labels = labels.astype(float)
+    if labels.sum() == 0:
+        return {"precision": [], "recall": []}
+    tps, fps = _sorted_cumulative(scores, labels, np.ones((1, scores.size)))
+    tps, fps = tps[0], fps[0]
+    keep = np.unique(np.linspace(0, tps.size - 1, min(points, tps.size)).astype(int))
+    precision = tps[keep] / (tps[keep] + fps[keep])
+    recall = tps[keep] / tps[-1]
+    return {"precision": [round(float(v), 5) for v in precision], "recall": [round(float(v), 5) for v in recall]}
+
+
 def threshold_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float,
                       weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Precision, recall (sensitivity), specificity and F1 at an operating threshold (score >= t)."""

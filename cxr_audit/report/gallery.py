@@ -7,15 +7,17 @@ alone. Edits are picked round-robin over (operation, concept), accepted edits fi
 from __future__ import annotations
 
 import io
-import json
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 
 from cxr_audit.data.images import load_resized
 from cxr_audit.provenance import atomic_write_bytes, sha256_file
+from cxr_audit.rundir import GalleryLayout, SynthesisLayout
+from cxr_audit.synthesis.documents import EditRecord, read_records, read_summary
 
 PANEL = 160  # pixels per panel
 
@@ -38,13 +40,29 @@ def _difference(edited: np.ndarray, source: np.ndarray, scale: float = 0.25) -> 
     return Image.fromarray(np.round(rgb * 255).astype(np.uint8)).resize((PANEL, PANEL), Image.Resampling.NEAREST)
 
 
-def pick_edits(records: list[dict], n: int) -> list[dict]:
-    accepted = [r for r in records if r["qc"]["passed"]] or records
-    groups: dict[str, list[dict]] = {}
+class GalleryItem(BaseModel):
+    """One gallery panel as audit.json records it (the PNG lies in the run; its SHA-256 is checked)."""
+
+    model_config = ConfigDict(extra="forbid")
+    edit_id: str
+    cell_id: str
+    operation: str
+    image: str
+    image_sha256: str
+    qc: dict[str, Any]
+
+
+class GalleryDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[GalleryItem]
+
+
+def pick_edits(records: list[EditRecord], n: int) -> list[EditRecord]:
+    accepted = [r for r in records if r.qc.passed] or records
+    groups: dict[str, list[EditRecord]] = {}
     for record in accepted:
-        key = "+".join(f"{o['op']} {o['concept']}" for o in record["operations"])
-        groups.setdefault(key, []).append(record)
-    picked: list[dict] = []
+        groups.setdefault("+".join(f"{o.op} {o.concept}" for o in record.operations), []).append(record)
+    picked: list[EditRecord] = []
     while len(picked) < n and any(groups.values()):
         for key in sorted(groups):
             if groups[key] and len(picked) < n:
@@ -52,28 +70,26 @@ def pick_edits(records: list[dict], n: int) -> list[dict]:
     return picked
 
 
-def build_gallery(run: Path, manifest, n: int = 8) -> list[dict]:
-    folder = run / "synthetic"
-    summary = json.loads((folder / "synthesis.json").read_text())
-    size = int(summary["generator"]["image_size"])
-    records = [json.loads((folder / "records" / f"{e}.json").read_text())
-               for e in sorted(p.stem for p in (folder / "records").glob("*.json"))]
+def build_gallery(synthesis: SynthesisLayout, gallery: GalleryLayout, manifest, n: int = 8) -> GalleryDocument:
+    """Write the panels of up to `n` edits into `gallery` and describe them."""
+    size = int(read_summary(synthesis).generator["image_size"])
     rows = manifest.frame.set_index("image_id", drop=False)
     items = []
-    for record in pick_edits(records, n):
-        source = load_resized(manifest.resolve_image(rows.loc[record["source_image_id"], "path"]), size)
-        edited = load_resized(folder / "images" / f"{record['edit_id']}.png", size)
-        mask = np.asarray(Image.open(folder / "masks" / f"{record['edit_id']}.png")) > 127
+    for record in pick_edits(read_records(synthesis), n):
+        source = load_resized(manifest.resolve_image(rows.loc[record.source_image_id, "path"]), size)
+        edited = load_resized(synthesis.image(record.edit_id), size)
+        mask = np.asarray(Image.open(synthesis.mask(record.edit_id))) > 127
         strip = Image.new("RGB", (4 * PANEL + 18, PANEL), "white")
         for k, panel in enumerate((_panel(source), _overlay(source, mask), _panel(edited), _difference(edited, source))):
             strip.paste(panel, (k * (PANEL + 6), 0))
         buffer = io.BytesIO()
         strip.save(buffer, format="PNG")
-        path = run / "gallery" / f"{record['edit_id']}.png"
+        path = gallery.image(record.edit_id)
         atomic_write_bytes(path, buffer.getvalue())
-        items.append({"edit_id": record["edit_id"], "cell_id": record["cell_id"],
-                      "operation": ", ".join(f"{o['op']} {o['concept']}" for o in record["operations"]),
-                      "image": f"gallery/{record['edit_id']}.png", "image_sha256": sha256_file(path),
-                      "qc": {k: record["qc"].get(k) for k in ("passed", "outside_mae", "outside_ssim", "alignment",
-                                                             "ground_truth_mae", "reasons")}})
-    return items
+        qc = record.qc.model_dump()
+        items.append(GalleryItem(
+            edit_id=record.edit_id, cell_id=record.cell_id,
+            operation=", ".join(f"{o.op} {o.concept}" for o in record.operations),
+            image=gallery.relative_image(record.edit_id), image_sha256=sha256_file(path),
+            qc={k: qc[k] for k in ("passed", "outside_mae", "outside_ssim", "alignment", "ground_truth_mae", "reasons")}))
+    return GalleryDocument(items=items)

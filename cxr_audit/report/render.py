@@ -14,10 +14,11 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from cxr_audit.provenance import atomic_write_bytes, read_json, sha256_file
+from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import atomic_write_bytes, sha256_file
 from cxr_audit.report import figures
+from cxr_audit.rundir import RunDir
 
-REPORT_FILE = "report.pdf"
 LIMITATIONS = [
     "Synthetic images are used for training and probing only; every metric is computed on held-out real "
     "test images, never on synthetic ones.",
@@ -66,19 +67,22 @@ def _with_interval(point, ci, digits: int, sign: str = "") -> str:
     return text
 
 
-def _ci(entry: dict | None, digits: int = 3) -> str:
-    return _with_interval((entry or {}).get("value"), (entry or {}).get("ci"), digits)
+def _ci(entry, digits: int = 3) -> str:
+    """An Interval (value, ci) as text."""
+    return _with_interval(getattr(entry, "value", None), getattr(entry, "ci", None), digits)
 
 
-def _difference(entry: dict | None, digits: int = 3) -> str:
-    return _with_interval((entry or {}).get("difference"), (entry or {}).get("ci"), digits, "+")
+def _difference(entry, digits: int = 3) -> str:
+    """A Difference (difference, ci) as signed text."""
+    return _with_interval(getattr(entry, "difference", None), getattr(entry, "ci", None), digits, "+")
 
 
-def _significance(entry: dict | None, higher_is_better: bool = True) -> str:
+def _significance(entry, higher_is_better: bool = True) -> str:
     """'better' / 'worse' when the paired CI excludes zero, else 'n.s.'."""
-    if not entry or not entry.get("ci"):
+    ci = getattr(entry, "ci", None)
+    if not ci or ci[0] is None or ci[1] is None:
         return "–"
-    lo, hi = entry["ci"]
+    lo, hi = ci
     if lo > 0:
         return "better" if higher_is_better else "worse"
     if hi < 0:
@@ -86,38 +90,48 @@ def _significance(entry: dict | None, higher_is_better: bool = True) -> str:
     return "n.s."
 
 
-def _gallery_uri(run: Path, item: dict) -> str:
-    path = run / item["image"]
+def _gallery_uri(run: RunDir, item) -> str:
+    """A gallery panel named in audit.json, read only from the run's gallery folder and only if its hash matches
+    (a document naming a file elsewhere is refused, never read)."""
+    name = Path(item.image).name
+    if item.image != run.gallery.relative_image(name.removesuffix(".png")):
+        raise UserInputError(f"{run.audit}: gallery image {item.image!r} is not inside the run's gallery folder; "
+                             "was audit.json edited?")
+    path = run.gallery.image(name.removesuffix(".png"))
     if not path.exists():
-        raise ReportError(f"gallery image {path} is missing; re-run the audit's gallery stage.")
-    if sha256_file(path) != item["image_sha256"]:
-        raise ReportError(f"gallery image {path} does not match the SHA-256 recorded in audit.json.")
+        raise UserInputError(f"gallery image {path} is missing; re-run the audit's gallery stage "
+                             f"(`cxr-audit audit --out {run.path} --force`).")
+    if sha256_file(path) != item.image_sha256:
+        raise UserInputError(f"gallery image {path} does not match the SHA-256 recorded in audit.json.")
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def build_html(document: dict, run: Path) -> str:
+def build_html(document, run: RunDir) -> str:
     environment = Environment(loader=PackageLoader("cxr_audit.report", "templates"),
                               autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined)
     environment.filters.update(fmt=_fmt, ci=_ci, diff=_difference, sig=_significance)
-    arms = {arm: entry["metrics"] for arm, entry in document["arms"].items()}
+    arms = {arm: entry.metrics for arm, entry in document.arms.items()}
     baseline = arms["baseline"]
-    concepts = list(baseline["concepts"])
-    cells = [cell for cell, entry in baseline["cells"].items() if entry.get("evaluated")]
-    cell_targets = [f"cell:{c}" for c in cells if f"cell:{c}" in baseline["pr_curves"]]
-    synthetic_by_cell = document["synthesis"].get("cars", {}).get("accepted_by_cell", {})
+    concepts = list(baseline.concepts)
+    cells = baseline.evaluated_cells()
+    cell_targets = [f"cell:{c}" for c in cells if f"cell:{c}" in baseline.pr_curves]
+    cars = document.synthesis.get("cars")
+    synthetic_by_cell = cars.accepted_by_cell if cars else {}
+    probe = document.probe.by_concept
     figure_uris = {
-        "coverage": figures.coverage_figure(document["coverage"]["cells"], synthetic_by_cell),
-        "cooccurrence": figures.cooccurrence_figure(document["coverage"]["cooccurrence"]),
-        "pr_concepts": figures.pr_curves_figure(arms, concepts),
-        "pr_cells": figures.pr_curves_figure(arms, cell_targets[:12]) if cell_targets else None,
-        "reliability": figures.reliability_figure({a: arms[a] for a in arms if a in ("baseline", "cars", "real_only")},
-                                                  concepts),
-        "uncertainty": figures.uncertainty_figure(baseline, concepts),
-        "probe": figures.probe_figure(document["probe"]["by_concept"]) if document["probe"]["by_concept"] else None,
+        "coverage": figures.data_uri(figures.coverage_figure(document.coverage.cells, synthetic_by_cell)),
+        "cooccurrence": figures.data_uri(figures.cooccurrence_figure(document.coverage.cooccurrence,
+                                                                     document.coverage.dataset.n_images)),
+        "pr_concepts": figures.data_uri(figures.pr_curves_figure(arms, concepts)),
+        "pr_cells": figures.data_uri(figures.pr_curves_figure(arms, cell_targets[:12])) if cell_targets else None,
+        "reliability": figures.data_uri(figures.reliability_figure(
+            {a: arms[a] for a in arms if a in ("baseline", "cars", "real_only")}, concepts)),
+        "uncertainty": figures.data_uri(figures.uncertainty_figure(baseline, concepts)),
+        "probe": figures.data_uri(figures.probe_figure(probe)) if probe else None,
     }
-    gallery = [{**item, "uri": _gallery_uri(run, item)} for item in document["gallery"]]
+    gallery = [{**item.model_dump(), "uri": _gallery_uri(run, item)} for item in document.gallery]
     template = environment.get_template("report.html.j2")
-    return template.render(doc=document, arms=arms, arm_titles={a: e["title"] for a, e in document["arms"].items()},
+    return template.render(doc=document, arms=arms, arm_titles={a: e.title for a, e in document.arms.items()},
                            concepts=concepts, cells=cells, figures=figure_uris, gallery=gallery,
                            synthetic_by_cell=synthetic_by_cell, limitations=LIMITATIONS)
 
@@ -147,14 +161,12 @@ def html_to_pdf(html: str, base_url: Path, attachments: list, identifier: str = 
     return pdf
 
 
-def render_report(run: Path, output: Path | None = None) -> Path:
-    """Render RUN/audit.json to RUN/report.pdf (or `output`) with audit.json attached."""
-    run = Path(run)
-    audit_path = run / "audit.json"
-    document = read_json(audit_path, f"Run `cxr-audit audit --out {run}` first.")
+def render_report(run: RunDir, output: Path) -> Path:
+    """Render RUN/audit.json to `output` (a PDF) with audit.json attached."""
+    from cxr_audit.audit.document import load_audit
+
+    document = load_audit(run.audit)
     html = build_html(document, run)
-    attachment = weasyprint_attachment(audit_path)
-    pdf = html_to_pdf(html, run, [attachment], identifier=document["test_set"]["sha256"][:32])
-    output = Path(output) if output else run / REPORT_FILE
+    pdf = html_to_pdf(html, run.path, [weasyprint_attachment(run.audit)], identifier=document.test_set.sha256[:32])
     atomic_write_bytes(output, pdf)
     return output

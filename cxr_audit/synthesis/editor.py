@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cxr_audit.synthesis.generator import (
+from cxr_audit.synthesis.generator.model import (
     ConceptConditionedUNet,
     encode_vectors,
     inpainting_context,

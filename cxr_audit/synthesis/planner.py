@@ -10,64 +10,75 @@ least one real image. Rejections are recorded with the rule that rejected them.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from cxr_audit import concepts
-from cxr_audit.coverage import CoverageReport, _subgroup_mask
+from cxr_audit.coverage import CoverageReport
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.spec import Cell, CoverageSpec
+from cxr_audit.synthesis.documents import Operation
 
-PLAN_SCHEMA_VERSION = "1.0"
+PLAN_SCHEMA_VERSION = "2.0"
 
 
-@dataclass
-class PlannedEdit:
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlannedEdit(_Document):
     edit_id: str
     cell_id: str
     source_image_id: str
     source_path: str
     patient_id: str
-    operations: list[dict]          # [{"op": "insert" | "delete", "concept": name}]
+    operations: list[Operation]
     source_vector: dict[str, float | None]
     target_vector: dict[str, float | None]
-    regions: list[str]              # anatomical regions the edit may touch (concepts.py)
+    regions: list[str] = Field(description="anatomical regions the edit may touch (concepts.py)")
     seed: int
 
 
-@dataclass
-class CellPlan:
+class CellPlan(_Document):
     cell_id: str
     deficit: int
     budget: int
     candidates_one_edit: int
     candidates_two_edits: int
     planned: int
-    status: str                     # "planned", "partly planned", "rejected", "no source", "covered"
+    status: str = Field(description="planned, partly planned, rejected, no source")
     reason: str = ""
 
 
-@dataclass
-class EditPlan:
-    edits: list[PlannedEdit] = field(default_factory=list)
-    cells: list[CellPlan] = field(default_factory=list)
-    rejections: list[dict] = field(default_factory=list)
-
-    def to_json(self, inputs: dict[str, str]) -> dict:
-        return {"schema_version": PLAN_SCHEMA_VERSION, "inputs_sha256": inputs,
-                "cells": [asdict(c) for c in self.cells], "rejections": self.rejections,
-                "edits": [asdict(e) for e in self.edits]}
+class Rejection(_Document):
+    cell_id: str
+    reason: str
+    sources_rejected: int
 
 
-def derive_target(source: dict[str, float | None], operations: list[dict],
+class PlanDocument(_Document):
+    """plan.json: the edits planned for each under-covered cell, and the targets rejected (with the rule)."""
+
+    schema_version: str = PLAN_SCHEMA_VERSION
+    seed: int = 0
+    data: dict[str, str] = Field(default_factory=dict, description="path, sha256, format of the labels")
+    spec: dict[str, str] = Field(default_factory=dict, description="path and sha256 of the coverage spec")
+    label_policy: dict[str, Any] = Field(default_factory=dict)
+    cells: list[CellPlan] = Field(default_factory=list)
+    rejections: list[Rejection] = Field(default_factory=list)
+    edits: list[PlannedEdit] = Field(default_factory=list)
+
+
+def derive_target(source: dict[str, float | None], operations: list[Operation],
                   rules: concepts.RuleSet) -> dict[str, float | None]:
     """Apply insert/delete operations and keep the vector consistent: inserted findings set their parents
     (CheXpert hierarchy), and No Finding is positive exactly when no pathology is (devices aside)."""
     target = dict(source)
     for operation in operations:
-        target[operation["concept"]] = 1.0 if operation["op"] == "insert" else 0.0
+        target[operation.concept] = 1.0 if operation.op == "insert" else 0.0
     positives = {c for c, v in target.items() if v == 1.0}
     for parent in rules.implied_positives(positives) - positives:
         if parent in target:
@@ -87,7 +98,7 @@ def finding_count(vector: dict[str, float | None], rules: concepts.RuleSet) -> i
     return len(positives - implied)
 
 
-def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[dict] | None:
+def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[Operation] | None:
     """The edits that move an image into the cell, or None if impossible (an unknown label in the way)."""
     operations = []
     for c in cell.all_of:
@@ -98,12 +109,12 @@ def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[
                 pathology = [p for p in index if p not in (concepts.NO_FINDING, "Support Devices")]
                 if any(np.isnan(row[index[p]]) for p in pathology):
                     return None  # an unknown finding could remain: the target cannot be certified normal
-                operations += [{"op": "delete", "concept": p} for p in pathology if row[index[p]] == 1]
+                operations += [Operation(op="delete", concept=p) for p in pathology if row[index[p]] == 1]
             continue
         if np.isnan(value):
             return None
         if value == 0:
-            operations.append({"op": "insert", "concept": c})
+            operations.append(Operation(op="insert", concept=c))
     for c in cell.none_of:
         value = row[index[c]]
         if np.isnan(value):
@@ -111,7 +122,7 @@ def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[
         if value == 1:
             if c == concepts.NO_FINDING:
                 return None  # leaving "normal" needs some finding inserted: the cell does not say which
-            operations.append({"op": "delete", "concept": c})
+            operations.append(Operation(op="delete", concept=c))
     return operations
 
 
@@ -126,7 +137,7 @@ def _diverse_order(patient_ids: np.ndarray, rng: np.random.Generator) -> np.ndar
     return frame.sort_values(["round", "patient_rank"])["i"].to_numpy()
 
 
-def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, seed: int = 0) -> EditPlan:
+def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, seed: int = 0) -> PlanDocument:
     """Plan edits on the training split `train` (never the test split) for every deficit in `coverage`."""
     if "split" in train.frame and train.frame["split"].isin(["test"]).any():
         raise ValueError("the planner must only see training images; pass the training split")
@@ -135,7 +146,7 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
     labels = train.labels(names, spec.label_policy)
     index = {c: j for j, c in enumerate(names)}
     seen = {frozenset(np.array(names)[row == 1]) for row in labels}  # finding sets of real images
-    plan = EditPlan()
+    plan = PlanDocument(seed=seed, label_policy=spec.label_policy.model_dump(mode="json"))
     rng = np.random.default_rng(seed)
     cells_by_id = {c.id: c for c in spec.all_cells()}
     edit_number = itertools.count(1)
@@ -146,11 +157,12 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
         if cell_report.deficit == 0:
             continue
         if not cell_report.plausible:
-            plan.cells.append(CellPlan(cell.id, cell_report.deficit, 0, 0, 0, 0, "rejected",
-                                       "; ".join(cell_report.violations)))
+            plan.cells.append(CellPlan(cell_id=cell.id, deficit=cell_report.deficit, budget=0, candidates_one_edit=0,
+                                       candidates_two_edits=0, planned=0, status="rejected",
+                                       reason="; ".join(cell_report.violations)))
             continue
-        in_subgroup = _subgroup_mask(train.frame, cell.subgroup)
-        by_distance: dict[int, list[tuple[int, list[dict]]]] = {1: [], 2: []}
+        in_subgroup = cell.subgroup_mask(train.frame)
+        by_distance: dict[int, list[tuple[int, list[Operation]]]] = {1: [], 2: []}
         for i in np.flatnonzero(in_subgroup):
             operations = _operations_for(cell, labels[i], index)
             if operations is not None and 1 <= len(operations) <= 2:
@@ -171,7 +183,7 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
                     reasons[reason] = reasons.get(reason, 0) + 1
                     continue
                 row = train.frame.iloc[i]
-                regions = sorted({r for op in operations for r in concepts.get(op["concept"]).regions})
+                regions = sorted({r for op in operations for r in concepts.get(op.concept).regions})
                 plan.edits.append(PlannedEdit(
                     edit_id=f"E{next(edit_number):06d}", cell_id=cell.id, source_image_id=str(row["image_id"]),
                     source_path=str(row["path"]), patient_id=str(row["patient_id"]), operations=operations,
@@ -179,7 +191,7 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
                     seed=int(rng.integers(2**31))))
                 accepted += 1
         for reason, count in sorted(reasons.items()):
-            plan.rejections.append({"cell_id": cell.id, "reason": reason, "sources_rejected": count})
+            plan.rejections.append(Rejection(cell_id=cell.id, reason=reason, sources_rejected=count))
         if not chosen:
             status, why = "no source", "no training image within two edits of this cell (in its subgroup)"
         elif accepted == 0:
@@ -187,8 +199,9 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
         else:
             status = "planned" if accepted >= budget else "partly planned"
             why = f"{len(by_distance[1]) and 'one' or 'two'}-edit sources"
-        plan.cells.append(CellPlan(cell.id, cell_report.deficit, budget, len(by_distance[1]), len(by_distance[2]),
-                                   accepted, status, why))
+        plan.cells.append(CellPlan(cell_id=cell.id, deficit=cell_report.deficit, budget=budget,
+                                   candidates_one_edit=len(by_distance[1]), candidates_two_edits=len(by_distance[2]),
+                                   planned=accepted, status=status, reason=why))
     return plan
 
 

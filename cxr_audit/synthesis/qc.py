@@ -45,10 +45,13 @@ def _texture(image: np.ndarray, region: np.ndarray) -> float:
 
 
 def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft: np.ndarray,
-               operations: list[dict], checker_before: dict[str, float] | None,
+               operations: list, checker_before: dict[str, float] | None,
                checker_after: dict[str, float] | None, ground_truth: np.ndarray | None = None,
-               thresholds: QCThresholds | None = None) -> QCResult:
-    """Score one edit. `checker_*` map concept -> probability from the independent checker model."""
+               thresholds: QCThresholds | None = None, require_fidelity: bool = True) -> QCResult:
+    """Score one edit. `checker_*` map concept -> probability from the independent checker model.
+
+    `require_fidelity` false (the unconstrained ablation, which regenerates the whole image on purpose)
+    still measures the change outside the region but does not reject the edit for it."""
     thresholds = thresholds or QCThresholds()
     outside = soft < 1e-3  # untouched by the edit and its feathered rim
     outside_mae = float(np.abs(edited - source)[outside].mean()) if outside.any() else 0.0
@@ -57,20 +60,19 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
     if checker_before is not None and checker_after is not None:
         scores = []
         for operation in operations:
-            concept = operation["concept"]
-            if concept in checker_after:
-                p = checker_after[concept]
-                scores.append(p if operation["op"] == "insert" else 1 - p)
+            if operation.concept in checker_after:
+                p = checker_after[operation.concept]
+                scores.append(p if operation.op == "insert" else 1 - p)
         if scores:
             alignment = float(min(scores))
-            first = operations[0]["concept"]
+            first = operations[0].concept
             before, after = checker_before.get(first), checker_after.get(first)
     texture = _texture(edited, region) / max(_texture(source, region), 1e-6)
     truth = float(np.abs(edited - ground_truth)[region].mean()) if ground_truth is not None else None
     reasons = []
-    if outside_mae > thresholds.max_outside_mae:
+    if require_fidelity and outside_mae > thresholds.max_outside_mae:
         reasons.append("anatomy changed outside the edit region")
-    if ssim < thresholds.min_outside_ssim:
+    if require_fidelity and ssim < thresholds.min_outside_ssim:
         reasons.append("structure changed outside the edit region (SSIM)")
     if alignment is not None and alignment < thresholds.min_alignment:
         reasons.append("checker disagrees: concept not inserted/deleted")

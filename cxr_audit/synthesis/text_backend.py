@@ -13,7 +13,7 @@ and blanks radiographs it misreads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 
 from cxr_audit import concepts
 from cxr_audit.errors import UserInputError
-from cxr_audit.models import default_device
+from cxr_audit.classifier.adapter import default_device
 from cxr_audit.provenance import sha256_files
 
 PIPELINE_INDEX = "model_index.json"
@@ -95,18 +95,22 @@ class TextConditionedGenerator:
         self.pipe = StableDiffusionInpaintPipeline.from_pipe(base, safety_checker=None,
                                                              requires_safety_checker=False).to(device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.concept_names = [c.name for c in concepts.CONCEPTS if c.name != concepts.NO_FINDING]
-        size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
-        self.card = TextPipelineCard(pipeline=str(folder.name), concepts=self.concept_names, image_size=size,
-                                     files=[str(p.relative_to(folder)) for p in _pipeline_files(folder)])
+        self.concepts = [c.name for c in concepts.CONCEPTS if c.name != concepts.NO_FINDING]
+        self.image_size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        self._card = TextPipelineCard(pipeline=str(folder.name), concepts=self.concepts, image_size=self.image_size,
+                                      files=[str(p.relative_to(folder)) for p in _pipeline_files(folder)])
+        self.sha256 = text_pipeline_sha256(folder)
+
+    def card(self) -> dict:
+        return asdict(self._card)
 
     @torch.inference_mode()
     def edit(self, sources: np.ndarray, target_labels: np.ndarray, masks: np.ndarray | None,
              soft_masks: np.ndarray | None, settings, seed: int) -> np.ndarray:
-        """Same contract as editor.edit: (B, S, S) sources in [0, 1], (B, K) targets over `concept_names`;
+        """Same contract as editor.edit: (B, S, S) sources in [0, 1], (B, K) targets over `concepts`;
         masks None regenerates the whole image (the unconstrained ablation)."""
         count, size = len(sources), sources.shape[-1]
-        prompts = [prompt_for(labels, self.concept_names) for labels in target_labels]
+        prompts = [prompt_for(labels, self.concepts) for labels in target_labels]
         rgb = torch.tensor(sources, dtype=torch.float32)[:, None].expand(-1, 3, -1, -1)  # the VAE reads RGB
         region = np.ones_like(sources) if masks is None else masks.astype(np.float32)
         result = self.pipe(prompt=[p for p, _ in prompts], negative_prompt=[n for _, n in prompts],

@@ -1,0 +1,123 @@
+"""audit.json, typed: the single source of truth that the PDF, the gate and `compare` read.
+
+`cxr-audit schema audit` prints its JSON Schema. A malformed or foreign audit.json is refused with the key
+named (exit 2); it never reaches the gate as if it were a result (exit 1 means "the model regressed").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cxr_audit.coverage import CoverageReport
+from cxr_audit.errors import UserInputError
+from cxr_audit.evaluation.documents import Bootstrap, Difference, MetricsDocument, ProbeDocument
+from cxr_audit.provenance import read_document, read_json
+from cxr_audit.report.gallery import GalleryItem
+from cxr_audit.synthesis.documents import SynthesisSummary
+from cxr_audit.synthesis.planner import CellPlan, Rejection
+
+AUDIT_SCHEMA_VERSION = "2.0"
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Scope(_Document):
+    intended_use: str
+    model: str
+    concepts: list[str]
+    cells: list[str]
+    test_split: str
+    n_test_images: int
+    n_test_patients: int
+
+
+class InputFile(_Document):
+    path: str
+    sha256: str | None = None
+    format: str | None = None
+    card: dict[str, Any] | None = None
+    trained_in_run: bool | None = None
+
+
+class PlanSummary(_Document):
+    edits: int
+    cells: list[CellPlan]
+    rejections: list[Rejection]
+
+
+class Arm(_Document):
+    title: str
+    metrics: MetricsDocument
+    finetune: dict[str, Any] | None = Field(None, description="finetune.json of a fine-tuned arm")
+
+
+class Comparison(_Document):
+    new: str
+    old: str
+    differences: dict[str, dict[str, Difference]] = Field(description="target -> metric -> paired difference")
+
+
+class TestSet(_Document):
+    sha256: str = Field(description="image ids, concepts and labels of the test split: runs compare only when equal")
+    predictions: str
+    predictions_sha256: str
+    replicates: str
+    replicates_sha256: str
+    bootstrap: Bootstrap
+
+
+class Verdict(_Document):
+    status: str
+    headline: str
+    concerns: list[str]
+    strengths: list[str]
+    thresholds: dict[str, float]
+    note: str
+
+
+class AuditDocument(_Document):
+    schema_version: str = AUDIT_SCHEMA_VERSION
+    tool_version: str
+    created: str
+    scope: Scope
+    inputs: dict[str, InputFile]
+    environment: dict[str, Any]
+    seeds: dict[str, Any]
+    command_line: str
+    stage_seconds: dict[str, float | None]
+    notes: list[str]
+    coverage: CoverageReport
+    plan: PlanSummary
+    synthesis: dict[str, SynthesisSummary]
+    gallery: list[GalleryItem]
+    arms: dict[str, Arm]
+    comparisons: dict[str, Comparison]
+    probe: ProbeDocument
+    test_set: TestSet
+    verdict: Verdict
+
+    def metrics(self, arm: str) -> MetricsDocument:
+        return self.arms[arm].metrics
+
+
+def audit_path(path: str | Path) -> Path:
+    """audit.json given directly, or the run directory that holds it."""
+    path = Path(path)
+    return path / "audit.json" if path.is_dir() else path
+
+
+def load_audit(path: str | Path) -> AuditDocument:
+    """A validated audit.json (or the one in a run directory)."""
+    path = audit_path(path)
+    raw = read_json(path, "Pass the audit.json of a finished `cxr-audit audit` run (or its run directory).")
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != AUDIT_SCHEMA_VERSION:
+        raise UserInputError(f"{path} has schema_version {version!r}; this cxr-audit reads {AUDIT_SCHEMA_VERSION!r}. "
+                             "Audit the model again with this version (`cxr-audit audit`), or pass the audit.json "
+                             "of such a run.")
+    return read_document(path, AuditDocument, "audit document", "")

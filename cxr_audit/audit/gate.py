@@ -1,0 +1,340 @@
+"""The CI gate: judge a candidate audit (and, optionally, the previous model's audit) against a policy.
+
+Every rule becomes one JUnit test case, so CI systems list them. Lower/upper CI bounds are used where the
+policy says "at least"/"at most", so a small test set cannot pass a rule by luck. Comparisons with a baseline
+use the paired bootstrap on the same test images (same test-set hash, same bootstrap seed and replicates);
+runs on different test sets are refused, not compared.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from cxr_audit.audit.document import AuditDocument, audit_path, load_audit
+from cxr_audit.errors import UserInputError
+from cxr_audit.evaluation.documents import MetricsDocument
+from cxr_audit.metrics.bootstrap import paired_difference
+from cxr_audit.provenance import sha256_file
+from cxr_audit.rundir import RunDir
+
+ConceptSelection = Union[Literal["all"], list[str]]
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, description="name shown in CI (default: derived from the rule)")
+
+
+class MinMetric(_Rule):
+    """Each concept's metric must be at least `min`, judged on the lower 95% CI bound."""
+    type: Literal["min_metric"]
+    metric: Literal["auprc", "auroc", "f1", "precision", "recall", "specificity"] = "auroc"
+    concepts: ConceptSelection = "all"
+    min: float = Field(ge=0, le=1)
+
+
+class MaxEce(_Rule):
+    """Each concept's ECE must be at most `max` (on the point estimate, or the upper bound if `use_upper_bound`)."""
+    type: Literal["max_ece"]
+    concepts: ConceptSelection = "all"
+    max: float = Field(ge=0, le=1)
+    use_upper_bound: bool = False
+
+
+class NonInferiority(_Rule):
+    """Against the baseline model: the lower CI bound of (new - old) must be above -margin."""
+    type: Literal["non_inferiority"]
+    metric: Literal["auprc", "auroc"] = "auprc"
+    concepts: ConceptSelection = "all"
+    cells: ConceptSelection | None = None
+    margin: float = Field(ge=0, le=1)
+
+
+class CellMetric(_Rule):
+    """Per coverage cell: the metric's lower CI bound at least `min`."""
+    type: Literal["cell_metric"]
+    metric: Literal["auprc", "auroc"] = "auprc"
+    cells: ConceptSelection = "all"
+    min: float = Field(ge=0, le=1)
+
+
+class CoverageRule(_Rule):
+    """Each listed cell has at least `min_images` (default: the spec's min_count) real images, or real plus
+    accepted synthetic ones where `count_synthetic` is true."""
+    type: Literal["coverage"]
+    cells: ConceptSelection = "all"
+    min_images: int | None = Field(None, ge=0)
+    count_synthetic: bool = False
+
+
+class MaxUncertaintyRise(_Rule):
+    """Against the baseline model: mean predictive entropy (bits) may rise by at most `max_rise`."""
+    type: Literal["max_uncertainty_rise"]
+    concepts: ConceptSelection = "all"
+    max_rise: float = Field(ge=0)
+
+
+class QcRule(_Rule):
+    """The share of synthetic edits rejected by QC is at most `max_rejected_share`."""
+    type: Literal["qc"]
+    max_rejected_share: float = Field(ge=0, le=1)
+
+
+Rule = Annotated[Union[MinMetric, MaxEce, NonInferiority, CellMetric, CoverageRule, MaxUncertaintyRise, QcRule],
+                 Field(discriminator="type")]
+
+
+class GatePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1]
+    arm: str = Field("baseline", description="which arm of the candidate audit is gated (baseline: the model "
+                                             "as submitted)")
+    rules: list[Rule] = Field(min_length=1)
+
+
+def load_policy(path: Path) -> GatePolicy:
+    from cxr_audit.yamlio import load_yaml_model
+
+    return load_yaml_model(path, GatePolicy, "gate policy", "See docs/gates.example.yaml.",
+                           "'version: 1' and 'rules'", "the example policy docs/gates.example.yaml")
+
+
+@dataclass
+class Outcome:
+    rule_id: str
+    rule_type: str
+    status: Literal["passed", "failed", "skipped"]
+    message: str
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AuditRun:
+    """An audit.json and the run directory beside it (for the bootstrap replicates)."""
+    path: Path
+    document: AuditDocument
+    _replicates: dict = field(default_factory=dict, repr=False)  # read once per arm, however many rules use them
+
+    @staticmethod
+    def load(path: Path, arm: str) -> "AuditRun":
+        path = audit_path(path)
+        document = load_audit(path)
+        if arm not in document.arms:
+            raise UserInputError(f"{path} has no arm {arm!r} (it has {', '.join(document.arms)}); set 'arm' in "
+                                 "the policy.")
+        return AuditRun(path, document)
+
+    def metrics(self, arm: str) -> MetricsDocument:
+        return self.document.metrics(arm)
+
+    def replicates(self, arm: str) -> dict:
+        from cxr_audit.evaluation.scoring import load_replicates
+
+        if arm in self._replicates:
+            return self._replicates[arm]
+        file = RunDir(self.path.parent).evaluation(arm).replicates
+        if not file.exists():
+            raise UserInputError(f"{file} is missing: the paired comparison needs the bootstrap replicates of "
+                                 f"{self.path}. Keep the run directory together with its audit.json.")
+        if arm == "baseline" and sha256_file(file) != self.document.test_set.replicates_sha256:
+            raise UserInputError(f"{file} does not match the SHA-256 recorded in {self.path}.")
+        self._replicates[arm] = load_replicates(file)
+        return self._replicates[arm]
+
+
+def _select(selection, available: list[str], what: str, rule_id: str) -> list[str]:
+    if selection == "all":
+        return list(available)
+    missing = [c for c in selection if c not in available]
+    if missing:
+        raise UserInputError(f"gate rule {rule_id}: {what} {', '.join(missing)} not in the audit "
+                             f"(it has {', '.join(available)}).")
+    return list(selection)
+
+
+def _rule_id(rule, index: int) -> str:
+    if rule.id:
+        return rule.id
+    bits = [rule.type] + [f"{k}={getattr(rule, k)}" for k in ("metric", "min", "max", "margin", "max_rise",
+                                                             "max_rejected_share", "min_images") if getattr(rule, k, None) is not None]
+    return f"{index + 1:02d}-" + "-".join(str(b) for b in bits)
+
+
+def check_same_test_set(candidate: AuditRun, baseline: AuditRun) -> None:
+    a, b = candidate.document.test_set, baseline.document.test_set
+    if a.sha256 != b.sha256:
+        raise UserInputError(f"{candidate.path} and {baseline.path} were evaluated on different test sets (test-set "
+                             "SHA-256 differs): a paired comparison would be meaningless. Audit both models on the "
+                             "same data and split.")
+    if a.bootstrap.seed != b.bootstrap.seed or a.bootstrap.replicates != b.bootstrap.replicates:
+        raise UserInputError(f"{candidate.path} and {baseline.path} used different bootstrap settings (seed or "
+                             "replicates); re-run one with the other's --seed and --bootstrap.")
+
+
+@dataclass
+class _Context:
+    """What every rule is judged against: the candidate's gated arm, and the baseline run if any."""
+    candidate: AuditRun
+    baseline: AuditRun | None
+    arm: str
+    metrics: MetricsDocument
+    concepts: list[str]
+    cells: list[str]
+
+
+Check = tuple[str, bool]  # (what was checked, with the numbers; whether it passed)
+BASELINE_RULES = ("non_inferiority", "max_uncertainty_rise")
+
+
+def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun | None) -> list[Outcome]:
+    metrics = candidate.metrics(policy.arm)
+    context = _Context(candidate, baseline, policy.arm, metrics, list(metrics.concepts), metrics.evaluated_cells())
+    if baseline is not None:
+        check_same_test_set(candidate, baseline)
+    outcomes = []
+    for index, rule in enumerate(policy.rules):
+        rule_id = _rule_id(rule, index)
+        if rule.type in BASELINE_RULES and baseline is None:
+            outcomes.append(Outcome(rule_id, rule.type, "skipped", "no --baseline given: nothing to compare with"))
+            continue
+        checks = list(_RULE_CHECKS[rule.type](rule, context, rule_id))
+        details = [line for line, _ in checks]
+        failures = [line for line, passed in checks if not passed]
+        message = (f"{len(failures)} of {len(checks)} checks failed: " + "; ".join(failures[:5]) +
+                   ("; ..." if len(failures) > 5 else "")) if failures else f"all {len(checks)} checks passed"
+        outcomes.append(Outcome(rule_id, rule.type, "failed" if failures else "passed", message, details))
+    return outcomes
+
+
+def _lower_bound_checks(entries: dict, names: list[str], metric: str, minimum: float) -> Iterator[Check]:
+    """'At least `minimum`', judged on the lower 95% CI bound (the point estimate when there is no CI)."""
+    for name in names:
+        entry = entries[name].metric(metric)
+        lower = entry.ci[0] if entry.ci else entry.value
+        yield (f"{name}: {metric} {_num(entry.value)}, lower bound {_num(lower)} (min {minimum})",
+               lower is not None and lower >= minimum)
+
+
+def _min_metric(rule: MinMetric, c: _Context, rule_id: str) -> Iterator[Check]:
+    yield from _lower_bound_checks(c.metrics.concepts, _select(rule.concepts, c.concepts, "concepts", rule_id),
+                                   rule.metric, rule.min)
+
+
+def _cell_metric(rule: CellMetric, c: _Context, rule_id: str) -> Iterator[Check]:
+    yield from _lower_bound_checks(c.metrics.cells, _select(rule.cells, c.cells, "cells", rule_id),
+                                   rule.metric, rule.min)
+
+
+def _max_ece(rule: MaxEce, c: _Context, rule_id: str) -> Iterator[Check]:
+    for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
+        entry = c.metrics.concepts[concept].metric("ece")
+        value = entry.ci[1] if rule.use_upper_bound and entry.ci else entry.value
+        bound = f" (upper bound {_num(value)})" if rule.use_upper_bound else ""
+        yield f"{concept}: ECE {_num(entry.value)}{bound} (max {rule.max})", value is not None and value <= rule.max
+
+
+def _non_inferiority(rule: NonInferiority, c: _Context, rule_id: str) -> Iterator[Check]:
+    new, old = c.candidate.replicates(c.arm), c.baseline.replicates("baseline")
+    targets = _select(rule.concepts, c.concepts, "concepts", rule_id)
+    if rule.cells is not None:
+        targets += [f"cell:{cell}" for cell in _select(rule.cells, c.cells, "cells", rule_id)]
+    for target in targets:
+        if target not in new or target not in old:
+            yield f"{target}: not evaluated in both runs", False
+            continue
+        point_new, reps_new = new[target][rule.metric]
+        point_old, reps_old = old[target][rule.metric]
+        difference = paired_difference(point_old, point_new, reps_old, reps_new)
+        lower = difference.ci[0] if difference.ci else difference.difference
+        yield (f"{target}: {rule.metric} {_num(point_old)} -> {_num(point_new)}, difference "
+               f"{_num(difference.difference, signed=True)} (95% CI lower bound {_num(lower, signed=True)}; "
+               f"margin -{rule.margin})", lower is not None and lower >= -rule.margin)
+
+
+def _max_uncertainty_rise(rule: MaxUncertaintyRise, c: _Context, rule_id: str) -> Iterator[Check]:
+    old_metrics = c.baseline.metrics("baseline")
+    for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
+        new_value = c.metrics.concepts[concept].metric("entropy").value
+        old_entry = old_metrics.concepts.get(concept)
+        old_value = old_entry.metric("entropy").value if old_entry else None
+        if new_value is None or old_value is None:
+            yield f"{concept}: entropy not available in both runs", False
+            continue
+        rise = new_value - old_value
+        yield (f"{concept}: mean predictive entropy {old_value:.4f} -> {new_value:.4f} bits (rise {rise:+.4f}, "
+               f"max {rule.max_rise})", rise <= rule.max_rise)
+
+
+def _coverage(rule: CoverageRule, c: _Context, rule_id: str) -> Iterator[Check]:
+    by_id = {cell.id: cell for cell in c.candidate.document.coverage.cells}
+    cars = c.candidate.document.synthesis.get("cars")
+    synthetic = cars.accepted_by_cell if cars else {}
+    for cell_id in _select(rule.cells, list(by_id), "cells", rule_id):
+        cell = by_id[cell_id]
+        needed = rule.min_images if rule.min_images is not None else cell.min_count
+        added = synthetic.get(cell_id, 0) if rule.count_synthetic else 0
+        counted = f"{cell.count} real" + (f" + {added} synthetic" if rule.count_synthetic else "")
+        yield f"{cell_id}: {counted} images (need {needed})", cell.count + added >= needed
+
+
+def _qc(rule: QcRule, c: _Context, rule_id: str) -> Iterator[Check]:
+    for summary in c.candidate.document.synthesis.values():
+        share = summary.rejected / summary.planned if summary.planned else 0.0
+        yield (f"{summary.mode}: {summary.rejected} of {summary.planned} edits rejected "
+               f"({share:.0%}, max {rule.max_rejected_share:.0%})", share <= rule.max_rejected_share)
+
+
+_RULE_CHECKS = {"min_metric": _min_metric, "max_ece": _max_ece, "cell_metric": _cell_metric,
+                "non_inferiority": _non_inferiority, "max_uncertainty_rise": _max_uncertainty_rise,
+                "coverage": _coverage, "qc": _qc}
+
+
+def _num(value, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def junit_xml(outcomes: list[Outcome], suite: str = "cxr-audit gate") -> bytes:
+    """One <testsuite> with one <testcase> per rule; failed rules carry a <failure message=... type=...>."""
+    failures = sum(o.status == "failed" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    root = ET.Element("testsuites", name=suite, tests=str(len(outcomes)), failures=str(failures), errors="0",
+                      skipped=str(skipped))
+    testsuite = ET.SubElement(root, "testsuite", name=suite, tests=str(len(outcomes)), failures=str(failures),
+                              errors="0", skipped=str(skipped), time="0")
+    for outcome in outcomes:
+        case = ET.SubElement(testsuite, "testcase", classname=f"cxr_audit.gate.{outcome.rule_type}",
+                             name=outcome.rule_id, time="0")
+        if outcome.status == "failed":
+            failure = ET.SubElement(case, "failure", message=outcome.message, type=outcome.rule_type)
+            failure.text = "\n".join(outcome.details)
+        elif outcome.status == "skipped":
+            ET.SubElement(case, "skipped", message=outcome.message)
+        else:
+            ET.SubElement(case, "system-out").text = "\n".join(outcome.details)
+    ET.indent(root)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8")
+
+
+def markdown_summary(outcomes: list[Outcome], candidate: AuditRun, baseline: AuditRun | None) -> str:
+    failed = [o for o in outcomes if o.status == "failed"]
+    model = candidate.document.inputs["model"]
+    lines = [f"## cxr-audit gate: {'FAILED' if failed else 'PASSED'}", "",
+             f"Candidate: `{model.path}` (sha256 `{(model.sha256 or '')[:12]}`)"]
+    if baseline is not None:
+        old = baseline.document.inputs["model"]
+        lines.append(f"Baseline: `{old.path}` (sha256 `{(old.sha256 or '')[:12]}`), same test set "
+                     f"`{candidate.document.test_set.sha256[:12]}`")
+    lines += ["", "| rule | result | detail |", "| --- | --- | --- |"]
+    for outcome in outcomes:
+        mark = {"passed": "pass", "failed": "**FAIL**", "skipped": "skipped"}[outcome.status]
+        lines.append(f"| `{outcome.rule_id}` | {mark} | {outcome.message.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

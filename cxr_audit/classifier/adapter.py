@@ -1,0 +1,111 @@
+"""The adapter that feeds a loaded classifier images and maps its outputs: one interface, whatever the format
+(images in [0, 1], (N, 1, H, W) -> probabilities per named concept)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxr_audit.classifier.card import ModelCard, ModelFormat
+from cxr_audit.errors import UserInputError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class LoadedModel:
+    """A deployed classifier behind one interface: images in [0, 1] (N, 1, H, W) -> probabilities."""
+
+    path: Path
+    sha256: str
+    card: ModelCard
+    format: ModelFormat
+    module: nn.Module | None = None
+    onnx_session: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def concepts(self) -> list[str]:
+        """Concepts the model predicts (outputs named in the card), in output order."""
+        return [n for n in self.card.output_names if n]
+
+    @property
+    def output_index(self) -> list[int]:
+        return [i for i, n in enumerate(self.card.output_names) if n]
+
+    def _dropout_modules(self) -> list[nn.Module]:
+        """Dropout layers, eager or TorchScript (scripted modules keep their class name in original_name)."""
+        if self.module is None:
+            return []
+        return [m for m in self.module.modules()
+                if isinstance(m, nn.modules.dropout._DropoutNd)
+                or getattr(m, "original_name", "") in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout")]
+
+    @property
+    def has_dropout(self) -> bool:
+        return bool(self._dropout_modules())
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] grayscale at the card's size -> the model's input (channels, normalisation)."""
+        x = images
+        if self.card.normalization == "xrv":
+            x = x * 2048.0 - 1024.0
+        if self.card.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if self.card.normalization == "imagenet":
+            mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            x = (x.expand(-1, 3, -1, -1) - mean) / std
+        return x
+
+    def raw_outputs(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images)
+        if self.onnx_session is not None:
+            name = self.onnx_session.get_inputs()[0].name
+            return torch.from_numpy(self.onnx_session.run(None, {name: x.cpu().numpy().astype(np.float32)})[0])
+        if x.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.module(x)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities for the named outputs, (N, len(concepts))."""
+        out = self.raw_outputs(images)
+        if out.ndim != 2:
+            raise UserInputError(f"Model {self.path} returned shape {tuple(out.shape)}; (batch, outputs) expected.")
+        out = out[:, self.output_index].float()
+        return torch.sigmoid(out) if self.card.outputs == "logits" else out
+
+    @torch.inference_mode()
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Probabilities for in-memory images (N, H, W) in [0, 1], resized to the card's input size."""
+        size = self.card.input_size
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = torch.tensor(images[start:start + batch_size], dtype=torch.float32)[:, None]
+            if x.shape[-2:] != (size, size):
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            out.append(self.predict(x).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.concepts)), np.float32)
+
+    def set_mc_dropout(self, enabled: bool) -> None:
+        """Dropout on at inference (MC dropout) while batch norm stays in eval mode."""
+        if self.module is None:
+            return
+        self.module.eval()
+        for m in self._dropout_modules():
+            m.train(enabled)
+
+    def to(self, device: torch.device) -> "LoadedModel":
+        if self.module is not None:
+            self.module.to(device)
+            if device.type == "cuda":
+                self.module.to(memory_format=torch.channels_last)
+        return self

@@ -1,0 +1,121 @@
+"""The small CNN the tool trains itself: the demo's "deployed" classifier and the QC concept checkers.
+
+Kept small on purpose: it must train in minutes on 2 CPU cores. It has dropout before its head so that
+MC-dropout uncertainty is meaningful, like the DenseNets it stands in for. Saved as a safetensors state dict
+with a model card naming `architecture: small_cxr_net`: safetensors bytes depend only on the weights, so the
+same training gives the same file (and the same SHA-256) in every process, unlike TorchScript archives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from cxr_audit.provenance import atomic_write_bytes, atomic_write_text
+
+SMALL_CNN_ARCHITECTURE = "small_cxr_net"
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+class SmallCXRNet(nn.Module):
+    """A compact CNN: 1-channel image in, one logit per concept out."""
+
+    def __init__(self, n_outputs: int, width: int = 16, dropout: float = 0.2):
+        super().__init__()
+        self.features = nn.Sequential(
+            _block(1, width), _block(width, width * 2), _block(width * 2, width * 4), _block(width * 4, width * 8),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(width * 8, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.head(self.dropout(x))
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy that ignores unknown (NaN) labels."""
+    known = ~torch.isnan(targets)
+    if not known.any():
+        return logits.sum() * 0.0
+    return nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known])
+
+
+def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 6, batch_size: int = 32,
+                           lr: float = 2e-3, seed: int = 0, width: int = 16,
+                           progress: bool = False) -> SmallCXRNet:
+    """Train :class:`SmallCXRNet` on (N, 1, H, W) images in [0, 1] and (N, K) labels (NaN = unknown).
+
+    Exposure jitter is the only augmentation: it keeps the model from keying on global brightness.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.tensor(images, dtype=torch.float32)  # a copy: pandas hands out read-only arrays
+    y = torch.tensor(labels, dtype=torch.float32)
+    net = SmallCXRNet(y.shape[1], width=width)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    bar = tqdm(total=steps, desc="training classifier", unit="step", disable=not progress)
+    for _ in range(epochs):
+        net.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=generator)
+            loss = masked_bce(net(x[batch] * gain), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update()
+    bar.close()
+    return net.eval()
+
+
+def train_checker(images: np.ndarray, labels: np.ndarray, seed: int = 0, progress: bool = False) -> SmallCXRNet:
+    """The independent concept checker that grades synthetic edits (QC): a small classifier trained on real
+    images only. Seeded apart from the run's seed so it never shares initial weights with a model trained
+    alongside it."""
+    return train_small_classifier(images, labels, epochs=8, seed=seed + 101, width=12, progress=progress)
+
+
+@torch.inference_mode()
+def predict_probabilities(net: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    net.eval()
+    x = torch.as_tensor(images, dtype=torch.float32)
+    return torch.cat([torch.sigmoid(net(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
+
+
+def small_cnn_from_state(state: dict[str, torch.Tensor], n_outputs: int) -> SmallCXRNet:
+    """An untrained SmallCXRNet shaped like `state` (its width is the first convolution's channel count)."""
+    return SmallCXRNet(n_outputs, width=int(state["features.0.0.weight"].shape[0]))
+
+
+def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], size: int) -> None:
+    """Save a trained SmallCXRNet as safetensors with its model card (`<path>.card.yaml`)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
+    atomic_write_bytes(path, save(weights))
+    card = {"format": "torchvision", "architecture": SMALL_CNN_ARCHITECTURE, "input_size": size, "channels": 1,
+            "normalization": "unit", "outputs": "logits", "output_names": list(concepts)}
+    atomic_write_text(path.with_name(path.name + ".card.yaml"), yaml.safe_dump(card, sort_keys=False))

@@ -1,0 +1,180 @@
+"""Commands of the whole-audit flow: audit, finetune, probe, report, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cxr_audit.cli.app import (
+    DataOption,
+    ForceOption,
+    FormatOption,
+    OutOption,
+    RootOption,
+    RunOption,
+    SeedOption,
+    SpecOption,
+    command,
+    console,
+    open_run,
+)
+from cxr_audit.errors import UserInputError
+
+ArmsOption = Annotated[str | None, typer.Option("--arms", help="Comma-separated arms: baseline, real_only, cars, "
+                                                "unconstrained (default: all).")]
+
+
+def _arms(text: str | None) -> list[str] | None:
+    return None if text is None else [a.strip() for a in text.split(",") if a.strip()]
+
+
+@command("audit")
+def audit_command(
+    out: OutOption,
+    model: Annotated[Path | None, typer.Option("--model", help="The deployed classifier (TorchScript, torchvision or "
+                                               "torchxrayvision weights; ONNX for evaluation and probe only).")] = None,
+    data: DataOption = None,
+    spec: SpecOption = None,
+    data_format: FormatOption = None,
+    root: RootOption = None,
+    card: Annotated[Path | None, typer.Option("--card", help="Model card YAML (default: <model>.card.yaml).")] = None,
+    generator: Annotated[Path | None, typer.Option("--generator", help="Trained generator folder; without one the "
+                                                   "audit trains one on the training split.")] = None,
+    checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker for synthesis QC "
+                                                 "(never the audited model); default: one trained here.")] = None,
+    arms: ArmsOption = None,
+    finetune_steps: Annotated[int | None, typer.Option("--finetune-steps", help="Optimizer steps per fine-tune arm "
+                                                       "(default 300).")] = None,
+    generator_steps: Annotated[int | None, typer.Option("--generator-steps", help="Generator training steps "
+                                                        "(default 1500).")] = None,
+    generator_minutes: Annotated[float | None, typer.Option("--generator-minutes", help="Generator training time "
+                                                            "budget.")] = None,
+    bootstrap: Annotated[int | None, typer.Option("--bootstrap", help="Patient-level bootstrap replicates "
+                                                  "(default 1000).")] = None,
+    mc_samples: Annotated[int | None, typer.Option("--mc-samples", help="MC-dropout passes, 0 off (default 10).")] = None,
+    seed: SeedOption = None,
+    intended_use: Annotated[str | None, typer.Option("--intended-use", help="Text for the report's cover.")] = None,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Stop after audit.json.")] = False,
+    force: ForceOption = False,
+) -> None:
+    """Run the whole audit into one run directory: coverage, evaluation, plan, synthesis, fine-tune arms,
+    probe, audit.json and report.pdf. Re-running resumes; finished stages with unchanged inputs are skipped."""
+    training = {k: v for k, v in {"steps": generator_steps, "minutes": generator_minutes}.items() if v is not None}
+    ctx = open_run(out, {"models": [model] if model else None, "data": data, "spec": spec, "format": data_format,
+                         "root": root, "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
+                         "finetune": {"steps": finetune_steps} if finetune_steps else None,
+                         "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
+                         "seed": seed, "intended_use": intended_use}, force)
+    run_audit(ctx, force, report=not no_report)
+
+
+def run_audit(ctx, force: bool, report: bool = True) -> None:
+    """Run every stage of the audit, then print the verdict."""
+    from cxr_audit.stages.pipeline import run_audit as audit
+
+    verdict = audit(ctx, force, report, command_line=" ".join(sys.argv)).verdict
+    console.print(f"Verdict: {verdict.status}: {verdict.headline}", markup=False, style="bold")
+    for concern in verdict.concerns:
+        console.print(f"  - {concern}", markup=False)
+    for strength in verdict.strengths:
+        console.print(f"  + {strength}", markup=False)
+    console.print(f"Wrote {ctx.run.audit}" + (f" and {ctx.run.report}" if report else ""), markup=False)
+
+
+@command("report")
+def report_command(
+    run: RunOption,
+    out: Annotated[Path | None, typer.Option("--pdf", help="PDF path (default: RUN/report.pdf).")] = None,
+    force: ForceOption = False,
+) -> None:
+    """Render the PDF again from RUN/audit.json alone."""
+    from cxr_audit.report.render import render_report
+    from cxr_audit.rundir import RunDir, check_output_file, run_stage
+    from cxr_audit.stages.report import ReportStage
+
+    rundir = RunDir(run)
+    if out is None:
+        run_stage(rundir, ReportStage(rundir), force)
+        out = rundir.report
+    else:
+        render_report(rundir, check_output_file(out, [rundir.audit], "--pdf"))
+    console.print(f"Wrote {out}", markup=False)
+
+
+@command("finetune")
+def finetune_command(
+    run: RunOption,
+    arms: ArmsOption = None,
+    model: Annotated[Path | None, typer.Option("--model", help="The deployed model, when the run records none.")] = None,
+    card: Annotated[Path | None, typer.Option("--card", help="Its model card.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps per arm (default 300).")] = None,
+    force: ForceOption = False,
+) -> None:
+    """Fine-tune copies of the run's model (the given arms), resuming from checkpoints; then evaluate them."""
+    from cxr_audit.stages.config import FINETUNE_ARMS
+    from cxr_audit.stages.evaluate import read_metrics
+    from cxr_audit.stages.pipeline import run_stages, stages_for
+
+    chosen = _arms(arms) or list(FINETUNE_ARMS)
+    for arm in chosen:
+        if arm not in FINETUNE_ARMS:
+            raise UserInputError(f"--arms: {arm!r} is not a fine-tune arm ({', '.join(FINETUNE_ARMS)}).")
+    ctx = open_run(run, {"models": [model] if model else None, "card": card,
+                         "finetune": {"steps": steps} if steps else None}, force)
+    run_stages(ctx, stages_for(ctx, [f"evaluate_{arm}" for arm in chosen]), force)
+    table = Table(title="Fine-tune arms", title_justify="left")
+    for header in ("arm", "mean AUPRC (test)", "candidate"):
+        table.add_column(header)
+    for arm in chosen:
+        values = [m.auprc.value for m in read_metrics(ctx, arm).concepts.values() if m.auprc.value is not None]
+        table.add_row(arm, f"{sum(values) / len(values):.3f}" if values else "-",
+                      escape(str(ctx.run.finetune(arm).candidate())))
+    console.print(table)
+
+
+@command("probe")
+def probe_command(
+    run: RunOption,
+    model: Annotated[Path | None, typer.Option("--model", help="The deployed model, when the run records none.")] = None,
+    card: Annotated[Path | None, typer.Option("--card", help="Its model card.")] = None,
+    force: ForceOption = False,
+) -> None:
+    """Score the frozen model on every accepted (source, edited) pair of the run's CARS edits."""
+    from cxr_audit.stages.pipeline import run_stages, stages_for
+    from cxr_audit.stages.probe import read_probe
+
+    ctx = open_run(run, {"models": [model] if model else None, "card": card}, force)
+    run_stages(ctx, stages_for(ctx, ["probe"]), force)
+    document = read_probe(ctx)
+    table = Table(title=f"Probe: {document.pairs_scored} pairs", title_justify="left")
+    for header in ("edit", "pairs", "score before -> after", "expected direction", "flip rate", "leakage"):
+        table.add_column(header)
+    for key, entry in document.by_concept.items():
+        table.add_row(escape(key), str(entry.pairs), f"{entry.mean_score_before:.3f} -> {entry.mean_score_after:.3f}",
+                      f"{entry.share_expected_direction.value:.2f}", f"{entry.flip_rate.value:.2f}",
+                      f"{entry.leakage.value:.3f}")
+    console.print(table)
+    console.print(f"Wrote {ctx.run.probe}", markup=False)
+
+
+@command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", help="Run directory of the demo audit.")] = Path("reports/demo"),
+    rebuild_generator: Annotated[bool, typer.Option("--rebuild-generator", help="Retrain the shipped demo "
+                                                    "generator (minutes on CPU) instead of using it.")] = False,
+    minutes: Annotated[float, typer.Option("--generator-minutes", help="Time budget for --rebuild-generator.")] = 12.0,
+    force: ForceOption = False,
+) -> None:
+    """The full audit on the embedded phantom: dataset with a rare cell, a small deployed classifier, the
+    shipped generator, every stage, and report.pdf."""
+    from cxr_audit.demo import demo_context, rebuild_demo_generator
+
+    ctx = demo_context(out, force, check_generator=not rebuild_generator)
+    if rebuild_generator:
+        rebuild_demo_generator(ctx, minutes)
+    run_audit(ctx, force)

@@ -1,0 +1,158 @@
+"""`cxr-audit plan`, `train-generator` and `synthesize`: the CARS synthesis, stage by stage."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cxr_audit.cli.app import (
+    DataOption,
+    ForceOption,
+    FormatOption,
+    OutOption,
+    RootOption,
+    RunOption,
+    SeedOption,
+    SpecOption,
+    command,
+    console,
+    open_run,
+)
+from cxr_audit.errors import UserInputError
+
+
+@command("plan")
+def plan_command(
+    out: OutOption,
+    data: DataOption = None,
+    spec: SpecOption = None,
+    data_format: FormatOption = None,
+    root: RootOption = None,
+    seed: SeedOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Plan CARS edits: for each under-covered cell of the training split, sources one edit away."""
+    from cxr_audit.stages.pipeline import run_stages, stages_for
+    from cxr_audit.stages.plan import read_plan
+
+    ctx = open_run(out, {"data": data, "format": data_format, "root": root, "spec": spec, "seed": seed}, force)
+    run_stages(ctx, stages_for(ctx, ["plan"]), force)
+    plan = read_plan(ctx)
+    table = Table(title=f"Edit plan: {len(plan.edits)} edits from {len(ctx.frontal('train')):,} training images",
+                  title_justify="left")
+    for header in ("cell", "deficit", "budget", "1-edit sources", "2-edit sources", "planned", "status"):
+        table.add_column(header, justify="left" if header in ("cell", "status") else "right")
+    for cell in plan.cells:
+        table.add_row(escape(cell.cell_id), str(cell.deficit), str(cell.budget), str(cell.candidates_one_edit),
+                      str(cell.candidates_two_edits), str(cell.planned), escape(f"{cell.status}: {cell.reason}"))
+    console.print(table)
+    for rejection in plan.rejections:
+        console.print(f"rejected: {rejection.cell_id}: {rejection.sources_rejected} sources, {rejection.reason}",
+                      markup=False)
+    console.print(f"Wrote {ctx.run.plan}", markup=False)
+
+
+class PredictionType(str, Enum):
+    v = "v_prediction"
+    epsilon = "epsilon"
+
+
+@command("train-generator")
+def train_generator_command(
+    out: OutOption,
+    data: DataOption = None,
+    data_format: FormatOption = None,
+    root: RootOption = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Coverage spec: the concepts to condition on.")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Image size the generator works at (default 64).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 1500).")] = None,
+    minutes: Annotated[float | None, typer.Option("--minutes", help="Stop (and save) after this long.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per step and process (default 16).")] = None,
+    channels: Annotated[str | None, typer.Option("--channels", help="UNet widths per level, e.g. 16,32,32 (CPU, the "
+                                                 "default) or 64,128,256,256 (GPU).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 1e-3).")] = None,
+    timestep_exponent: Annotated[float | None, typer.Option(
+        "--timestep-exponent", help="Timesteps drawn as T*u^x: 1 is uniform, 0.5 (default) favours the noisy steps "
+                                    "where findings take shape.")] = None,
+    prediction_type: Annotated[PredictionType | None, typer.Option(
+        "--prediction-type", help="What the UNet learns to predict: v (default; learns faster on a small budget) "
+                                  "or the noise (epsilon).")] = None,
+    seed: SeedOption = None,
+    force: ForceOption = False,
+) -> None:
+    """Train the concept-conditioned diffusion generator on the training split into RUN/generator (resumes from
+    its checkpoint). Under torchrun or accelerate launch it trains data-parallel."""
+    from cxr_audit.stages.generator import GeneratorStage
+    from cxr_audit.stages.pipeline import run_stages
+
+    widths = None
+    if channels is not None:
+        try:
+            widths = [int(c) for c in channels.split(",")]
+        except ValueError:
+            raise UserInputError(f"--channels {channels!r} must be comma-separated integers, e.g. 16,32,32.") from None
+    training = {k: v for k, v in {"size": size, "steps": steps, "minutes": minutes, "batch_size": batch_size,
+                                  "channels": widths, "lr": lr, "timestep_exponent": timestep_exponent,
+                                  "prediction_type": prediction_type.value if prediction_type else None}.items()
+                if v is not None}
+    given = {"data": data, "format": data_format, "root": root, "spec": spec, "seed": seed,
+             "generator_training": training or None}
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:  # one process owns the run directory; the others only train
+        ctx = open_run(out, given, force)
+        run_stages(ctx, [GeneratorStage(ctx)], force)
+        card = ctx.run.generator
+        console.print(f"Generator trained on the training split at {ctx.config.generator_training.size}px; saved to "
+                      f"{card}", markup=False)
+    else:
+        from cxr_audit.rundir import RunDir
+        from cxr_audit.stages.config import merge_config
+        from cxr_audit.stages.context import RunContext
+
+        run = RunDir(out)
+        GeneratorStage(RunContext(run, merge_config(run, {k: v for k, v in given.items() if v is not None}),
+                                  progress=False)).run()
+
+
+@command("synthesize")
+def synthesize_command(
+    run: RunOption,
+    generator: Annotated[Path | None, typer.Option("--generator", help="A trained generator (a train-generator "
+                                                   "RUN/generator folder) or a local diffusers pipeline; default: "
+                                                   "the run's own.")] = None,
+    data: DataOption = None,
+    data_format: FormatOption = None,
+    root: RootOption = None,
+    checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker for QC (never the "
+                                                 "model under audit); default: one trained on the run's data.")] = None,
+    strength: Annotated[float | None, typer.Option("--strength", help="Share of the schedule re-run, 0-1 "
+                                                   "(default 1).")] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale "
+                                                   "(default 3).")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps over the full schedule (default 30).")] = None,
+    unconstrained: Annotated[bool, typer.Option("--unconstrained", help="Ablation: no anatomy mask "
+                                                "(writes RUN/unconstrained).")] = False,
+    force: ForceOption = False,
+) -> None:
+    """Carry out the run's edit plan: masked, anatomy-preserving edits with QC; resumable."""
+    from cxr_audit.stages.pipeline import run_stages, stages_for
+    from cxr_audit.synthesis.documents import read_summary
+
+    edit = {k: v for k, v in {"strength": strength, "guidance": guidance, "steps": steps}.items() if v is not None}
+    ctx = open_run(run, {"data": data, "format": data_format, "root": root, "generator": generator,
+                         "checker": checker, "edit": edit or None}, force)
+    if not ctx.run.plan.exists():
+        raise UserInputError(f"{ctx.run.plan} does not exist: run `cxr-audit plan --out {run}` first.")
+    mode = "unconstrained" if unconstrained else "cars"
+    run_stages(ctx, stages_for(ctx, ["unconstrained" if unconstrained else "synthetic"]), force)
+    layout = ctx.run.synthesis(mode)
+    summary = read_summary(layout)
+    console.print(escape(f"{summary.accepted} of {summary.planned} edits accepted; rejected by reason: "
+                         f"{summary.rejected_by_reason or 'none'}; checker agreement {summary.checker_agreement}"))
+    console.print(f"Wrote {layout.manifest} and {layout.summary}", markup=False)

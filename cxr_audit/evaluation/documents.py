@@ -1,0 +1,195 @@
+"""The typed documents of evaluation: metrics.json (one model scored on one split) and probe.json (the frozen
+model on (source, edited) pairs). Written by the evaluate and probe stages, read by the audit, the gate,
+`compare` and the report, always through these models, so a malformed file is refused with the key named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+METRICS_SCHEMA_VERSION = "2.0"
+PROBE_SCHEMA_VERSION = "2.0"
+SUMMARY_METRICS = ("auprc", "auroc", "ece", "ace", "mce", "brier", "entropy")
+THRESHOLD_METRICS = ("precision", "recall", "specificity", "f1")
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Interval(_Document):
+    """A point estimate and its 95% interval (None where undefined: no positives, too few replicates)."""
+
+    value: float | None
+    ci: list[float | None] | None = None
+
+
+class Difference(_Document):
+    """new - old from the paired bootstrap, with its interval and a two-sided p-value."""
+
+    difference: float | None
+    ci: list[float | None] | None = None
+    p_value: float | None = None
+
+
+class Threshold(_Document):
+    value: float
+    source: str
+
+
+class _Scores(_Document):
+    """The metrics a binary target (a concept, a cell) gets, each with its interval (absent on a cell that
+    could not be evaluated)."""
+
+    auprc: Interval | None = None
+    auroc: Interval | None = None
+    ece: Interval | None = None
+    ace: Interval | None = None
+    mce: Interval | None = None
+    brier: Interval | None = None
+    entropy: Interval | None = None
+    mutual_information: Interval | None = None
+    precision: Interval | None = None
+    recall: Interval | None = None
+    specificity: Interval | None = None
+    f1: Interval | None = None
+
+    def metric(self, name: str) -> Interval:
+        value = getattr(self, name, None)
+        return value if isinstance(value, Interval) else Interval(value=None)
+
+
+class ConceptMetrics(_Scores):
+    n: int
+    positives: int
+    patients: int
+    prevalence: float | None
+    threshold: Threshold
+
+
+class CellMetrics(_Scores):
+    """A coverage cell scored as a binary task; `evaluated` false (with the reason) when it cannot be."""
+
+    evaluated: bool
+    reason: str | None = None
+    all_of: list[str] = Field(default_factory=list)
+    none_of: list[str] = Field(default_factory=list)
+    subgroup: dict[str, Any] | None = None
+    plausible: bool = True
+    n: int | None = None
+    positives: int | None = None
+    threshold: Threshold | None = None
+
+
+class Reliability(_Document):
+    bin_edges: list[float]
+    confidence: list[float | None]
+    frequency: list[float | None]
+    count: list[int]
+
+
+class Curve(_Document):
+    precision: list[float]
+    recall: list[float]
+
+
+class UncertaintyHistogram(_Document):
+    bin_edges: list[float]
+    entropy_bits: list[int]
+    mutual_information_bits: list[int] | None = None
+
+
+class ModelInfo(_Document):
+    path: str
+    sha256: str
+    format: str
+    card: dict[str, Any] | None = None
+    ensemble: list[dict[str, str]] | None = None
+
+
+class DataInfo(_Document):
+    path: str
+    sha256: str
+    format: str
+    split: str
+    label_policy: dict[str, Any]
+
+
+class Bootstrap(_Document):
+    unit: str
+    replicates: int
+    seed: int
+    interval: str
+
+
+class UncertaintyMethod(_Document):
+    method: str
+    samples: int
+
+
+class MetricsDocument(_Document):
+    """metrics.json: one model (or a black box's predictions) on one split of real images."""
+
+    schema_version: str = METRICS_SCHEMA_VERSION
+    tool_version: str
+    model: ModelInfo
+    data: DataInfo
+    notes: list[str]
+    n_images: int
+    n_patients: int
+    bootstrap: Bootstrap
+    uncertainty: UncertaintyMethod
+    concepts: dict[str, ConceptMetrics]
+    cells: dict[str, CellMetrics]
+    reliability: dict[str, Reliability]
+    pr_curves: dict[str, Curve]
+    uncertainty_histograms: dict[str, UncertaintyHistogram]
+
+    def evaluated_cells(self) -> list[str]:
+        return [cell for cell, entry in self.cells.items() if entry.evaluated]
+
+    def target(self, name: str) -> _Scores | None:
+        """A concept, or 'cell:<id>', as the replicates files name targets."""
+        return self.cells.get(name[5:]) if name.startswith("cell:") else self.concepts.get(name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# probe.json
+
+
+class ProbePair(_Document):
+    edit_id: str
+    cell_id: str
+    concept: str
+    op: str
+    score_before: float
+    score_after: float
+    directional_change: float
+    flipped: bool
+    leakage: float
+
+
+class ProbeGroup(_Document):
+    concept: str | None = None
+    op: str | None = None
+    pairs: int
+    mean_score_before: float
+    mean_score_after: float
+    directional_change: Interval
+    share_expected_direction: Interval
+    flip_rate: Interval
+    leakage: Interval
+
+
+class ProbeDocument(_Document):
+    schema_version: str = PROBE_SCHEMA_VERSION
+    model: dict[str, str]
+    synthesis: dict[str, str | None]
+    pairs_scored: int
+    accepted_only: bool
+    thresholds: dict[str, float]
+    bootstrap: Bootstrap
+    by_concept: dict[str, ProbeGroup]
+    by_cell: dict[str, ProbeGroup]
+    pairs: list[ProbePair]

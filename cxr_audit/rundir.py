@@ -1,0 +1,433 @@
+"""A run directory: every path inside it, the request guard, and the stage records (the one skip rule).
+
+Layout of a run (RUN):
+  request.json            the run's configuration: inputs (paths, relative to RUN where they live inside it)
+                          and options; a command that asks for other values is refused without --force
+  stages/<stage>.json     each stage's declared inputs (hashes and options) and its outputs' hashes
+  inputs/                 inputs a run makes for itself (the demo's phantom and deployed model)
+  coverage/ plan/ generator/ checker/ synthetic/ unconstrained/ finetune/<arm>/ evaluate/<arm>/ probe/ gallery/
+  audit.json              the one document the report and the gate read
+  report.pdf
+
+Nothing else in the package spells a path inside a run: stages, commands and readers ask this module.
+
+The skip rule (`run_stage`): a stage is skipped iff its record says it finished with exactly the inputs it
+declares now and its outputs are as it left them. A record with the same inputs that never finished (a
+killed run) is resumed in place. Anything else in the stage's folder came from other inputs: refused
+(exit 2) unless --force, which clears the folder and runs the stage again. Before a command writes anything,
+every stage the run has a record of is checked the same way against the command's configuration
+(`stale_inputs`), so a refusal leaves the run as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import atomic_write_json, sha256_file
+
+REQUEST_FILE = "request.json"
+STAGES_FOLDER = "stages"
+# Run modes of synthesis -> their folders (the CARS edits, and the unconstrained ablation).
+SYNTHESIS_FOLDERS = {"cars": "synthetic", "unconstrained": "unconstrained"}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def safe_name(name: str, what: str) -> str:
+    """A file or folder name taken from a document (an edit id, an arm): one plain path component, so it
+    can never lead outside the folder it is joined to."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise UserInputError(f"{what} {name!r} is not a plain name (letters, digits, '_', '-', '.'; no path "
+                             "separators). Was the document edited by hand?")
+    return name
+
+
+@dataclass(frozen=True)
+class CoverageLayout:
+    folder: Path
+
+    @property
+    def document(self) -> Path:
+        return self.folder / "coverage.json"
+
+    @property
+    def cooccurrence_png(self) -> Path:
+        return self.folder / "cooccurrence.png"
+
+    @property
+    def cells_png(self) -> Path:
+        return self.folder / "coverage_cells.png"
+
+
+@dataclass(frozen=True)
+class EvaluationLayout:
+    folder: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.folder / "predictions.npz"
+
+    @property
+    def replicates(self) -> Path:
+        return self.folder / "replicates.npz"
+
+
+@dataclass(frozen=True)
+class FinetuneLayout:
+    folder: Path
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "finetune.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "checkpoint.pt"
+
+    @property
+    def candidate_weights(self) -> Path:
+        """The candidate as a safetensors state dict (models given as weights for a known architecture)."""
+        return self.folder / "candidate.safetensors"
+
+    @property
+    def candidate_torchscript(self) -> Path:
+        """The candidate as TorchScript (models given as TorchScript or a pickled module)."""
+        return self.folder / "candidate.pt"
+
+    @staticmethod
+    def card_for(model: Path) -> Path:
+        return model.with_name(model.name + ".card.yaml")
+
+    def candidate(self) -> Path:
+        """The candidate this folder holds (the record names its file)."""
+        from cxr_audit.provenance import read_json
+
+        name = read_json(self.record, "Run the fine-tune stage first.")["candidate"]["path"]
+        return self.folder / safe_name(name, f"{self.record}: candidate file")
+
+
+@dataclass(frozen=True)
+class SynthesisLayout:
+    folder: Path
+
+    @property
+    def images(self) -> Path:
+        return self.folder / "images"
+
+    @property
+    def masks(self) -> Path:
+        return self.folder / "masks"
+
+    @property
+    def records(self) -> Path:
+        return self.folder / "records"
+
+    @property
+    def manifest(self) -> Path:
+        """Accepted edits (CheXpert columns plus provenance)."""
+        return self.folder / "synthetic_manifest.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / "synthesis.json"
+
+    def image(self, edit_id: str) -> Path:
+        return self.images / f"{safe_name(edit_id, 'edit id')}.png"
+
+    def dicom(self, edit_id: str) -> Path:
+        return self.images / f"{safe_name(edit_id, 'edit id')}.dcm"
+
+    def mask(self, edit_id: str) -> Path:
+        return self.masks / f"{safe_name(edit_id, 'edit id')}.png"
+
+    def record(self, edit_id: str) -> Path:
+        return self.records / f"{safe_name(edit_id, 'edit id')}.json"
+
+    def manifest_image(self, relative: str) -> Path:
+        """An image named in synthetic_manifest.csv ('images/<edit>.png'), refused if it leads elsewhere."""
+        parts = Path(str(relative)).parts
+        if len(parts) != 2 or parts[0] != "images" or not parts[1].endswith(".png"):
+            raise UserInputError(f"{self.manifest}: image path {relative!r} is not 'images/<edit id>.png'.")
+        return self.image(parts[1][:-len(".png")])
+
+
+@dataclass(frozen=True)
+class GalleryLayout:
+    folder: Path
+
+    @property
+    def document(self) -> Path:
+        return self.folder / "gallery.json"
+
+    def image(self, edit_id: str) -> Path:
+        return self.folder / f"{safe_name(edit_id, 'edit id')}.png"
+
+    def relative_image(self, edit_id: str) -> str:
+        """How audit.json names a gallery panel: relative to the run."""
+        return f"{self.folder.name}/{safe_name(edit_id, 'edit id')}.png"
+
+
+class RunDir:
+    """A run directory and every path inside it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- the run's own files ------------------------------------------------------------------------------
+    @property
+    def request(self) -> Path:
+        return self.path / REQUEST_FILE
+
+    @property
+    def stages(self) -> Path:
+        return self.path / STAGES_FOLDER
+
+    def stage_record(self, stage: str) -> Path:
+        return self.stages / f"{safe_name(stage, 'stage')}.json"
+
+    @property
+    def inputs(self) -> Path:
+        """Inputs the run makes for itself (the demo's dataset and deployed model)."""
+        return self.path / "inputs"
+
+    # -- stage outputs ---------------------------------------------------------------------------------------
+    @property
+    def coverage(self) -> CoverageLayout:
+        return CoverageLayout(self.path / "coverage")
+
+    @property
+    def plan(self) -> Path:
+        return self.path / "plan" / "plan.json"
+
+    @property
+    def generator(self) -> Path:
+        """A generator trained in the run (diffusers layout plus its card)."""
+        return self.path / "generator"
+
+    @property
+    def checker(self) -> Path:
+        """The QC checker trained in the run (safetensors, with its card beside it)."""
+        return self.path / "checker" / "checker.safetensors"
+
+    def synthesis(self, mode: str) -> SynthesisLayout:
+        if mode not in SYNTHESIS_FOLDERS:
+            raise ValueError(f"unknown synthesis mode {mode!r}")
+        return SynthesisLayout(self.path / SYNTHESIS_FOLDERS[mode])
+
+    def finetune(self, arm: str) -> FinetuneLayout:
+        return FinetuneLayout(self.path / "finetune" / safe_name(arm, "arm"))
+
+    def evaluation(self, arm: str) -> EvaluationLayout:
+        return EvaluationLayout(self.path / "evaluate" / safe_name(arm, "arm"))
+
+    @property
+    def probe(self) -> Path:
+        return self.path / "probe" / "probe.json"
+
+    @property
+    def gallery(self) -> GalleryLayout:
+        return GalleryLayout(self.path / "gallery")
+
+    @property
+    def audit(self) -> Path:
+        return self.path / "audit.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.pdf"
+
+    def stage_folders(self) -> list[Path]:
+        """Folders that belong to a stage: nothing outside the stage may write inside them."""
+        return [self.stages, self.inputs, self.coverage.folder, self.plan.parent, self.generator,
+                self.checker.parent, *(self.path / f for f in SYNTHESIS_FOLDERS.values()), self.path / "finetune",
+                self.path / "evaluate", self.probe.parent, self.gallery.folder]
+
+    def relative(self, path: Path) -> str:
+        """`path` as recorded in documents: relative to the run when it lies inside it, else absolute."""
+        resolved = Path(path).resolve()
+        root = self.path.resolve()
+        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
+    def resolve(self, recorded: str) -> Path:
+        """A path recorded by `relative`, wherever the run directory now is."""
+        path = Path(recorded)
+        return path if path.is_absolute() else self.path / path
+
+    def is_run(self) -> bool:
+        return self.request.is_file() or self.stages.is_dir()
+
+    # -- the request guard -----------------------------------------------------------------------------------
+    def recorded_config(self) -> dict[str, Any]:
+        if not self.request.exists():
+            return {}
+        try:
+            document = json.loads(self.request.read_text())
+            return dict(document["config"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UserInputError(f"{self.request} is not a cxr-audit request (unreadable or without 'config'). "
+                                 "Was it edited by hand? Choose a new --out folder.") from None
+
+    def check_writable(self) -> None:
+        """A run directory may be created here: not a file, not a folder of something else, not inside
+        another run's stage folder."""
+        check_run_location(self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise UserInputError(f"--out {self.path} is a file; a run directory is needed. Choose a folder.")
+        if self.path.exists() and any(self.path.iterdir()) and not self.is_run():
+            raise UserInputError(f"{self.path} exists and is not a cxr-audit run directory. Choose a new --out "
+                                 "folder (a run never writes into a folder it did not make).")
+
+    def claim(self, config: dict[str, Any]) -> None:
+        """Record `config` as the run's configuration (after `check_writable` and the stage check)."""
+        self.check_writable()
+        atomic_write_json(self.request, {"config": config})
+
+
+def check_run_location(path: Path) -> None:
+    """Refuse a run directory inside another run's stage folder (it would mix with that stage's outputs)."""
+    resolved = Path(path).resolve()
+    for parent in resolved.parents:
+        run = RunDir(parent)
+        if not run.is_run():
+            continue
+        for folder in run.stage_folders():
+            folder = folder.resolve()
+            if resolved == folder or resolved.is_relative_to(folder):
+                raise UserInputError(f"{path} lies inside {folder}, a stage folder of the run {parent}. A command "
+                                     f"writing there would replace that run's results; pass --out {parent} to "
+                                     "work on that run, or choose a folder outside it.")
+
+
+def check_output_file(path: Path, inputs: list[Path], what: str) -> Path:
+    """An output file a command writes outside any run layout (a PDF, JUnit XML, a Markdown summary): never
+    one of the command's inputs, never a folder, never inside a stage folder of a run."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{what} {path} is a folder; name a file.")
+    for source in inputs:
+        if source is not None and Path(source).exists() and path.resolve() == Path(source).resolve():
+            raise UserInputError(f"{what} {path} is one of this command's inputs; writing it would destroy the "
+                                 "input. Choose another file name.")
+    parent = path.resolve().parent
+    for folder in [parent, *parent.parents]:
+        run = RunDir(folder)
+        if run.is_run():
+            inside = [f for f in run.stage_folders() if parent == f.resolve() or parent.is_relative_to(f.resolve())]
+            if inside:
+                raise UserInputError(f"{what} {path} lies inside {inside[0]}, a stage folder of the run {folder}; "
+                                     "choose a file outside the stage folders.")
+            break
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stages and the one skip rule
+
+
+class Stage(Protocol):
+    """One step of the audit flow. `inputs()` declares everything that changes its outputs (file hashes and
+    options, never paths or device settings); `owned` are the paths it writes, all inside the run."""
+
+    name: str
+
+    @property
+    def owned(self) -> list[Path]: ...
+
+    def outputs(self) -> list[Path]: ...
+
+    def inputs(self) -> dict[str, Any]: ...
+
+    def run(self) -> None: ...
+
+
+def _normalise(inputs: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(inputs, sort_keys=True, default=str))
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def stale_inputs(run: RunDir, stage: Stage) -> list[str] | None:
+    """For a stage the run has a record of: the inputs that differ from what it declares now (empty when
+    none); None when the run has no record of it."""
+    path = run.stage_record(stage.name)
+    if not path.exists():
+        return None
+    return _differences(_read_record(path, stage.name)["inputs"], _normalise(stage.inputs()))
+
+
+def _read_record(path: Path, name: str) -> dict:
+    try:
+        record = json.loads(path.read_text())
+        record["inputs"], record["status"]  # noqa: B018 - the keys a record must have
+        return record
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserInputError(f"{path} is not a stage record (was it edited?). Pass --force to redo the "
+                             f"'{name}' stage.") from None
+
+
+def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str], None] = print) -> bool:
+    """Run `stage` unless it is finished with the same inputs; returns whether it ran."""
+    declared = _normalise(stage.inputs())
+    path = run.stage_record(stage.name)
+    record = _read_record(path, stage.name) if path.exists() else None
+    same_inputs = record is not None and record["inputs"] == declared
+    if same_inputs and record["status"] == "done" and _outputs_intact(run, record):
+        log(f"stage {stage.name}: inputs unchanged, skipped")
+        return False
+    resumable = same_inputs and record["status"] == "running"
+    if not resumable and any(p.exists() for p in stage.owned):
+        if record is None:
+            why = "it holds files that no finished stage of this run wrote"
+        elif not same_inputs:
+            why = f"they were made from other inputs (differs in: {', '.join(_differences(record['inputs'], declared))})"
+        else:
+            why = "its outputs were changed or removed after the stage wrote them"
+        if not force:
+            raise UserInputError(f"{run.path}: the '{stage.name}' stage's outputs exist, but {why}. A run never "
+                                 "overwrites results silently: pass --force to redo this stage, or choose a new "
+                                 "--out folder.")
+        for owned in stage.owned:
+            if owned.is_dir():
+                shutil.rmtree(owned)
+            elif owned.exists():
+                owned.unlink()
+    log(f"stage {stage.name}" + (": resuming" if resumable else ""))
+    started = time.monotonic()
+    atomic_write_json(path, {"stage": stage.name, "status": "running", "inputs": declared})
+    stage.run()
+    outputs = {run.relative(p): sha256_file(p) for p in stage.outputs()}
+    atomic_write_json(path, {"stage": stage.name, "status": "done", "inputs": declared, "outputs": outputs,
+                             "seconds": round(time.monotonic() - started, 1)})
+    return True
+
+
+def _outputs_intact(run: RunDir, record: dict) -> bool:
+    for relative, digest in record.get("outputs", {}).items():
+        file = run.resolve(relative)
+        if not file.is_file() or sha256_file(file) != digest:
+            return False
+    return True
+
+
+def stage_seconds(run: RunDir) -> dict[str, float | None]:
+    """Seconds each finished stage took (for the provenance appendix)."""
+    out = {}
+    for path in sorted(run.stages.glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text()).get("seconds")
+        except json.JSONDecodeError:
+            out[path.stem] = None
+    return out

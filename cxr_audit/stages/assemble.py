@@ -1,0 +1,135 @@
+"""The assemble stage: every stage's results into audit.json, with the paired comparisons and the verdict."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+from cxr_audit import __version__
+from cxr_audit.provenance import atomic_write_json, read_document, read_json, sha256_file
+from cxr_audit.rundir import stage_seconds
+from cxr_audit.stages.context import RunContext
+
+ARM_TITLES = {"baseline": "Deployed model (no fine-tune)", "real_only": "Fine-tuned on real only",
+              "cars": "Fine-tuned on real + CARS edits", "unconstrained": "Fine-tuned on real + unconstrained regeneration"}
+# Paired comparisons in the report: (new, old). The CARS arm against the real-only arm is the one that
+# controls for extra training; against the unconstrained arm, for anatomy preservation.
+COMPARISONS = (("cars", "real_only"), ("cars", "baseline"), ("real_only", "baseline"), ("unconstrained", "real_only"),
+               ("cars", "unconstrained"))
+MODES = ("cars", "unconstrained")
+
+
+class AssembleStage:
+    name = "assemble"
+
+    def __init__(self, ctx: RunContext, command_line: str = ""):
+        self.ctx, self.command_line = ctx, command_line
+
+    @property
+    def owned(self) -> list[Path]:
+        return [self.ctx.run.audit]
+
+    def outputs(self) -> list[Path]:
+        return [self.ctx.run.audit]
+
+    def _modes(self) -> list[str]:
+        return [m for m in MODES if m == "cars" or m in self.ctx.config.arms]
+
+    def _upstream(self) -> list[Path]:
+        run = self.ctx.run
+        files = [run.coverage.document, run.plan, run.probe, run.gallery.document]
+        files += [run.synthesis(mode).summary for mode in self._modes()]
+        for arm in self.ctx.config.arms:
+            files += [run.evaluation(arm).metrics, run.evaluation(arm).replicates]
+            if arm != "baseline":
+                files.append(run.finetune(arm).record)
+        return files
+
+    def inputs(self) -> dict:
+        config = self.ctx.config
+        return {"upstream": {self.ctx.run.relative(p): sha256_file(p) for p in self._upstream()},
+                "intended_use": config.intended_use, "arms": config.arms, "seed": config.seed,
+                "tool_version": __version__}
+
+    def run(self) -> None:
+        from cxr_audit.audit.document import AuditDocument
+        from cxr_audit.audit.verdict import audit_verdict
+        from cxr_audit.evaluation.scoring import compare, load_replicates, test_set_sha256
+        from cxr_audit.report.gallery import GalleryDocument
+        from cxr_audit.stages.checker import checker_path
+        from cxr_audit.stages.coverage import read_coverage
+        from cxr_audit.stages.evaluate import read_metrics
+        from cxr_audit.stages.plan import read_plan
+        from cxr_audit.stages.generator import generator_folder
+        from cxr_audit.stages.probe import read_probe
+        from cxr_audit.synthesis.backends import backend_sha256
+        from cxr_audit.synthesis.documents import read_summary
+
+        ctx, run, config = self.ctx, self.ctx.run, self.ctx.config
+        arms = {arm: read_metrics(ctx, arm) for arm in config.arms}
+        replicates = {arm: load_replicates(run.evaluation(arm).replicates) for arm in arms}
+        comparisons = {f"{new} vs {old}": {"new": new, "old": old, "differences": compare(replicates[old], replicates[new])}
+                       for new, old in COMPARISONS if new in arms and old in arms}
+        finetune = {arm: read_json(run.finetune(arm).record, "Run the fine-tune stage first.")
+                    for arm in arms if arm != "baseline"}
+        plan = read_plan(ctx)
+        baseline = arms["baseline"]
+        layout = run.evaluation("baseline")
+        document = {
+            "tool_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "scope": {"intended_use": config.intended_use, "model": ctx.model_path.name,
+                      "concepts": list(baseline.concepts), "cells": [c.id for c in ctx.require_spec().all_cells()],
+                      "test_split": baseline.data.split, "n_test_images": baseline.n_images,
+                      "n_test_patients": baseline.n_patients},
+            "inputs": {
+                "model": {"path": run.relative(ctx.model_path), "sha256": baseline.model.sha256,
+                          "card": baseline.model.card, "format": baseline.model.format},
+                "data": {"path": run.relative(ctx.path("data")), "sha256": ctx.data_sha256, "format": ctx.manifest.format},
+                "spec": {"path": run.relative(ctx.path("spec")), "sha256": ctx.spec_sha256},
+                "generator": {"path": run.relative(generator_folder(ctx)), "sha256": backend_sha256(generator_folder(ctx)),
+                              "trained_in_run": config.generator is None},
+                "checker": {"path": run.relative(checker_path(ctx)), "sha256": sha256_file(checker_path(ctx)),
+                            "trained_in_run": config.checker is None},
+            },
+            "environment": environment(),
+            "seeds": {"audit": config.seed, "bootstrap": config.seed, "synthesis": "per edit, from the plan"},
+            "command_line": self.command_line,
+            "stage_seconds": stage_seconds(run),
+            "notes": ctx.notes,
+            "coverage": read_coverage(ctx),
+            "plan": {"edits": len(plan.edits), "cells": plan.cells, "rejections": plan.rejections},
+            "synthesis": {mode: read_summary(run.synthesis(mode)) for mode in self._modes()},
+            "gallery": read_document(run.gallery.document, GalleryDocument, "gallery", "").items,
+            "arms": {arm: {"title": ARM_TITLES[arm], "metrics": metrics, "finetune": finetune.get(arm)}
+                     for arm, metrics in arms.items()},
+            "comparisons": comparisons,
+            "probe": read_probe(ctx),
+            "test_set": {"sha256": test_set_sha256(layout.predictions), "predictions": run.relative(layout.predictions),
+                         "predictions_sha256": sha256_file(layout.predictions),
+                         "replicates": run.relative(layout.replicates),
+                         "replicates_sha256": sha256_file(layout.replicates), "bootstrap": baseline.bootstrap},
+            "verdict": {"status": "", "headline": "", "concerns": [], "strengths": [], "thresholds": {}, "note": ""},
+        }
+        audit = AuditDocument.model_validate(document)
+        audit.verdict = audit.verdict.model_validate(audit_verdict(audit))
+        atomic_write_json(run.audit, audit.model_dump(mode="json"))
+
+
+def environment() -> dict:
+    import importlib.metadata as metadata
+
+    import torch
+
+    packages = {}
+    for name in ("numpy", "pandas", "scikit-learn", "torchvision", "diffusers", "accelerate", "netcal", "pydicom",
+                 "weasyprint", "jinja2", "matplotlib", "onnxruntime", "torchxrayvision"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_threads": torch.get_num_threads(), "packages": packages}

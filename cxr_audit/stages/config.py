@@ -1,0 +1,131 @@
+"""The configuration of a run: every input and option a stage may read, with one set of defaults.
+
+A command builds it from three layers: the defaults here, what the run recorded in request.json, and the
+options the user typed (which win). Whether the result may replace what the run recorded is decided by the
+stages it would change (`stages.pipeline.open_run`). Paths are stored as the run records them: relative to
+the run inside it, else absolute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cxr_audit.classifier.finetune import FinetuneConfig
+from cxr_audit.errors import UserInputError
+from cxr_audit.rundir import RunDir
+from cxr_audit.synthesis.editor import EditSettings
+
+ARMS = ("baseline", "real_only", "cars", "unconstrained")
+FINETUNE_ARMS = ARMS[1:]
+DATA_FORMATS = ("auto", "nih", "chexpert", "mimic", "csv")
+DEFAULT_INTENDED_USE = ("Triage support: flag frontal chest radiographs of adults for the findings listed, for "
+                        "review by a radiologist.")
+PATH_KEYS = ("data", "root", "spec", "card", "predictions", "generator", "checker")
+
+
+def _finetune_options(config: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune options as recorded: the seed is the run's own (one seed per run)."""
+    options = asdict(config)
+    options.pop("seed")
+    return options
+
+
+class GeneratorTraining(BaseModel):
+    """How a generator is trained in the run (`cxr-audit train-generator`, or `audit` without --generator)."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(64, ge=16, description="image size the generator works at")
+    steps: int = Field(1500, ge=1)
+    minutes: float | None = Field(None, gt=0, description="stop (and save) after this long")
+    batch_size: int = Field(16, ge=1)
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 32], min_length=1)
+    lr: float = Field(1e-3, gt=0)
+    timestep_exponent: float = Field(0.5, gt=0)
+    prediction_type: Literal["v_prediction", "epsilon"] = "v_prediction"
+
+
+class RunConfig(BaseModel):
+    """request.json's `config`."""
+
+    model_config = ConfigDict(extra="forbid")
+    data: str | None = None
+    format: Literal["auto", "nih", "chexpert", "mimic", "csv"] = "auto"
+    root: str | None = None
+    spec: str | None = None
+    models: list[str] = Field(default_factory=list, description="the deployed model; several: an ensemble")
+    card: str | None = None
+    predictions: str | None = None
+    allow_pickle: bool = False
+    generator: str | None = Field(None, description="a trained generator; without one the run trains one")
+    checker: str | None = Field(None, description="an independent QC checker; without one the run trains one")
+    seed: int = 0
+    bootstrap: int = Field(1000, ge=100)
+    mc_samples: int = Field(10, ge=0)
+    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    generator_training: GeneratorTraining = Field(default_factory=GeneratorTraining)
+    # Strength 1.0: the region is regenerated from noise (an inpainting generator sees the image around it);
+    # outside the region the source is kept exactly.
+    edit: dict[str, Any] = Field(default_factory=lambda: asdict(EditSettings(steps=30, strength=1.0, guidance=3.0)))
+    finetune: dict[str, Any] = Field(default_factory=lambda: _finetune_options(FinetuneConfig()))
+    intended_use: str = DEFAULT_INTENDED_USE
+    gallery_size: int = Field(8, ge=0)
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, arms: list[str]) -> list[str]:
+        unknown = [a for a in arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
+        return ["baseline", *[a for a in FINETUNE_ARMS if a in arms]]  # baseline always, in the flow's order
+
+    @field_validator("edit")
+    @classmethod
+    def _edit(cls, value: dict[str, Any]) -> dict[str, Any]:
+        settings = EditSettings(**value)
+        if not 0 < settings.strength <= 1 or settings.steps < 1 or settings.guidance < 0:
+            raise ValueError(f"edit settings {value} need 0 < strength <= 1, steps >= 1, guidance >= 0")
+        return asdict(settings)
+
+    @field_validator("finetune")
+    @classmethod
+    def _finetune(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _finetune_options(FinetuneConfig(**value))
+
+    @property
+    def edit_settings(self) -> EditSettings:
+        return EditSettings(**self.edit)
+
+    @property
+    def finetune_config(self) -> FinetuneConfig:
+        return FinetuneConfig(**self.finetune, seed=self.seed)
+
+
+def merge_config(run: RunDir, given: dict[str, Any]) -> RunConfig:
+    """defaults <- what RUN recorded <- what the user typed (`given`, None meaning 'not typed').
+
+    Paths the user typed are recorded relative to the run when inside it (a copied run keeps working)."""
+    typed = {k: v for k, v in given.items() if v is not None}
+    for key in PATH_KEYS:
+        if key in typed:
+            typed[key] = run.relative(Path(typed[key]))
+    if "models" in typed:
+        typed["models"] = [run.relative(Path(m)) for m in typed["models"]]
+    merged = {**run.recorded_config(), **typed}
+    for key in ("generator_training", "edit", "finetune"):  # nested options merge key by key
+        if key in typed:
+            merged[key] = {**run.recorded_config().get(key, {}), **typed[key]}
+    try:
+        config = RunConfig.model_validate(merged)
+    except Exception as error:  # pydantic.ValidationError: a bad option value
+        from pydantic import ValidationError
+
+        if not isinstance(error, ValidationError):
+            raise
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in error.errors())
+        raise UserInputError(f"Invalid options for {run.path}: {problems}.") from None
+    return config

@@ -1,0 +1,137 @@
+"""What the stages of one run share: the run directory, its configuration, and the data read once.
+
+Everything here is computed lazily and kept: the labels file is read once per command, each split's images
+are decoded once at each size, hashes are taken once. A stage reads what it needs from the context and
+declares, in its inputs, the hashes of exactly what it read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from cxr_audit import concepts
+from cxr_audit.data.manifest import Manifest
+from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import dataset_sha256, sha256_file
+from cxr_audit.rundir import RunDir
+from cxr_audit.spec import CoverageSpec, LabelPolicy
+from cxr_audit.stages.config import RunConfig
+
+
+class RunContext:
+    def __init__(self, run: RunDir, config: RunConfig, progress: bool = True, batch_size: int = 32,
+                 workers: int | None = None, cache_dir: Path | None = None, log=None):
+        self.run, self.config, self.progress = run, config, progress
+        # How inference runs: these change speed, never results, so they are not stage inputs.
+        self.batch_size, self.workers, self.cache_dir = batch_size, workers, cache_dir
+        self.log = log or print
+        self._images: dict[tuple[str, int], np.ndarray] = {}
+
+    # -- inputs named in the configuration -------------------------------------------------------------------
+    def path(self, key: str) -> Path | None:
+        value = getattr(self.config, key)
+        return None if value is None else self.run.resolve(value)
+
+    def require(self, key: str, option: str) -> Path:
+        path = self.path(key)
+        if path is None:
+            raise UserInputError(f"{self.run.path} records no {option}: pass {option}.")
+        return path
+
+    @cached_property
+    def spec(self) -> CoverageSpec | None:
+        from cxr_audit.spec import load_spec
+
+        return load_spec(self.path("spec")) if self.config.spec else None
+
+    def require_spec(self) -> CoverageSpec:
+        if self.spec is None:
+            raise UserInputError(f"{self.run.path} records no coverage spec: pass --spec.")
+        return self.spec
+
+    @cached_property
+    def spec_sha256(self) -> str | None:
+        return sha256_file(self.path("spec")) if self.config.spec else None
+
+    @property
+    def label_policy(self) -> LabelPolicy:
+        return self.spec.label_policy if self.spec else LabelPolicy()
+
+    @property
+    def findings(self) -> list[str]:
+        """The spec's concepts without No Finding: what a generator or checker conditions on."""
+        return concepts.findings(self.require_spec().concepts)
+
+    @cached_property
+    def data_sha256(self) -> str:
+        return dataset_sha256(self.require("data", "--data"))
+
+    # -- the data ---------------------------------------------------------------------------------------------
+    @cached_property
+    def manifest(self) -> Manifest:
+        """The labels file as read, every view and split."""
+        from cxr_audit.data.readers import read_manifest
+
+        return read_manifest(self.require("data", "--data"), self.config.format, self.path("root"))
+
+    @property
+    def notes(self) -> list[str]:
+        """What the tool decided or noticed about the data (the manifest's notes, split assignment)."""
+        return list(self.manifest.notes) + self._splits[1]
+
+    @cached_property
+    def _splits(self) -> tuple[Manifest, list[str]]:
+        """The manifest with a split for every image, and the note saying how splits were made."""
+        from cxr_audit.data.splits import assign_patient_splits, has_splits
+
+        if has_splits(self.manifest):
+            return assign_patient_splits(self.manifest), []  # checks that no patient is in two splits
+        return assign_patient_splits(self.manifest, seed=self.config.seed), [
+            f"no split in the data: patients assigned to train/val/test with seed {self.config.seed}"]
+
+    def part(self, split: str) -> Manifest:
+        """Images of one split ('all': every image), every view."""
+        if split == "all":
+            return self.manifest
+        return self._splits[0].split(split)
+
+    def frontal(self, split: str) -> Manifest:
+        """Images of one split that the audited classifiers read: frontal views, unless the spec says
+        otherwise."""
+        part = self.part(split)
+        return part.frontal() if self.spec is None or self.spec.frontal_only else part
+
+    def ids_sha256(self, split: str) -> str:
+        """The identity of a split's membership: which images it holds (the labels are in the data hash)."""
+        return hashlib.sha256("\n".join(self.part(split).frame["image_id"].astype(str)).encode()).hexdigest()
+
+    def images(self, split: str, size: int) -> np.ndarray:
+        """A split's frontal images at `size`, decoded once for every stage that needs them."""
+        if (split, size) not in self._images:
+            self._images[(split, size)] = self.frontal(split).images(size, self.progress)
+        return self._images[(split, size)]
+
+    def labels(self, split: str, names: list[str]) -> np.ndarray:
+        return self.frontal(split).labels(names, self.label_policy)
+
+    # -- the deployed model -----------------------------------------------------------------------------------
+    @property
+    def model_path(self) -> Path:
+        if not self.config.models:
+            raise UserInputError(f"{self.run.path} records no deployed model: pass --model.")
+        return self.run.resolve(self.config.models[0])
+
+    @cached_property
+    def model(self):
+        """The deployed model, loaded once (its card checked against a dummy forward pass)."""
+        from cxr_audit.classifier.loading import load_model
+
+        return load_model(self.model_path, self.path("card"), self.config.allow_pickle)
+
+    def model_identity(self) -> dict[str, str]:
+        """The deployed model as stage inputs: its weights file and the card it is run with."""
+        return {"model": self.model.sha256, "card": self.model.card.sha256()}

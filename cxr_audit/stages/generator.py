@@ -1,0 +1,56 @@
+"""The generator stage: train the concept-conditioned generator on the training split (resumes from its
+checkpoint). A run given --generator uses that one instead and has no generator stage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cxr_audit.stages.context import RunContext
+
+
+class GeneratorStage:
+    name = "generator"
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+
+    @property
+    def owned(self) -> list[Path]:
+        return [self.ctx.run.generator]
+
+    def outputs(self) -> list[Path]:
+        from cxr_audit.synthesis.generator.store import GENERATOR_CARD
+
+        return [self.ctx.run.generator / GENERATOR_CARD]
+
+    def inputs(self) -> dict:
+        ctx = self.ctx
+        return {"data": ctx.data_sha256, "format": ctx.manifest.format, "concepts": ctx.findings,
+                "label_policy": ctx.label_policy.model_dump(mode="json"), "images": ctx.ids_sha256("train"),
+                "seed": ctx.config.seed, "training": ctx.config.generator_training.model_dump(mode="json"),
+                # data-parallel training draws processes x batch images a step: another run
+                "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+
+    def run(self) -> None:
+        from cxr_audit.anatomy.masks import dataset_anatomy
+        from cxr_audit.synthesis.generator.regions import RegionSampler
+        from cxr_audit.synthesis.generator.training import TrainConfig, train_generator
+
+        ctx, options = self.ctx, self.ctx.config.generator_training
+        names = ctx.findings
+        anatomy = dataset_anatomy(ctx.frontal("train"), options.size)
+        if anatomy is None:
+            ctx.log("note: no anatomy masks beside the images: training a whole-image generator, which learns the "
+                    "concepts far more slowly. `cxr-audit segment` writes lung masks.")
+        config = TrainConfig(steps=options.steps, batch_size=options.batch_size, seed=ctx.config.seed,
+                             max_minutes=options.minutes, lr=options.lr, timestep_exponent=options.timestep_exponent,
+                             prediction_type=options.prediction_type)
+        train_generator(ctx.images("train", options.size), ctx.labels("train", names), names, ctx.run.generator,
+                        config, ctx.data_sha256, tuple(options.channels), progress=ctx.progress,
+                        regions=RegionSampler(anatomy, names) if anatomy else None)
+
+
+def generator_folder(ctx: RunContext) -> Path:
+    """The generator the run edits with: the one given with --generator, else the one trained in the run."""
+    return ctx.path("generator") or ctx.run.generator

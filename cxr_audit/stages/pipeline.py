@@ -1,0 +1,147 @@
+"""The audit is an ordered list of stages; a stand-alone command runs one stage and what it depends on.
+
+Order: coverage, evaluate the deployed model, plan, generator and checker (unless given), the CARS edits
+and the unconstrained ablation, each fine-tune arm and its evaluation, probe, gallery, assemble, report.
+Every stage goes through `rundir.run_stage`: finished stages with unchanged inputs are skipped, a killed
+stage resumes, and results made from other inputs are refused without --force.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cxr_audit.errors import UserInputError
+from cxr_audit.rundir import RunDir, Stage, run_stage, stale_inputs
+from cxr_audit.stages.assemble import AssembleStage
+from cxr_audit.stages.checker import CheckerStage
+from cxr_audit.stages.config import ARMS, merge_config
+from cxr_audit.stages.context import RunContext
+from cxr_audit.stages.coverage import CoverageStage
+from cxr_audit.stages.evaluate import EvaluateStage
+from cxr_audit.stages.finetune import FinetuneStage
+from cxr_audit.stages.gallery import GalleryStage
+from cxr_audit.stages.generator import GeneratorStage
+from cxr_audit.stages.plan import PlanStage
+from cxr_audit.stages.probe import ProbeStage
+from cxr_audit.stages.report import ReportStage
+from cxr_audit.stages.synthesize import SynthesizeStage
+
+# What each stage reads from other stages (by name). Stages a run does not have (a generator given with
+# --generator) are simply absent.
+_FIXED_DEPENDENCIES = {
+    "plan": ("coverage",), "synthetic": ("plan", "generator", "checker"),
+    "unconstrained": ("plan", "generator", "checker"), "finetune_cars": ("synthetic",),
+    "finetune_unconstrained": ("unconstrained",), "probe": ("synthetic", "evaluate_baseline"),
+    "gallery": ("synthetic",), "report": ("assemble",),
+}
+
+
+def audit_stages(ctx: RunContext, report: bool = True, command_line: str = "") -> list[Stage]:
+    """Every stage of the audit, in order."""
+    return _stages(ctx, ctx.config.arms, report, command_line)
+
+
+def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = "") -> list[Stage]:
+    config = ctx.config
+    stages: list[Stage] = [CoverageStage(ctx, "train"), EvaluateStage(ctx, "baseline", "test"), PlanStage(ctx)]
+    if config.generator is None:
+        stages.append(GeneratorStage(ctx))
+    if config.checker is None:
+        stages.append(CheckerStage(ctx))
+    stages.append(SynthesizeStage(ctx, "cars"))
+    if "unconstrained" in arms:
+        stages.append(SynthesizeStage(ctx, "unconstrained"))
+    for arm in arms[1:]:
+        stages += [FinetuneStage(ctx, arm), EvaluateStage(ctx, arm, "test")]
+    stages += [ProbeStage(ctx), GalleryStage(ctx), AssembleStage(ctx, command_line)]
+    if report:
+        stages.append(ReportStage(ctx.run))
+    return stages
+
+
+def _dependencies(name: str, present: set[str]) -> set[str]:
+    if name == "assemble":
+        return present - {"assemble", "report"}
+    if name.startswith("evaluate_") and name != "evaluate_baseline":
+        return {f"finetune_{name.removeprefix('evaluate_')}"}
+    return set(_FIXED_DEPENDENCIES.get(name, ())) & present
+
+
+def stages_for(ctx: RunContext, targets: Iterable[str]) -> list[Stage]:
+    """The audit's stages that `targets` need (themselves included), in the audit's order: what a stand-alone
+    command runs (finished ones are skipped)."""
+    stages = _stages(ctx, list(ARMS), report=False)
+    present = {s.name for s in stages}
+    wanted: set[str] = set()
+    todo = list(targets)
+    while todo:
+        name = todo.pop()
+        if name not in present:
+            raise ValueError(f"no stage {name!r} in this run")
+        if name not in wanted:
+            wanted.add(name)
+            todo += _dependencies(name, present)
+    return [s for s in stages if s.name in wanted]
+
+
+def open_run(run: RunDir, given: dict, force: bool, **context) -> RunContext:
+    """A command's view of a run: the options typed (`given`) merged into what the run recorded, checked
+    against every stage the run has finished, then recorded. A configuration that would change a finished
+    stage's inputs is refused without --force, before anything is written."""
+    run.check_writable()
+    ctx = RunContext(run, merge_config(run, given), **context)
+    if run.request.exists():
+        stale = {}
+        for stage in _stages(ctx, list(ARMS), report=True):
+            differences = stale_inputs(run, stage)
+            if differences:
+                stale[stage.name] = differences
+        if stale and not force:
+            listed = "; ".join(f"{name} (differs in: {', '.join(keys)})" for name, keys in stale.items())
+            raise UserInputError(f"{run.path} holds results made from other inputs or options: {listed}. A run never "
+                                 "overwrites another run: choose a new --out folder, or pass --force to redo what "
+                                 "depends on the changed values.")
+    run.claim(ctx.config.model_dump(mode="json"))
+    return ctx
+
+
+def run_stages(ctx: RunContext, stages: list[Stage], force: bool = False) -> None:
+    for stage in stages:
+        run_stage(ctx.run, stage, force, ctx.log)
+
+
+def preflight(ctx: RunContext) -> None:
+    """What can be checked before any work: the spec, the data and its splits, the model and its card, and
+    that the fine-tune arms have a trainable model. An audit that would fail late fails here."""
+    ctx.require_spec()
+    ctx.manifest.require_concepts(ctx.require_spec().concepts, f"The coverage spec {ctx.path('spec')}")
+    for split in ("train", "val", "test"):
+        if len(ctx.frontal(split)) == 0:
+            raise UserInputError(f"{ctx.path('data')}: the audit needs train, val and test splits; '{split}' has no "
+                                 "frontal image. Fix the split column, or drop it to let the tool assign patients "
+                                 "to splits.")
+    if len(ctx.config.models) != 1:
+        raise UserInputError("The audit takes exactly one --model (the deployed model); `cxr-audit evaluate` scores "
+                             "ensembles.")
+    model = ctx.model
+    if len(ctx.config.arms) > 1 and model.module is None:
+        raise UserInputError(f"Model {model.path} is {model.format}: the fine-tune arms ({', '.join(ctx.config.arms[1:])}) "
+                             "need a PyTorch model (TorchScript, torchvision or torchxrayvision weights). Pass "
+                             "--arms baseline to audit it without fine-tuning; the probe works with any model.")
+    if ctx.config.generator:
+        from cxr_audit.synthesis.backends import backend_sha256
+
+        backend_sha256(ctx.path("generator"))
+    if ctx.config.checker:
+        from cxr_audit.classifier.loading import load_model
+
+        load_model(ctx.path("checker"))
+
+
+def run_audit(ctx: RunContext, force: bool = False, report: bool = True, command_line: str = ""):
+    """The whole audit into ctx.run: check what can be checked, then every stage; returns the AuditDocument."""
+    from cxr_audit.audit.document import load_audit
+
+    preflight(ctx)
+    run_stages(ctx, audit_stages(ctx, report=report, command_line=command_line), force)
+    return load_audit(ctx.run.audit)

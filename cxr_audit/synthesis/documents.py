@@ -1,0 +1,79 @@
+"""The typed documents of synthesis: one record per edit (records/<edit>.json, written as each edit finishes,
+so an interrupted run resumes where it stopped) and the summary of a synthesize run (synthesis.json).
+Readers go through these models, so an edited or foreign file is refused with the key named."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from cxr_audit.provenance import read_document
+from cxr_audit.rundir import SynthesisLayout
+
+SYNTHESIS_SCHEMA_VERSION = "2.0"
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Operation(_Document):
+    op: Literal["insert", "delete"]
+    concept: str
+
+
+class QCScores(_Document):
+    outside_mae: float
+    outside_ssim: float
+    alignment: float | None
+    checker_before: float | None
+    checker_after: float | None
+    texture_ratio: float
+    ground_truth_mae: float | None
+    passed: bool
+    reasons: list[str]
+
+
+class EditRecord(_Document):
+    edit_id: str
+    cell_id: str
+    source_image_id: str
+    patient_id: str
+    operations: list[Operation]
+    target_vector: dict[str, float | None]
+    seed: int
+    source_sha256: str
+    generator_sha256: str
+    qc: QCScores
+    sex: str | None
+    age: float | None
+    view: str | None
+
+
+class SynthesisSummary(_Document):
+    schema_version: str = SYNTHESIS_SCHEMA_VERSION
+    generator_sha256: str
+    generator: dict[str, Any]          # the backend's card
+    mode: str
+    settings: dict[str, Any]
+    qc_thresholds: dict[str, Any]
+    planned: int
+    accepted: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    accepted_by_cell: dict[str, int]
+    mean_outside_mae: float | None
+    checker_agreement: float | None
+    mean_ground_truth_mae: float | None
+
+
+def read_summary(layout: SynthesisLayout) -> SynthesisSummary:
+    return read_document(layout.summary, SynthesisSummary, "synthesis summary",
+                         "Run the synthesize stage first (`cxr-audit synthesize --run RUN`).")
+
+
+def read_records(layout: SynthesisLayout) -> list[EditRecord]:
+    """Every edit record of a synthesize run, in edit order."""
+    return [read_document(path, EditRecord, "edit record", "")
+            for path in sorted(layout.records.glob("*.json"))]

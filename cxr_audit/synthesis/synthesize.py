@@ -1,0 +1,220 @@
+"""Carry out an edit plan with an edit backend, score every edit, keep what passes QC.
+
+Outputs (a SynthesisLayout: RUN/synthetic, or RUN/unconstrained for the ablation): `images/<edit>.png`,
+`masks/<edit>.png` (the edit region, usable as a weak segmentation label), `records/<edit>.json` (one per
+edit, written as it finishes, so an interrupted run resumes where it stopped), `synthetic_manifest.csv`
+(accepted edits, CheXpert columns plus provenance) and `synthesis.json` (counts, QC rejections by reason,
+settings, hashes).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from cxr_audit import concepts
+from cxr_audit.anatomy.masks import image_mask_folder, load_mask_folder
+from cxr_audit.anatomy.regions import edit_mask
+from cxr_audit.classifier.inference import image_sha256
+from cxr_audit.data.images import load_resized
+from cxr_audit.data.manifest import Manifest
+from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text
+from cxr_audit.rundir import SynthesisLayout
+from cxr_audit.spec import LabelPolicy
+from cxr_audit.synthesis.backends import EditBackend
+from cxr_audit.synthesis.documents import EditRecord, Operation, SynthesisSummary, read_records
+from cxr_audit.synthesis.editor import EditSettings
+from cxr_audit.synthesis.planner import PlanDocument, PlannedEdit
+from cxr_audit.synthesis.qc import QCThresholds, score_edit
+
+
+@dataclass
+class SynthesisOptions:
+    settings: EditSettings = field(default_factory=EditSettings)
+    thresholds: QCThresholds = field(default_factory=QCThresholds)
+    batch_size: int = 16
+    unconstrained: bool = False   # the ablation: regenerate the whole image, no anatomy mask
+    progress: bool = True
+
+
+def _side_for(concept: str, operation: str, finding_masks: dict, rng: np.random.Generator) -> str:
+    if not concepts.get(concept).lateral:
+        return "both"
+    if operation == "delete" and concept.lower().replace(" ", "_") in finding_masks:
+        mask = finding_masks[concept.lower().replace(" ", "_")]
+        cols = np.flatnonzero(mask.any(axis=0))
+        centre = mask.shape[1] / 2
+        if cols.size:
+            left_share = (cols > centre).mean()
+            return "both" if 0.2 < left_share < 0.8 else ("left" if left_share >= 0.8 else "right")
+        return "both"
+    if operation == "delete":
+        return "both"
+    return str(rng.choice(["right", "left"]))
+
+
+def _phantom_truth(row: pd.Series, operations: list[Operation], size: int) -> np.ndarray | None:
+    if "study_seed" not in row or pd.isna(row.get("study_seed")):
+        return None
+    from cxr_audit.data import phantom
+    from cxr_audit.data.phantom.dataset import study_of
+
+    study = study_of(row)
+    for operation in operations:
+        if operation.concept not in phantom.PHANTOM_FINDINGS:
+            return None
+        study = phantom.counterfactual(study, **{"add" if operation.op == "insert" else "remove": operation.concept})
+    return phantom.render(study, size).image
+
+
+def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, layout: SynthesisLayout,
+                  checker=None, options: SynthesisOptions | None = None) -> SynthesisSummary:
+    """Carry out `plan` on `manifest` (the images the plan's sources come from) into `layout`."""
+    options = options or SynthesisOptions()
+    for folder in (layout.images, layout.masks, layout.records):
+        folder.mkdir(parents=True, exist_ok=True)
+    size = backend.image_size
+    rows = manifest.frame.set_index("image_id", drop=False)
+    named = [c for c in backend.concepts if c in manifest.concepts]
+    policy = LabelPolicy.model_validate(plan.label_policy)
+    source_labels = pd.DataFrame(manifest.labels(named, policy), columns=named, index=manifest.frame["image_id"])
+    todo = [e for e in plan.edits if not layout.record(e.edit_id).exists()]
+    bar = tqdm(total=len(plan.edits), initial=len(plan.edits) - len(todo), desc="synthesizing", unit="edit",
+               disable=not options.progress)
+    for start in range(0, len(todo), options.batch_size):
+        batch = todo[start:start + options.batch_size]
+        prepared = [_prepare(e, rows, manifest, source_labels, backend.concepts, size) for e in batch]
+        sources = np.stack([p["source"] for p in prepared])
+        hard = np.stack([p["hard"] for p in prepared])
+        soft = np.stack([p["soft"] for p in prepared])
+        masks = (None, None) if options.unconstrained else (hard, soft)
+        edited = backend.edit(sources, np.stack([p["target"] for p in prepared]), *masks, options.settings,
+                              int(batch[0].seed))
+        before, after = _checker_scores(checker, sources), _checker_scores(checker, edited)
+        for k, (planned, item) in enumerate(zip(batch, prepared)):
+            truth = _phantom_truth(rows.loc[planned.source_image_id], planned.operations, size)
+            # The ablation regenerates the whole image on purpose: its change outside the region is measured
+            # (to compare with CARS) but is no reason to reject it.
+            qc = score_edit(sources[k], edited[k], hard[k], soft[k], planned.operations,
+                            before[k] if before else None, after[k] if after else None, truth, options.thresholds,
+                            require_fidelity=not options.unconstrained)
+            _write_outputs(layout, planned, item, edited[k], hard[k], qc, backend.sha256)
+            bar.update()
+    bar.close()
+    return _assemble(layout, plan, backend, options)
+
+
+def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, source_labels: pd.DataFrame,
+             gen_concepts: list[str], size: int) -> dict:
+    if planned.source_image_id not in rows.index:
+        raise UserInputError(f"plan edit {planned.edit_id}: source {planned.source_image_id!r} is not in the "
+                             "data. Was the plan made from another dataset?")
+    row = rows.loc[planned.source_image_id]
+    source = load_resized(manifest.resolve_image(row["path"]), size)
+    folder = image_mask_folder(manifest, row["path"])
+    if not (folder / "lung_right.png").exists():
+        raise UserInputError(f"No anatomy masks for {row['path']} (looked in {folder}). Provide lung masks in "
+                             "the phantom's layout (masks/<image path without suffix>/lung_right.png, ...), e.g. "
+                             "with `cxr-audit segment`.")
+    anatomy = load_mask_folder(folder, size)
+    finding_masks = {p.stem: np.asarray(Image.open(p).resize((size, size), Image.Resampling.NEAREST)) > 127
+                     for p in folder.glob("*.png") if p.stem not in anatomy}
+    rng = np.random.default_rng(planned.seed)
+    hard = np.zeros((size, size), bool)
+    soft = np.zeros((size, size), np.float32)
+    for operation in planned.operations:
+        side = _side_for(operation.concept, operation.op, finding_masks, rng)
+        h, s = edit_mask([operation.concept], anatomy, side=side)
+        hard |= h
+        soft = np.maximum(soft, s)
+    target = np.array(source_labels.loc[planned.source_image_id].reindex(gen_concepts), dtype=np.float32)
+    for j, concept in enumerate(gen_concepts):
+        value = planned.target_vector.get(concept)
+        if value is not None:
+            target[j] = value
+    return {"source": source, "target": target, "hard": hard, "soft": soft,
+            "source_sha256": image_sha256(manifest.resolve_image(row["path"])), "row": row}
+
+
+def _checker_scores(checker, images: np.ndarray) -> list[dict[str, float]] | None:
+    if checker is None:
+        return None
+    return [dict(zip(checker.concepts, map(float, row))) for row in checker.predict_arrays(images)]
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_outputs(layout: SynthesisLayout, planned: PlannedEdit, item: dict, edited: np.ndarray, hard: np.ndarray,
+                   qc, generator_hash: str) -> None:
+    edit_id = planned.edit_id
+    pixels = np.round(edited * 255).astype(np.uint8)
+    atomic_write_bytes(layout.image(edit_id), _png(pixels))
+    if str(item["row"]["path"]).lower().endswith((".dcm", ".dicom")):  # DICOM in, DICOM out (no source PHI)
+        from cxr_audit.synthesis.dicom_out import write_synthetic_dicom
+
+        operation = ", ".join(f"{o.op} {o.concept}" for o in planned.operations)
+        write_synthetic_dicom(layout.dicom(edit_id), pixels, edit_id,
+                              f"cxr-audit CARS edit ({operation}) of source image sha256 {item['source_sha256']}; "
+                              f"generator sha256 {generator_hash}", item["row"].get("view"))
+    atomic_write_bytes(layout.mask(edit_id), _png((hard * 255).astype(np.uint8)))
+    row = item["row"]
+    record = EditRecord(
+        **planned.model_dump(include={"edit_id", "cell_id", "source_image_id", "patient_id", "operations",
+                                      "target_vector", "seed"}),
+        source_sha256=item["source_sha256"], generator_sha256=generator_hash, qc=qc.to_json(),
+        sex=row.get("sex"), age=None if pd.isna(row.get("age")) else float(row.get("age")), view=row.get("view"))
+    atomic_write_json(layout.record(edit_id), record.model_dump(mode="json"))
+
+
+def _assemble(layout: SynthesisLayout, plan: PlanDocument, backend: EditBackend,
+              options: SynthesisOptions) -> SynthesisSummary:
+    planned_ids = {e.edit_id for e in plan.edits}
+    records = [r for r in read_records(layout) if r.edit_id in planned_ids]
+    accepted = [r for r in records if r.qc.passed]
+    rejected: dict[str, int] = {}
+    for record in records:
+        for reason in record.qc.reasons:
+            rejected[reason] = rejected.get(reason, 0) + 1
+    rows = []
+    for record in accepted:
+        labels = {c: (1.0 if v == 1 else 0.0 if v == 0 else None) for c, v in record.target_vector.items()}
+        rows.append({
+            "Path": f"{layout.images.name}/{record.edit_id}.png",
+            "Sex": {"M": "Male", "F": "Female"}.get(record.sex, ""), "Age": record.age,
+            "Frontal/Lateral": "Frontal", "AP/PA": record.view or "PA", **labels,
+            "patient_id": f"synthetic-{record.patient_id}", "split": "train",
+            "source_image_id": record.source_image_id, "source_sha256": record.source_sha256,
+            "operation": "+".join(o.op for o in record.operations),
+            "concept": "+".join(o.concept for o in record.operations), "cell_id": record.cell_id,
+            "target_vector": json.dumps(record.target_vector, sort_keys=True), "seed": record.seed,
+            "generator_sha256": backend.sha256, "synthetic": 1,
+            **{f"qc_{k}": v for k, v in record.qc.model_dump().items() if k not in ("reasons", "passed")},
+        })
+    frame = pd.DataFrame(rows)
+    atomic_write_text(layout.manifest, frame.to_csv(index=False))
+    alignment = [r.qc.alignment for r in records if r.qc.alignment is not None]
+    truth = [r.qc.ground_truth_mae for r in records if r.qc.ground_truth_mae is not None]
+    summary = SynthesisSummary(
+        generator_sha256=backend.sha256, generator=backend.card(),
+        mode="unconstrained (ablation)" if options.unconstrained else "masked (CARS)",
+        settings=asdict(options.settings), qc_thresholds=asdict(options.thresholds),
+        planned=len(records), accepted=len(accepted), rejected=len(records) - len(accepted),
+        rejected_by_reason=rejected,
+        accepted_by_cell={str(k): int(v) for k, v in frame.groupby("cell_id").size().items()} if len(frame) else {},
+        mean_outside_mae=float(np.mean([r.qc.outside_mae for r in records])) if records else None,
+        checker_agreement=float(np.mean([a >= options.thresholds.min_alignment for a in alignment]))
+        if alignment else None,
+        mean_ground_truth_mae=float(np.mean(truth)) if truth else None)
+    atomic_write_json(layout.summary, summary.model_dump(mode="json"))
+    return summary
