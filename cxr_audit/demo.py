@@ -42,14 +42,6 @@ DEMO_INTENDED_USE = ("Demonstration on the procedural phantom: the small classif
                      "X-ray triage model that flags eight findings on frontal radiographs.")
 
 
-def _labels(run: RunDir) -> Path:
-    return run.inputs / "phantom" / "labels.csv"
-
-
-def _model(run: RunDir) -> Path:
-    return run.inputs / "deployed_model" / "deployed_model.safetensors"
-
-
 class PhantomStage:
     """The demo's dataset: the phantom with its rare cell."""
 
@@ -57,20 +49,17 @@ class PhantomStage:
 
     def __init__(self, run: RunDir, images: int = DEMO_IMAGES):
         self.rundir, self.images = run, images
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.rundir.inputs / "phantom"]
+        self.folder = self.rundir.made_dataset.parent
 
     def outputs(self) -> list[Path]:
-        return [_labels(self.rundir)]
+        return [self.rundir.made_dataset]
 
     def inputs(self) -> dict:
         return {"images": self.images, "size": DEMO_SIZE, "seed": DEMO_SEED, "phantom_version": PHANTOM_VERSION,
                 "prevalence": DEMO_PREVALENCE.model_dump(mode="json")}
 
     def run(self) -> None:
-        write_phantom_dataset(self.owned[0], self.images, size=DEMO_SIZE, seed=DEMO_SEED, prevalence=DEMO_PREVALENCE)
+        write_phantom_dataset(self.folder, self.images, size=DEMO_SIZE, seed=DEMO_SEED, prevalence=DEMO_PREVALENCE)
 
 
 class DeployedModelStage:
@@ -80,16 +69,13 @@ class DeployedModelStage:
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-
-    @property
-    def owned(self) -> list[Path]:
-        return [_model(self.ctx.run).parent]
+        self.folder = self.ctx.run.made_model.parent
 
     def outputs(self) -> list[Path]:
-        return [_model(self.ctx.run), FinetuneLayout.card_for(_model(self.ctx.run))]
+        return [self.ctx.run.made_model, FinetuneLayout.card_for(self.ctx.run.made_model)]
 
     def inputs(self) -> dict:
-        return {"data": sha256_file(_labels(self.ctx.run)), "seed": DEMO_SEED, "size": DEMO_SIZE, **DEMO_CLASSIFIER}
+        return {"data": sha256_file(self.ctx.run.made_dataset), "seed": DEMO_SEED, "size": DEMO_SIZE, **DEMO_CLASSIFIER}
 
     def run(self) -> None:
         from cxr_audit.classifier.small_cnn import save_classifier, train_small_classifier
@@ -98,7 +84,7 @@ class DeployedModelStage:
         names = list(PHANTOM_FINDINGS)
         net = train_small_classifier(self.ctx.images("train", DEMO_SIZE), self.ctx.labels("train", names),
                                      seed=DEMO_SEED, progress=self.ctx.progress, **DEMO_CLASSIFIER)
-        save_classifier(net, _model(self.ctx.run), names, DEMO_SIZE)
+        save_classifier(net, self.ctx.run.made_model, names, DEMO_SIZE)
 
 
 def demo_context(out: Path, force: bool = False, images: int = DEMO_IMAGES, progress: bool = True,
@@ -110,7 +96,7 @@ def demo_context(out: Path, force: bool = False, images: int = DEMO_IMAGES, prog
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     run = RunDir(out)
     finetune = FinetuneConfig(steps=300, batch_size=32, lr=5e-4, eval_every=50, patience=4)
-    given = {"data": _labels(run), "format": "chexpert", "spec": DEMO_SPEC, "models": [_model(run)],
+    given = {"data": run.made_dataset, "format": "chexpert", "spec": DEMO_SPEC, "models": [run.made_model],
              "generator": SHIPPED_GENERATOR, "finetune": {k: v for k, v in finetune.__dict__.items() if k != "seed"},
              "bootstrap": 1000, "mc_samples": 10, "seed": DEMO_SEED, "intended_use": DEMO_INTENDED_USE, **changes}
     ctx = open_run(run, given, force, progress=progress, log=log or print)

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from cxr_audit.errors import UserInputError
 
 _CHUNK = 1 << 20
@@ -78,6 +80,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, document: Any) -> None:
     atomic_write_text(path, json.dumps(document, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+class Document(BaseModel):
+    """A JSON document the tool writes and reads back: a key it does not know is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def read_document(path: str | Path, model, what: str, missing_hint: str):

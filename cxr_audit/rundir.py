@@ -49,61 +49,36 @@ def safe_name(name: str, what: str) -> str:
     return name
 
 
+def _file(name: str, doc: str = "") -> property:
+    """A file of a layout's folder."""
+    return property(lambda self: self.folder / name, doc=doc or name)
+
+
 @dataclass(frozen=True)
 class CoverageLayout:
     folder: Path
-
-    @property
-    def document(self) -> Path:
-        return self.folder / "coverage.json"
-
-    @property
-    def cooccurrence_png(self) -> Path:
-        return self.folder / "cooccurrence.png"
-
-    @property
-    def cells_png(self) -> Path:
-        return self.folder / "coverage_cells.png"
+    document = _file("coverage.json")
+    cooccurrence_png = _file("cooccurrence.png")
+    cells_png = _file("coverage_cells.png")
 
 
 @dataclass(frozen=True)
 class EvaluationLayout:
     folder: Path
-
-    @property
-    def metrics(self) -> Path:
-        return self.folder / "metrics.json"
-
-    @property
-    def predictions(self) -> Path:
-        return self.folder / "predictions.npz"
-
-    @property
-    def replicates(self) -> Path:
-        return self.folder / "replicates.npz"
+    metrics = _file("metrics.json")
+    predictions = _file("predictions.npz")
+    replicates = _file("replicates.npz", "bootstrap replicates per target and metric, for paired comparisons")
 
 
 @dataclass(frozen=True)
 class FinetuneLayout:
     folder: Path
-
-    @property
-    def record(self) -> Path:
-        return self.folder / "finetune.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.folder / "checkpoint.pt"
-
-    @property
-    def candidate_weights(self) -> Path:
-        """The candidate as a safetensors state dict (models given as weights for a known architecture)."""
-        return self.folder / "candidate.safetensors"
-
-    @property
-    def candidate_torchscript(self) -> Path:
-        """The candidate as TorchScript (models given as TorchScript or a pickled module)."""
-        return self.folder / "candidate.pt"
+    record = _file("finetune.json")
+    checkpoint = _file("checkpoint.pt")
+    candidate_weights = _file("candidate.safetensors", "the candidate as a safetensors state dict (a model given "
+                              "as weights for a known architecture)")
+    candidate_torchscript = _file("candidate.pt", "the candidate as TorchScript (a model given as TorchScript or "
+                                  "a pickled module)")
 
     @staticmethod
     def card_for(model: Path) -> Path:
@@ -120,27 +95,11 @@ class FinetuneLayout:
 @dataclass(frozen=True)
 class SynthesisLayout:
     folder: Path
-
-    @property
-    def images(self) -> Path:
-        return self.folder / "images"
-
-    @property
-    def masks(self) -> Path:
-        return self.folder / "masks"
-
-    @property
-    def records(self) -> Path:
-        return self.folder / "records"
-
-    @property
-    def manifest(self) -> Path:
-        """Accepted edits (CheXpert columns plus provenance)."""
-        return self.folder / "synthetic_manifest.csv"
-
-    @property
-    def summary(self) -> Path:
-        return self.folder / "synthesis.json"
+    images = _file("images")
+    masks = _file("masks", "each edit's region (usable as a weak segmentation label)")
+    records = _file("records", "one JSON record per edit, written as the edit finishes")
+    manifest = _file("synthetic_manifest.csv", "accepted edits: CheXpert columns plus provenance")
+    summary = _file("synthesis.json")
 
     def image(self, edit_id: str) -> Path:
         return self.images / f"{safe_name(edit_id, 'edit id')}.png"
@@ -165,10 +124,7 @@ class SynthesisLayout:
 @dataclass(frozen=True)
 class GalleryLayout:
     folder: Path
-
-    @property
-    def document(self) -> Path:
-        return self.folder / "gallery.json"
+    document = _file("gallery.json")
 
     def image(self, edit_id: str) -> Path:
         return self.folder / f"{safe_name(edit_id, 'edit id')}.png"
@@ -200,6 +156,16 @@ class RunDir:
     def inputs(self) -> Path:
         """Inputs the run makes for itself (the demo's dataset and deployed model)."""
         return self.path / "inputs"
+
+    @property
+    def made_dataset(self) -> Path:
+        """The labels file of a dataset the run made for itself (the demo's phantom); its images lie beside it."""
+        return self.inputs / "dataset" / "labels.csv"
+
+    @property
+    def made_model(self) -> Path:
+        """A deployed model the run made for itself (the demo's), with its card beside it."""
+        return self.inputs / "model" / "deployed_model.safetensors"
 
     # -- stage outputs ---------------------------------------------------------------------------------------
     @property
@@ -337,12 +303,11 @@ def check_output_file(path: Path, inputs: list[Path], what: str) -> Path:
 
 class Stage(Protocol):
     """One step of the audit flow. `inputs()` declares everything that changes its outputs (file hashes and
-    options, never paths or device settings); `owned` are the paths it writes, all inside the run."""
+    options, never paths or device settings); `folder` is the one path it writes (a folder, or a single file),
+    inside the run; `outputs()` are the files whose hashes the record keeps."""
 
     name: str
-
-    @property
-    def owned(self) -> list[Path]: ...
+    folder: Path
 
     def outputs(self) -> list[Path]: ...
 
@@ -388,7 +353,7 @@ def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str
         log(f"stage {stage.name}: inputs unchanged, skipped")
         return False
     resumable = same_inputs and record["status"] == "running"
-    if not resumable and any(p.exists() for p in stage.owned):
+    if not resumable and stage.folder.exists():
         if record is None:
             why = "it holds files that no finished stage of this run wrote"
         elif not same_inputs:
@@ -399,11 +364,10 @@ def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str
             raise UserInputError(f"{run.path}: the '{stage.name}' stage's outputs exist, but {why}. A run never "
                                  "overwrites results silently: pass --force to redo this stage, or choose a new "
                                  "--out folder.")
-        for owned in stage.owned:
-            if owned.is_dir():
-                shutil.rmtree(owned)
-            elif owned.exists():
-                owned.unlink()
+        if stage.folder.is_dir():
+            shutil.rmtree(stage.folder)
+        else:
+            stage.folder.unlink()
     log(f"stage {stage.name}" + (": resuming" if resumable else ""))
     started = time.monotonic()
     atomic_write_json(path, {"stage": stage.name, "status": "running", "inputs": declared})

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cxr_audit.coverage import CoverageReport
 from cxr_audit.errors import UserInputError
 from cxr_audit.evaluation.documents import Bootstrap, Difference, MetricsDocument, ProbeDocument
-from cxr_audit.provenance import read_document, read_json
+from cxr_audit.provenance import Document, read_document, read_json
 from cxr_audit.report.gallery import GalleryItem
 from cxr_audit.synthesis.documents import SynthesisSummary
 from cxr_audit.synthesis.planner import CellPlan, Rejection
@@ -22,11 +22,7 @@ from cxr_audit.synthesis.planner import CellPlan, Rejection
 AUDIT_SCHEMA_VERSION = "2.0"
 
 
-class _Document(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Scope(_Document):
+class Scope(Document):
     intended_use: str
     model: str
     concepts: list[str]
@@ -36,7 +32,7 @@ class Scope(_Document):
     n_test_patients: int
 
 
-class InputFile(_Document):
+class InputFile(Document):
     path: str
     sha256: str | None = None
     format: str | None = None
@@ -44,25 +40,25 @@ class InputFile(_Document):
     trained_in_run: bool | None = None
 
 
-class PlanSummary(_Document):
+class PlanSummary(Document):
     edits: int
     cells: list[CellPlan]
     rejections: list[Rejection]
 
 
-class Arm(_Document):
+class Arm(Document):
     title: str
     metrics: MetricsDocument
     finetune: dict[str, Any] | None = Field(None, description="finetune.json of a fine-tuned arm")
 
 
-class Comparison(_Document):
+class Comparison(Document):
     new: str
     old: str
     differences: dict[str, dict[str, Difference]] = Field(description="target -> metric -> paired difference")
 
 
-class TestSet(_Document):
+class TestSet(Document):
     sha256: str = Field(description="image ids, concepts and labels of the test split: runs compare only when equal")
     predictions: str
     predictions_sha256: str
@@ -71,7 +67,7 @@ class TestSet(_Document):
     bootstrap: Bootstrap
 
 
-class Verdict(_Document):
+class Verdict(Document):
     status: str
     headline: str
     concerns: list[str]
@@ -80,7 +76,7 @@ class Verdict(_Document):
     note: str
 
 
-class AuditDocument(_Document):
+class AuditDocument(Document):
     schema_version: str = AUDIT_SCHEMA_VERSION
     tool_version: str
     created: str
@@ -107,8 +103,10 @@ class AuditDocument(_Document):
 
 def audit_path(path: str | Path) -> Path:
     """audit.json given directly, or the run directory that holds it."""
+    from cxr_audit.rundir import RunDir
+
     path = Path(path)
-    return path / "audit.json" if path.is_dir() else path
+    return RunDir(path).audit if path.is_dir() else path
 
 
 def load_audit(path: str | Path) -> AuditDocument:

@@ -113,8 +113,10 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
     stand in for a killed process)."""
     layout.folder.mkdir(parents=True, exist_ok=True)
     device = default_device()
-    torch.manual_seed(config.seed)
     candidate = _trainable_copy(model).to(device)
+    # Seeded after the copy is built: building a state-dict model draws random initial weights, and the dropout
+    # masks must not depend on how the model's weights were stored.
+    torch.manual_seed(config.seed)
     net = candidate.module
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)

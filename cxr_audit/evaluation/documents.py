@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from cxr_audit.provenance import Document
 
 METRICS_SCHEMA_VERSION = "2.0"
 PROBE_SCHEMA_VERSION = "2.0"
@@ -14,18 +16,14 @@ SUMMARY_METRICS = ("auprc", "auroc", "ece", "ace", "mce", "brier", "entropy")
 THRESHOLD_METRICS = ("precision", "recall", "specificity", "f1")
 
 
-class _Document(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Interval(_Document):
+class Interval(Document):
     """A point estimate and its 95% interval (None where undefined: no positives, too few replicates)."""
 
     value: float | None
     ci: list[float | None] | None = None
 
 
-class Difference(_Document):
+class Difference(Document):
     """new - old from the paired bootstrap, with its interval and a two-sided p-value."""
 
     difference: float | None
@@ -33,12 +31,12 @@ class Difference(_Document):
     p_value: float | None = None
 
 
-class Threshold(_Document):
+class Threshold(Document):
     value: float
     source: str
 
 
-class _Scores(_Document):
+class _Scores(Document):
     """The metrics a binary target (a concept, a cell) gets, each with its interval (absent on a cell that
     could not be evaluated)."""
 
@@ -82,25 +80,25 @@ class CellMetrics(_Scores):
     threshold: Threshold | None = None
 
 
-class Reliability(_Document):
+class Reliability(Document):
     bin_edges: list[float]
     confidence: list[float | None]
     frequency: list[float | None]
     count: list[int]
 
 
-class Curve(_Document):
+class Curve(Document):
     precision: list[float]
     recall: list[float]
 
 
-class UncertaintyHistogram(_Document):
+class UncertaintyHistogram(Document):
     bin_edges: list[float]
     entropy_bits: list[int]
     mutual_information_bits: list[int] | None = None
 
 
-class ModelInfo(_Document):
+class ModelInfo(Document):
     path: str
     sha256: str
     format: str
@@ -108,7 +106,7 @@ class ModelInfo(_Document):
     ensemble: list[dict[str, str]] | None = None
 
 
-class DataInfo(_Document):
+class DataInfo(Document):
     path: str
     sha256: str
     format: str
@@ -116,19 +114,19 @@ class DataInfo(_Document):
     label_policy: dict[str, Any]
 
 
-class Bootstrap(_Document):
+class Bootstrap(Document):
     unit: str
     replicates: int
     seed: int
     interval: str
 
 
-class UncertaintyMethod(_Document):
+class UncertaintyMethod(Document):
     method: str
     samples: int
 
 
-class MetricsDocument(_Document):
+class MetricsDocument(Document):
     """metrics.json: one model (or a black box's predictions) on one split of real images."""
 
     schema_version: str = METRICS_SCHEMA_VERSION
@@ -158,7 +156,7 @@ class MetricsDocument(_Document):
 # probe.json
 
 
-class ProbePair(_Document):
+class ProbePair(Document):
     edit_id: str
     cell_id: str
     concept: str
@@ -170,7 +168,7 @@ class ProbePair(_Document):
     leakage: float
 
 
-class ProbeGroup(_Document):
+class ProbeGroup(Document):
     concept: str | None = None
     op: str | None = None
     pairs: int
@@ -182,7 +180,7 @@ class ProbeGroup(_Document):
     leakage: Interval
 
 
-class ProbeDocument(_Document):
+class ProbeDocument(Document):
     schema_version: str = PROBE_SCHEMA_VERSION
     model: dict[str, str]
     synthesis: dict[str, str | None]

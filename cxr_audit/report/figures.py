@@ -105,6 +105,15 @@ def cooccurrence_figure(cooccurrence: dict[str, dict[str, int]], n_images: int):
 # Performance
 
 
+def _unit_axes(ax, title: str, xlabel: str, ylabel: str, top: float = 1.0) -> None:
+    """A panel whose axes are both probabilities."""
+    ax.set_title(title, fontsize=7.5)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, top)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
 def pr_curves_figure(arms: dict, targets: list[str]):
     """Precision-recall per target (a concept, or 'cell:<id>'), one line per arm."""
     figure, axes = _grid(len(targets))
@@ -113,11 +122,7 @@ def pr_curves_figure(arms: dict, targets: list[str]):
             curve = metrics.pr_curves.get(target)
             if curve is not None and curve.recall:
                 ax.plot(curve.recall, curve.precision, color=ARM_COLOURS[arm], linewidth=1.1, label=ARM_LABELS[arm])
-        ax.set_title(target.replace("cell:", "cell "), fontsize=7.5)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("recall")
-        ax.set_ylabel("precision")
+        _unit_axes(ax, target.replace("cell:", "cell "), "recall", "precision", top=1.02)
     axes[0].legend(loc="lower left", frameon=False)
     figure.tight_layout()
     return figure
@@ -136,11 +141,7 @@ def reliability_figure(arms: dict, concepts: list[str]):
             frequency = np.array(diagram.frequency, dtype=float)[keep]
             ax.plot(confidence, frequency, marker="o", markersize=2.5, linewidth=1, color=ARM_COLOURS[arm],
                     label=ARM_LABELS[arm])
-        ax.set_title(concept, fontsize=7.5)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("mean predicted")
-        ax.set_ylabel("observed")
+        _unit_axes(ax, concept, "mean predicted", "observed")
     axes[0].legend(loc="upper left", frameon=False)
     figure.tight_layout()
     return figure

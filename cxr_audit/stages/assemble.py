@@ -25,10 +25,7 @@ class AssembleStage:
 
     def __init__(self, ctx: RunContext, command_line: str = ""):
         self.ctx, self.command_line = ctx, command_line
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.ctx.run.audit]
+        self.folder = self.ctx.run.audit
 
     def outputs(self) -> list[Path]:
         return [self.ctx.run.audit]

@@ -14,10 +14,7 @@ class CheckerStage:
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.ctx.run.checker.parent]
+        self.folder = self.ctx.run.checker.parent
 
     def outputs(self) -> list[Path]:
         from cxr_audit.rundir import FinetuneLayout

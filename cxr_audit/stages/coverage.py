@@ -17,14 +17,11 @@ class CoverageStage:
     def __init__(self, ctx: RunContext, split: str = "train"):
         self.ctx, self.requested_split = ctx, split
         self.layout = ctx.run.coverage
+        self.folder = self.layout.folder
 
     @property
     def split(self) -> str:
         return coverage_split(self.ctx.manifest, self.requested_split)
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.layout.folder]
 
     def outputs(self) -> list[Path]:
         return [self.layout.document, self.layout.cooccurrence_png, self.layout.cells_png]

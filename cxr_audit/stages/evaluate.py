@@ -24,14 +24,11 @@ class EvaluateStage:
         self.ctx, self.arm, self.requested_split = ctx, arm, split
         self.name = f"evaluate_{arm}"
         self.layout = ctx.run.evaluation(arm)
+        self.folder = self.layout.folder
 
     @property
     def split(self) -> str:
         return evaluation_split(self.ctx.manifest, self.requested_split)
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.layout.folder]
 
     def outputs(self) -> list[Path]:
         return [self.layout.metrics, self.layout.predictions, self.layout.replicates]

@@ -18,10 +18,7 @@ class FinetuneStage:
         self.ctx, self.arm = ctx, arm
         self.name = f"finetune_{arm}"
         self.layout = ctx.run.finetune(arm)
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.layout.folder]
+        self.folder = self.layout.folder
 
     def outputs(self) -> list[Path]:
         candidate = self.layout.candidate()

@@ -14,10 +14,7 @@ class GalleryStage:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.layout = ctx.run.gallery
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.layout.folder]
+        self.folder = self.layout.folder
 
     def outputs(self) -> list[Path]:
         return [self.layout.document]

@@ -14,10 +14,7 @@ class GeneratorStage:
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.ctx.run.generator]
+        self.folder = self.ctx.run.generator
 
     def outputs(self) -> list[Path]:
         from cxr_audit.synthesis.generator.store import GENERATOR_CARD

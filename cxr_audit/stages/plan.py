@@ -16,10 +16,7 @@ class PlanStage:
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.ctx.run.plan.parent]
+        self.folder = self.ctx.run.plan.parent
 
     def outputs(self) -> list[Path]:
         return [self.ctx.run.plan]

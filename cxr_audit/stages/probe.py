@@ -15,10 +15,7 @@ class ProbeStage:
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.ctx.run.probe.parent]
+        self.folder = self.ctx.run.probe.parent
 
     def outputs(self) -> list[Path]:
         return [self.ctx.run.probe]

@@ -13,10 +13,7 @@ class ReportStage:
 
     def __init__(self, rundir: RunDir):
         self.rundir = rundir
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.rundir.report]
+        self.folder = self.rundir.report
 
     def outputs(self) -> list[Path]:
         return [self.rundir.report]

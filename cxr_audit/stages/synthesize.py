@@ -21,10 +21,7 @@ class SynthesizeStage:
         self.ctx, self.mode = ctx, mode
         self.name = STAGE_NAMES[mode]
         self.layout = ctx.run.synthesis(mode)
-
-    @property
-    def owned(self) -> list[Path]:
-        return [self.layout.folder]
+        self.folder = self.layout.folder
 
     def outputs(self) -> list[Path]:
         return [self.layout.summary, self.layout.manifest]

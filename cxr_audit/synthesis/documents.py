@@ -6,24 +6,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from cxr_audit.provenance import read_document
+from cxr_audit.provenance import Document, read_document
 from cxr_audit.rundir import SynthesisLayout
 
 SYNTHESIS_SCHEMA_VERSION = "2.0"
 
 
-class _Document(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Operation(_Document):
+class Operation(Document):
     op: Literal["insert", "delete"]
     concept: str
 
 
-class QCScores(_Document):
+class QCScores(Document):
     outside_mae: float
     outside_ssim: float
     alignment: float | None
@@ -35,7 +29,7 @@ class QCScores(_Document):
     reasons: list[str]
 
 
-class EditRecord(_Document):
+class EditRecord(Document):
     edit_id: str
     cell_id: str
     source_image_id: str
@@ -51,7 +45,7 @@ class EditRecord(_Document):
     view: str | None
 
 
-class SynthesisSummary(_Document):
+class SynthesisSummary(Document):
     schema_version: str = SYNTHESIS_SCHEMA_VERSION
     generator_sha256: str
     generator: dict[str, Any]          # the backend's card

@@ -14,22 +14,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cxr_audit import concepts
 from cxr_audit.coverage import CoverageReport
 from cxr_audit.data.manifest import Manifest
+from cxr_audit.provenance import Document
 from cxr_audit.spec import Cell, CoverageSpec
 from cxr_audit.synthesis.documents import Operation
 
 PLAN_SCHEMA_VERSION = "2.0"
 
 
-class _Document(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PlannedEdit(_Document):
+class PlannedEdit(Document):
     edit_id: str
     cell_id: str
     source_image_id: str
@@ -42,7 +39,7 @@ class PlannedEdit(_Document):
     seed: int
 
 
-class CellPlan(_Document):
+class CellPlan(Document):
     cell_id: str
     deficit: int
     budget: int
@@ -53,13 +50,13 @@ class CellPlan(_Document):
     reason: str = ""
 
 
-class Rejection(_Document):
+class Rejection(Document):
     cell_id: str
     reason: str
     sources_rejected: int
 
 
-class PlanDocument(_Document):
+class PlanDocument(Document):
     """plan.json: the edits planned for each under-covered cell, and the targets rejected (with the rule)."""
 
     schema_version: str = PLAN_SCHEMA_VERSION

@@ -88,25 +88,26 @@ class Rendered:
 # Sampling
 
 
+def _uniform(rng: np.random.Generator, **ranges: tuple[float, float]) -> dict[str, float]:
+    """One uniform draw per named (low, high) range, in the order given (the order fixes the phantom)."""
+    return {name: rng.uniform(low, high) for name, (low, high) in ranges.items()}
+
+
 def sample_anatomy(rng: np.random.Generator, sex: str) -> Anatomy:
     male = sex == "M"
     lung_half = rng.uniform(0.30, 0.36) + (0.01 if male else 0.0)
     dome_right = rng.uniform(0.66, 0.74)
+    # Arguments are evaluated left to right: the draws happen in the order written.
     return Anatomy(
         body_width=lung_half + rng.uniform(0.06, 0.10),
-        shoulder_y=rng.uniform(0.08, 0.13),
-        lung_top=rng.uniform(0.12, 0.17),
+        **_uniform(rng, shoulder_y=(0.08, 0.13), lung_top=(0.12, 0.17)),
         lung_half_width=lung_half,
         lung_inner=rng.uniform(0.045, 0.06),
         dome_right=dome_right,
         dome_left=dome_right + rng.uniform(0.01, 0.04),  # the left hemidiaphragm usually sits lower
-        dome_depth=rng.uniform(0.05, 0.09),
-        heart_width=rng.uniform(0.38, 0.46),
-        heart_height=rng.uniform(0.20, 0.25),
-        heart_shift=rng.uniform(0.03, 0.06),
-        mediastinum_width=rng.uniform(0.055, 0.075),
-        rib_spacing=rng.uniform(0.055, 0.068),
-        rib_phase=rng.uniform(0.0, 1.0),
+        **_uniform(rng, dome_depth=(0.05, 0.09), heart_width=(0.38, 0.46), heart_height=(0.20, 0.25),
+                   heart_shift=(0.03, 0.06), mediastinum_width=(0.055, 0.075), rib_spacing=(0.055, 0.068),
+                   rib_phase=(0.0, 1.0)),
         markings_seed=int(rng.integers(2**31)),
     )
 
@@ -115,10 +116,7 @@ def sample_acquisition(rng: np.random.Generator) -> Acquisition:
     return Acquisition(
         rotation_deg=rng.normal(0.0, 1.5),
         shift_x=rng.normal(0.0, 0.01),
-        exposure=rng.uniform(0.8, 1.25),
-        contrast=rng.uniform(0.9, 1.1),
-        noise=rng.uniform(0.008, 0.02),
-        blur=rng.uniform(0.4, 0.8),
+        **_uniform(rng, exposure=(0.8, 1.25), contrast=(0.9, 1.1), noise=(0.008, 0.02), blur=(0.4, 0.8)),
         noise_seed=int(rng.integers(2**31)),
     )
 

@@ -1,0 +1,229 @@
+"""The stage contract: one implementation per stage, one skip rule, one run layout.
+
+Every stand-alone command works on a run that `audit` or another command made; a changed input re-runs exactly
+the stages that depend on it; a refused command changes no file; a copied run resumes in its new place; and
+two runs of the same inputs in fresh folders write the same audit.json.
+"""
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxr_audit.rundir import RunDir
+from cxr_audit.stages.pipeline import open_run, run_audit
+
+SPEC = Path("coverage_specs/phantom.yaml")
+PACKAGE = Path(__file__).resolve().parents[1] / "cxr_audit"
+
+
+def _options(phantom_dataset, phantom_model, spec, **changes) -> dict:
+    """A small audit that trains its own generator and checker in the run (tiny budgets, the real flow)."""
+    return {"models": [phantom_model], "data": phantom_dataset / "labels.csv", "spec": spec,
+            "generator_training": {"steps": 3, "batch_size": 4, "channels": [8, 16]},
+            "edit": {"steps": 3, "strength": 0.5, "guidance": 2.0}, "bootstrap": 100, "mc_samples": 2,
+            "finetune": {"steps": 4, "batch_size": 8, "eval_every": 2, "checkpoint_every": 2}, **changes}
+
+
+def _audit(out, options, force=False):
+    ctx = open_run(RunDir(out), options, force, progress=False, log=lambda message: None, workers=0)
+    return run_audit(ctx, force)
+
+
+def _records(run: Path) -> dict[str, str]:
+    """Each stage record's content: what changes when a stage runs again."""
+    return {p.stem: p.read_text() for p in sorted(RunDir(run).stages.glob("*.json"))}
+
+
+def _ran_again(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    return {name for name in after if before.get(name) != after[name]}
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(phantom_dataset, phantom_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("contract")
+    spec = folder / "spec.yaml"
+    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2}\n")
+    card = folder / "card.yaml"  # the model's card, copied so that tests can change it
+    shutil.copy(phantom_model.with_name(phantom_model.name + ".card.yaml"), card)
+    run = folder / "run"
+    _audit(run, _options(phantom_dataset, phantom_model, spec, card=card))
+    return folder, run, spec, card
+
+
+@pytest.fixture()
+def copy_of(finished, tmp_path):
+    """A copy of the finished run in a new place, with its card beside it: the copy must work on its own."""
+    folder, run, spec, card = finished
+    shutil.copytree(run, tmp_path / "run")
+    shutil.copy(card, tmp_path / "card.yaml")
+    return tmp_path / "run", spec, tmp_path / "card.yaml"
+
+
+def test_the_audit_is_the_list_of_stages(finished):
+    _, run, _, _ = finished
+    assert set(_records(run)) == {"coverage", "evaluate_baseline", "plan", "generator", "checker", "synthetic",
+                                  "unconstrained", "finetune_real_only", "evaluate_real_only", "finetune_cars",
+                                  "evaluate_cars", "finetune_unconstrained", "evaluate_unconstrained", "probe",
+                                  "gallery", "assemble", "report"}
+    assert all(json.loads(text)["status"] == "done" for text in _records(run).values())
+
+
+def test_a_copied_run_resumes_in_its_new_place(copy_of, phantom_dataset, phantom_model, run_cli):
+    run, spec, card = copy_of
+    before = _records(run)
+    _audit(run, _options(phantom_dataset, phantom_model, spec, card=card))
+    assert _ran_again(before, _records(run)) == set()  # every stage skipped: nothing refers to the old place
+    result = run_cli("probe", "--run", run)
+    assert result.exit_code == 0, result.output
+    assert f"Wrote {RunDir(run).probe}" in result.output.replace("\n", "")
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("card", {"evaluate_baseline", "finetune_real_only", "finetune_cars", "finetune_unconstrained", "probe",
+              "assemble", "report"}),
+    ("bootstrap", {"evaluate_baseline", "evaluate_real_only", "evaluate_cars", "evaluate_unconstrained", "probe",
+                   "assemble", "report"}),
+    # the synthesis re-runs; the arms trained on it re-run only if what they read (the accepted edits) changed
+    ("generator budget", {"generator", "synthetic", "unconstrained", "probe", "gallery", "assemble", "report"}),
+    ("seed", None),  # everything seeded; the coverage of official splits does not depend on the seed
+])
+def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(copy_of, phantom_dataset, phantom_model,
+                                                                     change, expected):
+    run, spec, card = copy_of
+    options = _options(phantom_dataset, phantom_model, spec, card=card)
+    if change == "card":
+        text = yaml.safe_load(card.read_text())
+        text["thresholds"] = {"Cardiomegaly": 0.3}
+        card.write_text(yaml.safe_dump(text))
+    elif change == "bootstrap":
+        options["bootstrap"] = 150
+    elif change == "generator budget":
+        options["generator_training"] = {**options["generator_training"], "steps": 4}
+    else:
+        options["seed"] = 7
+    before = _records(run)
+    accepted = {mode: RunDir(run).synthesis(mode).manifest.read_bytes() for mode in ("cars", "unconstrained")}
+    with pytest.raises(Exception, match="other inputs"):  # without --force a changed run is refused
+        _audit(run, options)
+    assert _records(run) == before
+    _audit(run, options, force=True)
+    ran = _ran_again(before, _records(run))
+    if expected is None:
+        assert ran == set(before) - {"coverage"}
+        return
+    for mode, arm in (("cars", "cars"), ("unconstrained", "unconstrained")):
+        if RunDir(run).synthesis(mode).manifest.read_bytes() != accepted[mode]:
+            expected = expected | {f"finetune_{arm}", f"evaluate_{arm}"}
+    assert ran == expected
+
+
+def test_stand_alone_commands_build_a_run_the_audit_then_finishes(phantom_dataset, phantom_model, tmp_path,
+                                                                   run_cli):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2}\n")
+    run = tmp_path / "run"
+    data = ["--data", phantom_dataset / "labels.csv"]
+    assert run_cli("plan", "--out", run, *data, "--spec", spec).exit_code == 0
+    result = run_cli("train-generator", "--out", run, "--steps", 3, "--batch-size", 4, "--channels", "8,16")
+    assert result.exit_code == 0, result.output
+    result = run_cli("synthesize", "--run", run, "--steps", 3, "--strength", 0.5, "--guidance", 2)
+    assert result.exit_code == 0, result.output
+    result = run_cli("finetune", "--run", run, "--model", phantom_model, "--arms", "real_only,cars", "--steps", 4)
+    assert result.exit_code == 0, result.output
+    layout = RunDir(run)
+    assert layout.finetune("cars").candidate().exists() and layout.evaluation("cars").metrics.exists()
+    before = _records(run)
+    # the audit picks the run up: what the commands made is skipped, the rest is added
+    result = run_cli("audit", "--out", run, "--no-report")
+    assert result.exit_code == 0, result.output
+    ran = _ran_again(before, _records(run))
+    assert not ran & {"coverage", "plan", "generator", "checker", "synthetic", "finetune_cars", "finetune_real_only"}
+    assert {"evaluate_baseline", "unconstrained", "probe", "assemble"} <= ran
+
+
+def test_a_refused_command_changes_no_file(finished, tmp_path, run_cli, phantom_dataset):
+    folder, run, spec, card = finished
+    policy = folder / "policy.yaml"
+    policy.write_text("version: 1\nrules:\n  - {type: min_metric, metric: auroc, min: 0.5}\n")
+    evaluate = tmp_path / "eval"
+    assert run_cli("evaluate", "--out", evaluate, "--data", phantom_dataset / "labels.csv", "--predictions",
+                   _predictions(phantom_dataset, tmp_path), "--bootstrap", 100).exit_code == 0
+    runs = {"audit": run, "evaluate": evaluate, "folder": folder}
+    before = {name: _hashes(path) for name, path in runs.items()}
+    layout = RunDir(run)
+    refused = [
+        ("evaluate", "--out", evaluate, "--bootstrap", 200),                        # another option, same run
+        ("coverage", "--out", layout.coverage.folder, "--data", phantom_dataset / "labels.csv", "--spec", spec),
+        ("evaluate", "--out", layout.evaluation("baseline").folder, "--data", phantom_dataset / "labels.csv",
+         "--model", folder / "nothing.pt"),                                         # inside a stage folder
+        ("gate", "--candidate", run, "--policy", policy, "--junit", layout.audit),  # an output onto an input
+        ("gate", "--candidate", run, "--policy", policy, "--summary", policy),
+        ("gate", "--candidate", run, "--policy", policy, "--junit", folder),        # a folder where a file is due
+        ("report", "--run", run, "--pdf", layout.audit),
+        ("coverage", "--out", policy, "--data", phantom_dataset / "labels.csv", "--spec", spec),  # --out a file
+        ("audit", "--out", run, "--seed", 5),                                       # a run of other inputs
+    ]
+    for args in refused:
+        result = run_cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+    assert {name: _hashes(path) for name, path in runs.items()} == before
+
+
+def _predictions(phantom_dataset, tmp_path) -> Path:
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.read_csv(phantom_dataset / "labels.csv")
+    rng = np.random.default_rng(0)
+    path = tmp_path / "predictions.csv"
+    pd.DataFrame({"Path": frame["Path"], "prob_Cardiomegaly": (0.6 * frame["Cardiomegaly"] + 0.4 * rng.random(
+        len(frame))).round(4)}).to_csv(path, index=False)
+    return path
+
+
+def test_two_runs_in_fresh_folders_write_the_same_audit_json(tmp_path, monkeypatch):
+    """The demo's flow (dataset and model made in the run, then every stage), twice, in two folders: only the
+    keys listed may differ (when it was made, how long each stage took)."""
+    from cxr_audit.demo import demo_context
+
+    documents = []
+    for name in ("a", "b"):
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        ctx = demo_context(Path("demo"), images=240, progress=False, log=lambda message: None, check_generator=False,
+                           bootstrap=100, mc_samples=2, edit={"steps": 3},
+                           finetune={"steps": 4, "eval_every": 2, "checkpoint_every": 2})
+        run_audit(ctx)
+        documents.append(json.loads(RunDir("demo").audit.read_text()))
+    may_differ = {"created", "stage_seconds"}
+    for document in documents:
+        for key in may_differ:
+            document.pop(key)
+        for arm in document["arms"].values():
+            if arm["finetune"]:
+                arm["finetune"].pop("seconds_this_call")  # a duration
+    assert documents[0] == documents[1]
+
+
+def test_every_run_path_is_spelled_in_rundir_only():
+    """Paths inside a run are built in rundir.py; nothing else joins a run's file or folder names."""
+    names = ("plan.json|metrics.json|predictions.npz|replicates.npz|synthetic_manifest.csv|synthesis.json|"
+             "probe.json|audit.json|report.pdf|request.json|gallery.json|finetune.json|coverage.json|"
+             "candidate.pt|candidate.safetensors|checker.safetensors|synthetic|unconstrained|evaluate|finetune|"
+             "stages|records")
+    joined = re.compile(rf'/ ?"({names})"')
+    offenders = [f"{path.relative_to(PACKAGE)}:{number}" for path in PACKAGE.rglob("*.py") if path.name != "rundir.py"
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if joined.search(line)]
+    assert offenders == []
