@@ -28,9 +28,9 @@ from cxr_audit.data import phantom
 from cxr_audit.data.phantom.dataset import study_of
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.provenance import sha256_file
+from cxr_audit.rundir import RunDir, run_stage
 from cxr_audit.spec import load_spec
 from cxr_audit.synthesis.editor import EditSettings, edit
-from cxr_audit.rundir import RunDir, run_stage
 from cxr_audit.synthesis.generator.regions import RegionSampler
 from cxr_audit.synthesis.generator.store import load_generator
 from cxr_audit.synthesis.generator.training import TrainConfig, train_generator

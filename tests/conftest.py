@@ -62,10 +62,10 @@ def phantom_model(phantom_dataset, tmp_path_factory) -> Path:
     import torch
     import yaml
 
+    from cxr_audit.classifier.small_cnn import train_small_classifier
     from cxr_audit.data import phantom
     from cxr_audit.data.images import load_resized
     from cxr_audit.data.readers import read_manifest
-    from cxr_audit.classifier.small_cnn import train_small_classifier
 
     torch.set_num_threads(2)
     train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")

@@ -8,10 +8,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxr_audit.classifier.adapter import LoadedModel
+from cxr_audit.rundir import RunDir as run_dir
 from cxr_audit.stages.evaluate import EvaluateStage
 from cxr_audit.stages.pipeline import run_stages
-
-from cxr_audit.rundir import RunDir as run_dir
 
 REQUIRED = ("n", "positives", "auprc", "auroc", "ece", "ace", "mce", "brier", "entropy")
 

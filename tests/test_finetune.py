@@ -5,10 +5,10 @@ import pytest
 import torch
 import yaml
 
-from cxr_audit.data import phantom
-from cxr_audit.data.readers import read_manifest
 from cxr_audit.classifier.finetune import FinetuneConfig, TrainingImages, finetune, sample_weights
 from cxr_audit.classifier.loading import load_model
+from cxr_audit.data import phantom
+from cxr_audit.data.readers import read_manifest
 from cxr_audit.rundir import FinetuneLayout
 from cxr_audit.spec import LabelPolicy
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import minimal_audit_document
 
 from cxr_audit.evaluation.scoring import EvaluationInput, evaluate, save_replicates
@@ -207,3 +206,32 @@ def test_policy_example_in_docs_is_valid():
     policy = load_policy(Path("docs/gates.example.yaml"))
     assert {rule.type for rule in policy.rules} >= {"min_metric", "max_ece", "non_inferiority", "coverage", "qc"}
 
+
+
+@pytest.mark.parametrize("command", ["gate", "compare", "report"])
+@pytest.mark.parametrize("damage,named", [
+    (lambda d: d["arms"]["baseline"]["metrics"].pop("concepts"), "arms.baseline.metrics.concepts"),
+    (lambda d: d["test_set"].update(sha256=7), "test_set.sha256"),
+    (lambda d: d.update(schema_version="1.0"), "schema_version"),
+    (lambda d: d.clear(), "schema_version"),
+])
+def test_a_malformed_audit_json_is_bad_input_never_a_regression(audits, tmp_path, run_cli, command, damage, named):
+    """CI reads exit 1 as 'the model regressed': a broken audit.json must exit 2 and name the key."""
+    path = audits["old"]
+    document = json.loads(path.read_text())
+    damage(document)
+    path.write_text(json.dumps(document))
+    args = {"gate": ["gate", "--candidate", path, "--policy", _policy(tmp_path, [{"type": "min_metric", "min": 0.5}])],
+            "compare": ["compare", audits["small_regression"], path],
+            "report": ["report", "--run", path.parent]}[command]
+    result = run_cli(*args)
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["audit", "metrics", "plan", "coverage", "probe", "synthesis"])
+def test_schema_prints_each_documents_json_schema(run_cli, name):
+    result = run_cli("schema", name)
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema["type"] == "object" and schema["properties"]

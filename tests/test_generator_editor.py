@@ -105,11 +105,11 @@ def test_masked_edit_keeps_everything_outside_the_region(tiny_generator):
 
 def test_inpainting_generator_trains_on_anatomical_regions_and_edits(phantom_dataset, tmp_path):
     """With anatomy masks the generator learns to fill one concept's region given the image around it."""
+    from cxr_audit.anatomy.masks import dataset_anatomy as training_anatomy
     from cxr_audit.anatomy.regions import edit_mask
     from cxr_audit.data.images import load_resized
     from cxr_audit.data.readers import read_manifest
     from cxr_audit.synthesis.generator.regions import RegionSampler
-    from cxr_audit.anatomy.masks import dataset_anatomy as training_anatomy
 
     train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
     train.frame = train.frame.head(12)
@@ -137,9 +137,9 @@ def test_inpainting_generator_trains_on_anatomical_regions_and_edits(phantom_dat
 def test_one_sided_concepts_hide_one_side_at_random_whatever_the_label(phantom_dataset):
     """Effusion inserts edit one costophrenic angle with the other in view, so training must show that case;
     the side drawn must not follow the label, or the region would give the label away."""
+    from cxr_audit.anatomy.masks import dataset_anatomy as training_anatomy
     from cxr_audit.data.readers import read_manifest
     from cxr_audit.synthesis.generator.regions import RegionSampler
-    from cxr_audit.anatomy.masks import dataset_anatomy as training_anatomy
 
     train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
     train.frame = train.frame.head(8)

@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from cxr_audit.errors import UserInputError
 from cxr_audit.classifier.loading import load_model
 from cxr_audit.classifier.small_cnn import SmallCXRNet
+from cxr_audit.errors import UserInputError
 
 NAMES = ["Cardiomegaly", "Effusion", "Pneumothorax"]
 SIZE = 32

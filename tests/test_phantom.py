@@ -157,7 +157,6 @@ def test_shipped_demo_generator_was_trained_on_the_demo_dataset(tmp_path):
 
     from cxr_audit import demo
     from cxr_audit.provenance import sha256_file
-
     from cxr_audit.rundir import RunDir, run_stage
 
     stage = demo.PhantomStage(RunDir(tmp_path))

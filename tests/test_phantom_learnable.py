@@ -4,11 +4,11 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from cxr_audit.classifier.small_cnn import predict_probabilities, train_small_classifier
 from cxr_audit.data import phantom
 from cxr_audit.data.images import load_resized
 from cxr_audit.data.phantom.dataset import write_phantom_dataset
 from cxr_audit.data.readers import read_manifest
-from cxr_audit.classifier.small_cnn import predict_probabilities, train_small_classifier
 
 
 def test_small_cnn_reaches_auroc_above_0_9_on_most_findings(tmp_path):

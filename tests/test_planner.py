@@ -4,10 +4,10 @@ import textwrap
 
 import pytest
 
+from cxr_audit.concepts import RuleSet
 from cxr_audit.coverage import analyse_coverage
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.spec import load_spec
-from cxr_audit.concepts import RuleSet
 from cxr_audit.synthesis.documents import Operation
 from cxr_audit.synthesis.planner import derive_target, plan_edits
 

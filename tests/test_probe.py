@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_audit.classifier.loading import load_model
 from cxr_audit.data import phantom
 from cxr_audit.data.phantom.dataset import study_of
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.errors import UserInputError
-from cxr_audit.classifier.loading import load_model
 from cxr_audit.evaluation.probe import probe
 from cxr_audit.rundir import SynthesisLayout
 from cxr_audit.synthesis.documents import EditRecord, SynthesisSummary

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from cxr_audit.data.splits import assign_patient_splits
 from cxr_audit.data.readers import read_manifest
+from cxr_audit.data.splits import assign_patient_splits
 from cxr_audit.errors import UserInputError
 from cxr_audit.spec import LabelPolicy
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cxr_audit.anatomy.regions import regions_from_anatomy
+from cxr_audit.anatomy.segmenter import SHIPPED_SEGMENTER, LungSegmenter, dice, load_lung_dataset, split_lungs
 from cxr_audit.data import phantom
 from cxr_audit.data.phantom.dataset import study_of
-from cxr_audit.anatomy.segmenter import SHIPPED_SEGMENTER, LungSegmenter, dice, load_lung_dataset, split_lungs
 
 
 def test_split_lungs_recovers_each_lung_of_the_phantom(phantom_dataset):

@@ -88,10 +88,10 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
 def test_dicom_sources_give_dicom_edits_without_source_phi(tiny_generator, tmp_path):
     import pydicom
 
+    from cxr_audit.coverage import analyse_coverage
     from cxr_audit.data.phantom.dataset import MADE_UP_NAMES, write_phantom_dataset
     from cxr_audit.data.readers import read_manifest
     from cxr_audit.spec import load_spec
-    from cxr_audit.coverage import analyse_coverage
     from cxr_audit.synthesis.planner import plan_edits
 
     data = tmp_path / "dicom"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from cxr_audit import concepts
-from cxr_audit.synthesis.editor import EditSettings
 from cxr_audit.rundir import RunDir
 from cxr_audit.synthesis.backends import backend_sha256, load_backend
+from cxr_audit.synthesis.editor import EditSettings
 from cxr_audit.synthesis.text_backend import NORMAL_PROMPT, TextConditionedGenerator, prompt_for
 
 NAMES = ["Cardiomegaly", "Pleural Effusion", "Edema"]

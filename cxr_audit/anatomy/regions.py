@@ -17,6 +17,7 @@ from scipy import ndimage
 from cxr_audit import concepts
 from cxr_audit.errors import UserInputError
 
+
 def _rows_cols(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
 

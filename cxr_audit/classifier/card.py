@@ -10,7 +10,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxr_audit import concepts
-from cxr_audit.errors import UserInputError
 from cxr_audit.yamlio import load_yaml_model
 
 ModelFormat = Literal["torchscript", "onnx", "torchvision", "torchxrayvision", "pickle"]

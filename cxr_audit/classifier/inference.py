@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cxr_audit.data.images import load_resized
 from cxr_audit.classifier.adapter import LoadedModel, default_device
+from cxr_audit.data.images import load_resized
 from cxr_audit.provenance import atomic_write_bytes
 
 

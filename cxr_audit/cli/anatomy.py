@@ -36,8 +36,8 @@ def segment_command(
     size: Annotated[int, typer.Option("--size", help="Mask size in pixels.")] = 128,
 ) -> None:
     """Segment the lungs of every image and write masks where synthesis looks for them."""
-    from cxr_audit.data.readers import read_manifest
     from cxr_audit.anatomy.segmenter import SHIPPED_SEGMENTER, LungSegmenter, write_masks
+    from cxr_audit.data.readers import read_manifest
 
     manifest = read_manifest(data, (data_format or DataFormat.auto).value, root)
     written = write_masks(LungSegmenter(model or SHIPPED_SEGMENTER), manifest, out, size)

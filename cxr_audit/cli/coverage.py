@@ -10,9 +10,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import DataOption, ForceOption, FormatOption, OutOption, RootOption
-from cxr_audit.cli.app import SeedOption, SpecOption
-from cxr_audit.cli.app import command, console, note, open_run
+from cxr_audit.cli.app import (
+    DataOption,
+    ForceOption,
+    FormatOption,
+    OutOption,
+    RootOption,
+    SeedOption,
+    SpecOption,
+    command,
+    console,
+    note,
+    open_run,
+)
 
 
 class CoverageSplit(str, Enum):

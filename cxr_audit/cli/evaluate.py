@@ -10,9 +10,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import DataOption, ForceOption, FormatOption, OutOption, RootOption
-from cxr_audit.cli.app import SeedOption
-from cxr_audit.cli.app import command, console, note, open_run
+from cxr_audit.cli.app import (
+    DataOption,
+    ForceOption,
+    FormatOption,
+    OutOption,
+    RootOption,
+    SeedOption,
+    command,
+    console,
+    note,
+    open_run,
+)
 
 
 class EvaluateSplit(str, Enum):

@@ -11,9 +11,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import DataOption, ForceOption, FormatOption, OutOption, RootOption
-from cxr_audit.cli.app import RunOption, SeedOption, SpecOption
-from cxr_audit.cli.app import command, console, open_run
+from cxr_audit.cli.app import (
+    DataOption,
+    ForceOption,
+    FormatOption,
+    OutOption,
+    RootOption,
+    RunOption,
+    SeedOption,
+    SpecOption,
+    command,
+    console,
+    open_run,
+)
 from cxr_audit.errors import UserInputError
 
 

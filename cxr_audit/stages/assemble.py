@@ -57,8 +57,8 @@ class AssembleStage:
         from cxr_audit.stages.checker import checker_path
         from cxr_audit.stages.coverage import read_coverage
         from cxr_audit.stages.evaluate import read_metrics
-        from cxr_audit.stages.plan import read_plan
         from cxr_audit.stages.generator import generator_folder
+        from cxr_audit.stages.plan import read_plan
         from cxr_audit.stages.probe import read_probe
         from cxr_audit.synthesis.backends import backend_sha256
         from cxr_audit.synthesis.documents import read_summary

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from cxr_audit import concepts
-from cxr_audit.errors import UserInputError
 from cxr_audit.classifier.adapter import default_device
+from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import sha256_files
 
 PIPELINE_INDEX = "model_index.json"

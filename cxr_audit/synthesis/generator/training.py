@@ -13,7 +13,12 @@ import torch
 from tqdm import tqdm
 
 from cxr_audit.errors import UserInputError
-from cxr_audit.synthesis.generator.model import ConceptConditionedUNet, encode_vectors, inpainting_context, make_scheduler
+from cxr_audit.synthesis.generator.model import (
+    ConceptConditionedUNet,
+    encode_vectors,
+    inpainting_context,
+    make_scheduler,
+)
 from cxr_audit.synthesis.generator.store import GeneratorCard, save_generator
 
 
