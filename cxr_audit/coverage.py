@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from cxr_audit import __version__
 from cxr_audit.data.manifest import Manifest
+from cxr_audit.errors import UserInputError
 from cxr_audit.spec import Cell, CoverageSpec, LabelPolicy, Subgroup
 
 COVERAGE_SCHEMA_VERSION = "1.0"
@@ -108,6 +109,10 @@ def analyse_coverage(manifest: Manifest, spec: CoverageSpec, spec_path: str | Pa
     n_read = len(manifest)
     if spec.frontal_only:
         manifest = manifest.frontal()
+        if n_read and not len(manifest):
+            raise UserInputError(f"{spec_path}: frontal_only is on, and none of the {n_read:,} images of "
+                                 f"{data_path or manifest.source} is frontal (PA or AP). Check the view column, or set "
+                                 "'frontal_only: false' in the spec to count every view.")
     frame = manifest.frame
     labels = manifest.labels(spec.concepts, spec.label_policy)
     index = {name: j for j, name in enumerate(spec.concepts)}

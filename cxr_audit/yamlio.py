@@ -13,6 +13,24 @@ from pydantic import BaseModel, ValidationError
 
 from cxr_audit.errors import UserInputError
 
+MAX_BYTES = 1 << 20  # a hand-written spec, policy, card or prevalence file is a few kilobytes
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping: plain YAML keeps the last one, so a
+    second `cells:` would silently replace the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first on line {seen[key]}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 
 def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """The 1-based line of the YAML node at pydantic's error location, or of its nearest ancestor."""
@@ -48,6 +66,11 @@ def load_yaml_model(path: str | Path, model: type[BaseModel], what: str, missing
     """Read a user's YAML file safely and validate it with `model`; every problem becomes a UserInputError
     naming the file, line and key (`what` names the kind of file in messages)."""
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"{what.capitalize()} {path} is a folder; pass the YAML file. {missing_hint}")
+    if path.is_file() and path.stat().st_size > MAX_BYTES:
+        raise UserInputError(f"{what.capitalize()} {path} is {path.stat().st_size:,} bytes; a {what} is a small "
+                             "hand-written file. Is it the right file?")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -56,7 +79,9 @@ def load_yaml_model(path: str | Path, model: type[BaseModel], what: str, missing
         raise UserInputError(f"{what.capitalize()} {path} cannot be read as UTF-8 text: {exc}.") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise UserInputError(f"The {what} {path} is nested too deeply to be a {what}. Is it the right file?") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -123,9 +123,15 @@ def test_the_small_regression_is_a_real_regression(audits):
     assert 0 < old["value"] - new["value"] < 0.1
 
 
-def test_baseline_rules_are_skipped_without_a_baseline(audits, tmp_path, run_cli):
-    result = _gate(run_cli, audits["old"], _policy(tmp_path, [{"type": "non_inferiority", "margin": 0.02}]))
-    assert result.exit_code == 0
+def test_baseline_rules_need_a_baseline_or_an_explicit_first_release(audits, tmp_path, run_cli):
+    only_baseline = _policy(tmp_path, [{"type": "non_inferiority", "margin": 0.02}])
+    result = _gate(run_cli, audits["old"], only_baseline)  # a gate that would judge nothing never passes
+    assert result.exit_code == 2 and "--baseline" in result.output
+    assert not (audits["old"].parent / "gate-junit.xml").exists()
+    mixed = _policy(tmp_path, [{"type": "non_inferiority", "margin": 0.02}, {"type": "min_metric", "min": 0.5}])
+    assert _gate(run_cli, audits["old"], mixed).exit_code == 2
+    result = run_cli("gate", "--candidate", audits["old"], "--policy", mixed, "--allow-missing-baseline")
+    assert result.exit_code == 0, result.output
     assert "<skipped" in (audits["old"].parent / "gate-junit.xml").read_text()
 
 

@@ -100,20 +100,26 @@ def test_mimic_joins_labels_metadata_split_and_patients(tmp_path):
 
     gz("mimic-cxr-2.0.0-chexpert.csv.gz", "subject_id,study_id,Cardiomegaly,Pleural Effusion\n"
                                           "10000032,50414267,1.0,-1.0\n10000764,57375967,,1.0\n")
-    gz("mimic-cxr-2.0.0-metadata.csv.gz", "dicom_id,subject_id,study_id,ViewPosition\n"
-                                          "d1,10000032,50414267,PA\nd2,10000032,50414267,LATERAL\n"
-                                          "d3,10000764,57375967,AP\n")
+    # the real layouts: StudyDate in the metadata (shifted years), anchor_age and anchor_year in MIMIC-IV
+    gz("mimic-cxr-2.0.0-metadata.csv.gz", "dicom_id,subject_id,study_id,ViewPosition,StudyDate\n"
+                                          "d1,10000032,50414267,PA,21800506\nd2,10000032,50414267,LATERAL,21800506\n"
+                                          "d3,10000764,57375967,AP,21320108\nd4,10000764,59999999,AP,21330101\n")
     gz("mimic-cxr-2.0.0-split.csv.gz", "dicom_id,study_id,subject_id,split\n"
                                        "d1,50414267,10000032,train\nd2,50414267,10000032,train\n"
-                                       "d3,57375967,10000764,validate\n")
-    (tmp_path / "patients.csv").write_text("subject_id,gender,anchor_age\n10000032,F,52\n10000764,M,76\n")
+                                       "d3,57375967,10000764,validate\nd4,59999999,10000764,validate\n")
+    (tmp_path / "patients.csv").write_text("subject_id,gender,anchor_age,anchor_year,anchor_year_group\n"
+                                           "10000032,F,52,2180,2014 - 2016\n10000764,M,76,2130,2011 - 2013\n")
     manifest = read_manifest(tmp_path, "mimic")
     frame = manifest.frame.set_index("image_id")
     assert frame.loc["d1", "path"] == "files/p10/p10000032/s50414267/d1.jpg"
     assert list(frame["view"]) == ["PA", "LAT", "AP"]
     assert list(frame["split"]) == ["train", "train", "val"]
-    assert frame.loc["d3", "sex"] == "M" and frame.loc["d3", "age"] == 76
+    # anchor_age is the age in anchor_year: a study two years after it is two years older
+    assert frame.loc["d1", "age"] == 52 and frame.loc["d3", "age"] == 78 and frame.loc["d3", "sex"] == "M"
     assert frame.loc["d1", "Pleural Effusion"] == -1
+    # d4's study has no label row: it is left out, and said so
+    assert "d4" not in frame.index
+    assert any("1 of 4 images belong to studies with no row" in note for note in manifest.notes)
 
 
 def test_patient_split_never_shares_a_patient_and_is_deterministic(shared_data):
@@ -131,9 +137,8 @@ def test_patient_split_never_shares_a_patient_and_is_deterministic(shared_data):
 def test_given_splits_that_leak_a_patient_are_refused(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("path,patient_id,split,Edema\na.png,p1,train,1\nb.png,p1,test,0\n")
-    manifest = read_manifest(csv, "csv")
     with pytest.raises(UserInputError, match="more than one split"):
-        assign_patient_splits(manifest)
+        read_manifest(csv, "csv")
 
 
 def test_impossible_ages_become_unknown_with_a_note(tmp_path):

@@ -191,9 +191,18 @@ def split_lungs(lungs: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def write_masks(segmenter: LungSegmenter, manifest, out_root: Path, size: int | None = None,
-                progress: bool = True) -> int:
+                progress: bool = True, replace: bool = False) -> int:
     """Segment every image of `manifest` and write masks in the layout synthesis reads:
-    <out_root>/masks/<image path without suffix>/lung_right.png, lung_left.png."""
+    <out_root>/masks/<image path without suffix>/lung_right.png, lung_left.png.
+
+    Masks already there (a phantom's exact ones, an earlier segmentation, hand-drawn ones) are never replaced
+    unless `replace`: the check runs before anything is written."""
+    existing = [Path(out_root) / mask_folder(p) / "lung_right.png" for p in manifest.frame["path"]]
+    existing = [p for p in existing if p.exists()]
+    if existing and not replace:
+        raise UserInputError(f"{len(existing):,} images already have lung masks under {Path(out_root) / 'masks'} (e.g. "
+                             f"{existing[0]}): the dataset's own, or an earlier segmentation. They are kept; pass "
+                             "--force to replace them.")
     written = 0
     overlays = []
     for path in tqdm(manifest.frame["path"], desc="segmenting lungs", unit="img", disable=not progress):

@@ -193,7 +193,19 @@ Check = tuple[str, bool]  # (what was checked, with the numbers; whether it pass
 BASELINE_RULES = ("non_inferiority", "max_uncertainty_rise")
 
 
-def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun | None) -> list[Outcome]:
+def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun | None,
+                    allow_missing_baseline: bool = False) -> list[Outcome]:
+    """Judge every rule. A rule that compares with the model in production needs its audit (--baseline): a
+    missing one is refused, because a gate that skipped its comparisons would pass a regression. For a first
+    release `allow_missing_baseline` skips them instead, and a policy left with nothing to judge is refused."""
+    needs_baseline = [_rule_id(rule, k) for k, rule in enumerate(policy.rules) if rule.type in BASELINE_RULES]
+    if baseline is None and needs_baseline and not allow_missing_baseline:
+        raise UserInputError(f"gate rules {', '.join(needs_baseline)} compare with the model in production, and no "
+                             "--baseline was given. Pass --baseline with its audit.json, or --allow-missing-baseline "
+                             "for a first release (those rules are then skipped).")
+    if baseline is None and len(needs_baseline) == len(policy.rules):
+        raise UserInputError("every gate rule compares with a baseline and none was given: the gate would judge "
+                             "nothing. Pass --baseline, or add rules that judge the candidate alone.")
     metrics = candidate.metrics(policy.arm)
     context = _Context(candidate, baseline, policy.arm, metrics, list(metrics.concepts), metrics.evaluated_cells())
     if baseline is not None:

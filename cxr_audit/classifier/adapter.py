@@ -67,20 +67,39 @@ class LoadedModel:
         return x
 
     def raw_outputs(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's own output for a batch: one (batch, outputs) tensor, or a user error saying what came."""
         x = self.preprocess(images)
         if self.onnx_session is not None:
             name = self.onnx_session.get_inputs()[0].name
-            return torch.from_numpy(self.onnx_session.run(None, {name: x.cpu().numpy().astype(np.float32)})[0])
-        if x.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.module(x)
+            out = self.onnx_session.run(None, {name: x.cpu().numpy().astype(np.float32)})
+            out = torch.from_numpy(np.asarray(out[0])) if len(out) == 1 else out
+        else:
+            if x.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.module(x)
+        if not isinstance(out, torch.Tensor):
+            raise UserInputError(f"Model {self.path} returned a {type(out).__name__}, not one tensor of shape (batch, "
+                                 "outputs). Export a model whose forward returns the logits (or probabilities) alone.")
+        if out.ndim != 2 or out.shape[0] != len(images):
+            raise UserInputError(f"Model {self.path} returned shape {tuple(out.shape)} for {len(images)} images; "
+                                 "(batch, outputs) expected.")
+        return out
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Probabilities for the named outputs, (N, len(concepts))."""
-        out = self.raw_outputs(images)
-        if out.ndim != 2:
-            raise UserInputError(f"Model {self.path} returned shape {tuple(out.shape)}; (batch, outputs) expected.")
-        out = out[:, self.output_index].float()
+    def predict(self, images: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+        """Probabilities for the named outputs, (N, len(concepts)), checked: never NaN or infinite, and in
+        [0, 1] where the card says the model outputs probabilities (`names` name the images in errors)."""
+        out = self.raw_outputs(images)[:, self.output_index].float()
+        bad = ~torch.isfinite(out).all(dim=1)
+        if self.card.outputs == "probabilities":
+            bad |= ((out < 0) | (out > 1)).any(dim=1)
+        if bad.any():
+            k = int(torch.nonzero(bad)[0])
+            where = f"image {names[k]}" if names else f"image {k + 1} of a batch"
+            kind = "values outside [0, 1] (the card says 'outputs: probabilities')" \
+                if self.card.outputs == "probabilities" and torch.isfinite(out[k]).all() else "NaN or infinite values"
+            raise UserInputError(f"Model {self.path} returned {kind} for {int(bad.sum())} of {len(out)} images of a "
+                                 f"batch, e.g. {where}: {[round(float(v), 4) for v in out[k][:4]]}. No metric is "
+                                 "computed from invalid outputs; check the model (and 'outputs' in its card).")
         return torch.sigmoid(out) if self.card.outputs == "logits" else out
 
     @torch.inference_mode()

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from cxr_audit.classifier.adapter import LoadedModel, default_device
 from cxr_audit.data.images import load_resized
+from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import atomic_write_bytes
 
 
@@ -27,11 +28,17 @@ def default_cache_dir() -> Path:
 
 
 def image_sha256(path: Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"Image {path} {'is a folder' if path.is_dir() else 'does not exist'}. Check the "
+                             "dataset root (--root) and the labels file's paths.")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class ImageFiles(Dataset):
-    """Decoded, resized images in [0, 1] as (1, size, size) tensors."""
+    """Decoded, resized images in [0, 1] as (1, size, size) tensors, each with the error that stopped its
+    decoding ('' when none): an error travels back from a DataLoader worker as data, so the user sees the
+    message, not the worker's traceback."""
 
     def __init__(self, paths: list[Path], size: int):
         self.paths, self.size = paths, size
@@ -39,8 +46,22 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(load_resized(self.paths[index], self.size)).unsqueeze(0)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            return torch.from_numpy(load_resized(self.paths[index], self.size)).unsqueeze(0), ""
+        except UserInputError as error:
+            return torch.zeros(1, self.size, self.size), str(error)
+
+
+def _batches(loader: DataLoader, desc: str, progress: bool):
+    """(images, first index) per batch; an image that could not be decoded stops the run with its message."""
+    start = 0
+    for images, errors in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        failed = [message for message in errors if message]
+        if failed:
+            raise UserInputError(failed[0])
+        yield images, start
+        start += len(images)
 
 
 def _loader(paths: list[Path], size: int, batch_size: int, workers: int | None) -> DataLoader:
@@ -84,12 +105,11 @@ def predict(model: LoadedModel, paths: list[Path], batch_size: int = 32, workers
         model.to(device)
         model.set_mc_dropout(False)
         loader = _loader([paths[i] for i in todo], model.card.input_size, batch_size, workers)
-        done = 0
-        for batch in tqdm(loader, desc="inference", unit="batch", disable=not progress):
-            probabilities = model.predict(batch.to(device, non_blocking=True)).float().cpu().numpy()
-            for row in probabilities:
-                results[todo[done]] = row
-                done += 1
+        for batch, start in _batches(loader, "inference", progress):
+            names = [str(paths[todo[start + k]]) for k in range(len(batch))]
+            probabilities = model.predict(batch.to(device, non_blocking=True), names).float().cpu().numpy()
+            for k, row in enumerate(probabilities):
+                results[todo[start + k]] = row
     if cache is not None:
         for i, row in results.items():
             cache.entries[hashes[i]] = row
@@ -125,7 +145,7 @@ def stochastic_predictions(model: LoadedModel, paths: list[Path], samples: int =
     out = []
     try:
         loader = _loader(paths, model.card.input_size, batch_size, workers)
-        for batch in tqdm(loader, desc=f"uncertainty ({method}, T={samples})", unit="batch", disable=not progress):
+        for batch, _ in _batches(loader, f"uncertainty ({method}, T={samples})", progress):
             batch = batch.to(device)
             views = [batch if method == "mc_dropout" else _tta_view(batch, t) for t in range(samples)]
             out.append(np.stack([model.predict(v).float().cpu().numpy() for v in views]))

@@ -35,25 +35,34 @@ def detect_format(path: Path) -> ModelFormat:
                              "file. Set 'format' in the model card if it is another supported format.")
     import zipfile
 
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UserInputError(f"Model {path} is a damaged zip archive ({error}): a truncated or corrupted "
+                             "TorchScript or torch.save file. Export it again.") from None
     if any(n.endswith("/code/__torch__.py") or "/code/" in n for n in names):
         return "torchscript"
     return "torchvision"  # a state_dict saved with torch.save; the keys decide torchvision vs xrv
 
 
-def _safe_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _safe_state_dict(path: Path, pickle_option: str | None) -> dict[str, torch.Tensor]:
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for bad headers
+            raise UserInputError(f"Model {path} is not a valid safetensors file ({type(error).__name__}: "
+                                 f"{str(error)[:120]}). Save the weights again.") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses pickled classes: say what that means
+        allow = f"; or, if you trust the file, pass {pickle_option}" if pickle_option else ""
         raise UserInputError(
             f"Model {path} is not a plain state_dict: loading it needs Python's pickle, which can run "
-            f"arbitrary code ({type(exc).__name__}). Export a state_dict (torch.save(model.state_dict())), "
-            "TorchScript or ONNX instead; or, if you trust the file, pass --allow-pickle."
+            f"arbitrary code, or the file is damaged ({type(exc).__name__}). Export a state_dict "
+            f"(torch.save(model.state_dict())), TorchScript or ONNX instead{allow}."
         ) from None
     if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
         loaded = loaded["state_dict"]
@@ -123,39 +132,51 @@ def _load_xrv(state: dict[str, torch.Tensor], card: ModelCard, notes: list[str])
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise UserInputError(f"The weights do not fit a {what}: {' '.join(first)}. Check 'architecture' and "
-                             "'channels' in the model card.") from None
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+        problems = [f"{len(keys)} {kind} ({some(keys)})" for kind, keys in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("keys of another shape", shapes))
+                    if keys]
+        raise UserInputError(f"The weights do not fit a {what}: {'; '.join(problems)}. Check 'architecture', "
+                             "'channels' and 'output_names' in the model card.")
+    model.load_state_dict(state, strict=True)
 
 
 def load_model(path: str | Path, card_path: str | Path | None = None, allow_pickle: bool = False,
-               card: ModelCard | None = None) -> LoadedModel:
-    """Load a deployed classifier and check it against its card with one dummy forward pass."""
+               card: ModelCard | None = None, pickle_option: str | None = "--allow-pickle") -> LoadedModel:
+    """Load a deployed classifier and check it against its card with one dummy forward pass.
+
+    `pickle_option` is how the calling command lets a user allow pickled models (None: it does not)."""
     path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"Model {path} does not exist. Check --model.")
+    if not path.is_file():
+        raise UserInputError(f"Model {path} does not exist or is not a file. Check --model.")
     card = card or load_card(card_path, path)
     notes: list[str] = []
     model_format = card.format or detect_format(path)
     module: nn.Module | None = None
     session = None
     if model_format == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = _onnx_session(path)
     elif model_format == "torchscript":
-        with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; deployed models still use it
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
+        try:
+            with warnings.catch_warnings():  # torch 2.9+ deprecates TorchScript; deployed models still use it
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as error:
+            raise UserInputError(f"Model {path} cannot be loaded as TorchScript ({str(error).splitlines()[0][:160]}). "
+                                 "Is the file complete? Export it again with torch.jit.save.") from None
     elif model_format == "pickle":
         if not allow_pickle:
+            allow = f", or pass {pickle_option} if you trust the file" if pickle_option else ""
             raise UserInputError(
                 f"Model {path} is a pickled Python object. Unpickling can run arbitrary code, so it is refused "
-                "by default (torch.load weights_only=True). Export TorchScript, ONNX or a state_dict, or pass "
-                "--allow-pickle if you trust the file.")
+                f"by default (torch.load weights_only=True). Export TorchScript, ONNX or a state_dict{allow}.")
         module = torch.load(path, map_location="cpu", weights_only=False)
         if getattr(module, "op_threshs", None) is not None:  # a torchxrayvision model object
             module.op_threshs, module.apply_sigmoid = None, False
@@ -164,7 +185,7 @@ def load_model(path: str | Path, card_path: str | Path | None = None, allow_pick
             card = card.model_copy(update={"outputs": "logits"})
         notes.append("loaded with pickle (--allow-pickle)")
     else:
-        state = _safe_state_dict(path)
+        state = _safe_state_dict(path, pickle_option if not allow_pickle else None)
         if _is_xrv_state_dict(state) and (card.format in (None, "torchxrayvision")) and not card.architecture:
             model_format = "torchxrayvision"
             module, card = _load_xrv(state, card, notes)
@@ -181,6 +202,16 @@ def load_model(path: str | Path, card_path: str | Path | None = None, allow_pick
                          onnx_session=session, notes=notes)
     _check_against_card(loaded)
     return loaded
+
+
+def _onnx_session(path: Path):
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types for bad files
+        raise UserInputError(f"Model {path} is not a loadable ONNX model ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:160]}). Export it again.") from None
 
 
 def _guess_outputs(state: dict[str, torch.Tensor]) -> int:

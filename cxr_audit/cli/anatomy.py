@@ -33,12 +33,13 @@ def segment_command(
     data_format: FormatOption = DataFormat.auto,
     root: RootOption = None,
     model: Annotated[Path | None, typer.Option("--model", help="Lung segmenter (default: the shipped one).")] = None,
-    size: Annotated[int, typer.Option("--size", help="Mask size in pixels.")] = 128,
+    size: Annotated[int, typer.Option("--size", min=32, max=2048, help="Mask size in pixels.")] = 128,
+    force: Annotated[bool, typer.Option("--force", help="Replace masks that already exist.")] = False,
 ) -> None:
     """Segment the lungs of every image and write masks where synthesis looks for them."""
     from cxr_audit.anatomy.segmenter import SHIPPED_SEGMENTER, LungSegmenter, write_masks
     from cxr_audit.data.readers import read_manifest
 
     manifest = read_manifest(data, (data_format or DataFormat.auto).value, root)
-    written = write_masks(LungSegmenter(model or SHIPPED_SEGMENTER), manifest, out, size)
+    written = write_masks(LungSegmenter(model or SHIPPED_SEGMENTER), manifest, out, size, replace=force)
     console.print(f"Wrote lung masks for {written} images under {out / 'masks'}", markup=False)

@@ -84,7 +84,15 @@ OutOption = Annotated[Path, typer.Option("--out", "--run", help="Run directory: 
 RunOption = Annotated[Path, typer.Option("--run", "--out", help="Run directory made by another command or `audit`.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Redo stages whose results were made from other inputs "
                                            "(otherwise refused).")]
+AllowDuplicatesOption = Annotated[bool, typer.Option("--allow-duplicates", help="Keep a row repeated with the same "
+                                                  "labels once, with a note (else a repeated image is refused).")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")]
+
+
+def dataset(data: Path | None, data_format: DataFormat | None, root: Path | None,
+            allow_duplicates: bool = False) -> dict[str, Any]:
+    """The dataset options of a command, as `open_run` takes them."""
+    return {"data": data, "format": data_format, "root": root, "allow_duplicates": allow_duplicates or None}
 
 
 def open_run(out: Path, given: dict[str, Any], force: bool, **context: Any):

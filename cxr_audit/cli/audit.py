@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxr_audit.cli.app import (
+    AllowDuplicatesOption,
     DataOption,
     ForceOption,
     FormatOption,
@@ -21,6 +22,7 @@ from cxr_audit.cli.app import (
     SpecOption,
     command,
     console,
+    dataset,
     open_run,
 )
 from cxr_audit.errors import UserInputError
@@ -42,6 +44,7 @@ def audit_command(
     spec: SpecOption = None,
     data_format: FormatOption = None,
     root: RootOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     card: Annotated[Path | None, typer.Option("--card", help="Model card YAML (default: <model>.card.yaml).")] = None,
     generator: Annotated[Path | None, typer.Option("--generator", help="Trained generator folder; without one the "
                                                    "audit trains one on the training split.")] = None,
@@ -59,17 +62,19 @@ def audit_command(
     mc_samples: Annotated[int | None, typer.Option("--mc-samples", help="MC-dropout passes, 0 off (default 10).")] = None,
     seed: SeedOption = None,
     intended_use: Annotated[str | None, typer.Option("--intended-use", help="Text for the report's cover.")] = None,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow a pickled model (runs code from the "
+                                               "file; only for files you trust).")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Stop after audit.json.")] = False,
     force: ForceOption = False,
 ) -> None:
     """Run the whole audit into one run directory: coverage, evaluation, plan, synthesis, fine-tune arms,
     probe, audit.json and report.pdf. Re-running resumes; finished stages with unchanged inputs are skipped."""
     training = {k: v for k, v in {"steps": generator_steps, "minutes": generator_minutes}.items() if v is not None}
-    ctx = open_run(out, {"models": [model] if model else None, "data": data, "spec": spec, "format": data_format,
-                         "root": root, "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
+    ctx = open_run(out, {"models": [model] if model else None, "spec": spec,
+                         **dataset(data, data_format, root, allow_duplicates), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
                          "finetune": {"steps": finetune_steps} if finetune_steps else None,
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
-                         "seed": seed, "intended_use": intended_use}, force)
+                         "seed": seed, "intended_use": intended_use, "allow_pickle": allow_pickle or None}, force)
     run_audit(ctx, force, report=not no_report)
 
 

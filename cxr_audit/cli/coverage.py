@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxr_audit.cli.app import (
+    AllowDuplicatesOption,
     DataOption,
     ForceOption,
     FormatOption,
@@ -20,6 +21,7 @@ from cxr_audit.cli.app import (
     SpecOption,
     command,
     console,
+    dataset,
     note,
     open_run,
 )
@@ -38,6 +40,7 @@ def coverage_command(
     spec: SpecOption = None,
     data_format: FormatOption = None,
     root: RootOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     split: Annotated[CoverageSplit, typer.Option("--split", help="Images counted: train (the training split), all, "
                                                  "or auto (train when the data has splits, else all).")] = CoverageSplit.auto,
     seed: SeedOption = None,
@@ -48,7 +51,7 @@ def coverage_command(
     from cxr_audit.stages.coverage import CoverageStage, read_coverage
     from cxr_audit.stages.pipeline import run_stages
 
-    ctx = open_run(out, {"data": data, "format": data_format, "root": root, "spec": spec, "seed": seed}, force)
+    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "seed": seed}, force)
     stage = CoverageStage(ctx, split.value)
     run_stages(ctx, [stage], force)
     _print_coverage(read_coverage(ctx), show_all)
@@ -101,7 +104,11 @@ def phantom_command(
     workers: Annotated[int | None, typer.Option("--workers", help="Processes (default: CPU count, max 4).")] = None,
 ) -> None:
     """Generate a procedural chest X-ray phantom dataset with anatomy and finding masks."""
-    from cxr_audit.data.phantom.dataset import load_prevalence, phantom_prevalence_summary, write_phantom_dataset
+    from cxr_audit.data.phantom.dataset import (
+        load_prevalence,
+        phantom_prevalence_summary,
+        write_phantom_dataset,
+    )
 
     frame = write_phantom_dataset(out, n, size, seed, load_prevalence(prevalence), dicom, workers)
     console.print(phantom_prevalence_summary(frame), markup=False)

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxr_audit.cli.app import (
+    AllowDuplicatesOption,
     DataOption,
     ForceOption,
     FormatOption,
@@ -19,6 +20,7 @@ from cxr_audit.cli.app import (
     SeedOption,
     command,
     console,
+    dataset,
     note,
     open_run,
 )
@@ -45,6 +47,7 @@ def evaluate_command(
                                                      "outputs, instead of --model.")] = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="Coverage spec: concepts and cells to evaluate.")] = None,
     root: RootOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     split: Annotated[EvaluateSplit, typer.Option("--split", help="Images to evaluate (auto: the test split, "
                                                  "or all images when the data has no splits).")] = EvaluateSplit.auto,
     bootstrap: Annotated[int | None, typer.Option("--bootstrap", help="Patient-level bootstrap replicates "
@@ -64,7 +67,7 @@ def evaluate_command(
     from cxr_audit.stages.evaluate import EvaluateStage, read_metrics
     from cxr_audit.stages.pipeline import run_stages
 
-    ctx = open_run(out, {"data": data, "format": data_format, "root": root, "spec": spec, "models": model,
+    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "models": model,
                          "card": card, "predictions": predictions, "bootstrap": bootstrap, "seed": seed,
                          "mc_samples": mc_samples, "allow_pickle": allow_pickle or None}, force,
                    batch_size=batch_size, workers=workers, cache_dir=None if no_cache else default_cache_dir())

@@ -24,6 +24,9 @@ def gate_command(
                                                "the candidate's audit.json).")] = None,
     summary: Annotated[Path | None, typer.Option("--summary", help="Markdown summary to write (default: "
                                                  "gate-summary.md beside the candidate).")] = None,
+    allow_missing_baseline: Annotated[bool, typer.Option(
+        "--allow-missing-baseline", help="A first release: skip the rules that compare with a baseline (without "
+                                         "this, such rules without --baseline are refused).")] = False,
 ) -> None:
     """Exit 0 when every policy rule passes, 1 when any fails, 2 for bad input; writes JUnit XML and Markdown."""
     from cxr_audit.audit.gate import AuditRun, evaluate_policy, junit_xml, load_policy, markdown_summary
@@ -40,7 +43,7 @@ def gate_command(
         from cxr_audit.errors import UserInputError
 
         raise UserInputError(f"--junit and --summary both name {junit}; give them different files.")
-    outcomes = evaluate_policy(rules, new, old)
+    outcomes = evaluate_policy(rules, new, old, allow_missing_baseline)
     atomic_write_bytes(junit, junit_xml(outcomes))
     atomic_write_text(summary, markdown_summary(outcomes, new, old))
     table = Table(title="Gate", title_justify="left")

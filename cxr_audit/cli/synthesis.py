@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cxr_audit.cli.app import (
+    AllowDuplicatesOption,
     DataOption,
     ForceOption,
     FormatOption,
@@ -22,6 +23,7 @@ from cxr_audit.cli.app import (
     SpecOption,
     command,
     console,
+    dataset,
     open_run,
 )
 from cxr_audit.errors import UserInputError
@@ -34,6 +36,7 @@ def plan_command(
     spec: SpecOption = None,
     data_format: FormatOption = None,
     root: RootOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     seed: SeedOption = None,
     force: ForceOption = False,
 ) -> None:
@@ -41,7 +44,7 @@ def plan_command(
     from cxr_audit.stages.pipeline import run_stages, stages_for
     from cxr_audit.stages.plan import read_plan
 
-    ctx = open_run(out, {"data": data, "format": data_format, "root": root, "spec": spec, "seed": seed}, force)
+    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "seed": seed}, force)
     run_stages(ctx, stages_for(ctx, ["plan"]), force)
     plan = read_plan(ctx)
     table = Table(title=f"Edit plan: {len(plan.edits)} edits from {len(ctx.frontal('train')):,} training images",
@@ -69,6 +72,7 @@ def train_generator_command(
     data: DataOption = None,
     data_format: FormatOption = None,
     root: RootOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     spec: Annotated[Path | None, typer.Option("--spec", help="Coverage spec: the concepts to condition on.")] = None,
     size: Annotated[int | None, typer.Option("--size", help="Image size the generator works at (default 64).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 1500).")] = None,
@@ -101,7 +105,7 @@ def train_generator_command(
                                   "channels": widths, "lr": lr, "timestep_exponent": timestep_exponent,
                                   "prediction_type": prediction_type.value if prediction_type else None}.items()
                 if v is not None}
-    given = {"data": data, "format": data_format, "root": root, "spec": spec, "seed": seed,
+    given = {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "seed": seed,
              "generator_training": training or None}
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:  # one process owns the run directory; the others only train
@@ -129,6 +133,7 @@ def synthesize_command(
     data: DataOption = None,
     data_format: FormatOption = None,
     root: RootOption = None,
+    allow_duplicates: AllowDuplicatesOption = False,
     checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker for QC (never the "
                                                  "model under audit); default: one trained on the run's data.")] = None,
     strength: Annotated[float | None, typer.Option("--strength", help="Share of the schedule re-run, 0-1 "
@@ -145,7 +150,7 @@ def synthesize_command(
     from cxr_audit.synthesis.documents import read_summary
 
     edit = {k: v for k, v in {"strength": strength, "guidance": guidance, "steps": steps}.items() if v is not None}
-    ctx = open_run(run, {"data": data, "format": data_format, "root": root, "generator": generator,
+    ctx = open_run(run, {**dataset(data, data_format, root, allow_duplicates), "generator": generator,
                          "checker": checker, "edit": edit or None}, force)
     if not ctx.run.plan.exists():
         raise UserInputError(f"{ctx.run.plan} does not exist: run `cxr-audit plan --out {run}` first.")

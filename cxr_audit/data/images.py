@@ -48,12 +48,21 @@ def _rescale(values: np.ndarray) -> np.ndarray:
     return (values - lo) / (hi - lo)
 
 
+def _full_scale(array: np.ndarray) -> float:
+    """The white level of a 16-bit container: CR/DX detectors store 10, 12 or 14 significant bits in it, and
+    dividing a 12-bit image by 65535 reads it nearly black. The smallest of those depths that holds every value
+    is taken (PNG's sBIT chunk, which would say it, is not exposed by Pillow)."""
+    peak = float(array.max()) if array.size else 0.0
+    bits = next((b for b in (10, 12, 14) if peak <= 2**b - 1), 16)
+    return float(2**bits - 1)
+
+
 def _load_bitmap(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit PNGs: keep full depth; scale by the type's range, not by the image's own min/max.
+            # 16-bit PNGs: keep full depth; scale by the detector's range, not by the image's own min/max.
             array = np.asarray(image, dtype=np.float32)
-            return np.clip(array / 65535.0, 0.0, 1.0)
+            return np.clip(array / _full_scale(array), 0.0, 1.0)
         if image.mode not in ("L", "LA"):
             image = image.convert("L")  # RGB exports of grayscale films; ITU-R 601 luma
         return np.asarray(image.getchannel(0) if image.mode == "LA" else image, dtype=np.float32) / 255.0
@@ -65,7 +74,8 @@ def _load_dicom(path: Path) -> np.ndarray:
 
     dataset = pydicom.dcmread(path)
     if "PixelData" not in dataset:
-        raise UserInputError(f"DICOM {path} holds no pixel data (a structured report or a header-only file?).")
+        raise UserInputError(f"DICOM {path} holds no pixel data: a structured report, a header-only file, or a file "
+                             f"cut short ({path.stat().st_size:,} bytes). Check that the file is complete.")
     pixels = dataset.pixel_array
     if pixels.ndim != 2:
         raise UserInputError(f"DICOM {path} has pixel array shape {pixels.shape}; a single-frame grayscale "

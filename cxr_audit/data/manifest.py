@@ -19,7 +19,8 @@ from cxr_audit.spec import LabelPolicy
 
 # Metadata columns every reader fills (NaN / None where the format has no such information).
 META_COLUMNS = ("image_id", "path", "patient_id", "view", "sex", "age", "split")
-FRONTAL_VIEWS = ("PA", "AP")
+# FRONTAL: a film the dataset marks frontal without saying PA or AP (CheXpert has some).
+FRONTAL_VIEWS = ("PA", "AP", "FRONTAL")
 
 
 _VIEW_ALIASES = {
@@ -31,20 +32,41 @@ _SEX_ALIASES = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 MAX_PLAUSIBLE_AGE = 120
 
 
-def normalise_views(values: pd.Series) -> pd.Series:
-    """PA / AP / LAT from the spellings used by NIH, CheXpert, MIMIC and DICOM; anything else is None."""
+def _note_unmapped(raw: pd.Series, mapped: pd.Series, what: str, accepted: str, notes: list[str],
+                   source: Path, outcome: str) -> None:
+    """Values present in the file that the tool does not know are never dropped silently: they are noted."""
+    blank = raw.isna() | (raw.astype("string").str.strip() == "")
+    unknown = raw[mapped.isna() & ~blank]
+    if len(unknown):
+        examples = ", ".join(repr(str(v)) for v in unknown.astype(str).unique()[:4])
+        notes.append(f"{source.name}: {len(unknown)} images with a {what} that is not one of {accepted} "
+                     f"({examples}): {outcome}")
+
+
+def normalise_views(values: pd.Series, notes: list[str], source: Path) -> pd.Series:
+    """PA / AP / LAT from the spellings used by NIH, CheXpert, MIMIC and DICOM; any other view (oblique,
+    swimmer's, ...) is unknown, noted, and left out of frontal-only counts."""
     cleaned = values.astype("string").str.strip().str.upper().str.replace("_", " ", regex=False)
-    return cleaned.map(_VIEW_ALIASES).astype(object).where(lambda s: s.notna(), None)
+    mapped = cleaned.map(_VIEW_ALIASES)
+    _note_unmapped(values, mapped, "view", "PA, AP, lateral", notes, source,
+                   "neither frontal nor lateral, left out of frontal-only counts")
+    return mapped.astype(object).where(lambda s: s.notna(), None)
 
 
-def normalise_sex(values: pd.Series) -> pd.Series:
+def normalise_sex(values: pd.Series, notes: list[str], source: Path) -> pd.Series:
     cleaned = values.astype("string").str.strip().str.upper()
-    return cleaned.map(_SEX_ALIASES).astype(object).where(lambda s: s.notna(), None)
+    mapped = cleaned.map(_SEX_ALIASES)
+    _note_unmapped(values, mapped, "sex", "M, F, Male, Female", notes, source, "sex taken as unknown")
+    return mapped.astype(object).where(lambda s: s.notna(), None)
 
 
 def normalise_age(values: pd.Series, notes: list[str], source: Path) -> pd.Series:
-    """Ages as floats; impossible ages (NIH has a few over 400) become unknown and are noted."""
-    ages = pd.to_numeric(values, errors="coerce").astype(float)
+    """Ages as floats ('058Y', DICOM's form, is 58); impossible ages (NIH has a few over 400) and values that
+    are not ages become unknown, and are noted."""
+    text = values.astype("string").str.strip().str.upper().str.removesuffix("Y")
+    ages = pd.to_numeric(text, errors="coerce").astype(float)
+    _note_unmapped(values, ages.where(ages.notna(), None), "age", "a number of years", notes, source,
+                   "age taken as unknown")
     impossible = (ages < 0) | (ages > MAX_PLAUSIBLE_AGE)
     if impossible.any():
         notes.append(f"{source.name}: {int(impossible.sum())} ages outside 0-{MAX_PLAUSIBLE_AGE} "
@@ -53,10 +75,32 @@ def normalise_age(values: pd.Series, notes: list[str], source: Path) -> pd.Serie
     return ages
 
 
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
+                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+
+
+def normalise_splits(values: pd.Series, source: Path) -> pd.Series:
+    """train / val / test from the usual spellings (any case; MIMIC's 'validate'); blank is no split. Any
+    other name is refused: an image in a split the tool does not know would silently leave every split."""
+    cleaned = values.astype("string").str.strip().str.lower()
+    mapped = cleaned.map(_SPLIT_ALIASES)
+    blank = cleaned.isna() | (cleaned == "")
+    unknown = mapped.isna() & ~blank
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise UserInputError(f"{source}, row {row + 2}: split {str(values.iloc[row])!r} is not train, val or test "
+                             "(validate, validation, valid and dev also mean val). Fix the split column, or drop it "
+                             "to let the tool assign patients to splits.")
+    return mapped.astype(object).where(lambda s: s.notna(), None)
+
+
 def check_relative_path(rel: str, where: str) -> str:
     """Reject absolute paths and '..' escapes at read time; symlink escapes are caught in resolve_image."""
-    if not rel or rel != rel.strip():
-        raise UserInputError(f"{where}: empty or whitespace-padded image path {rel!r}.")
+    if not rel or rel != rel.strip() or rel.lower() == "nan":
+        raise UserInputError(f"{where}: empty or whitespace-padded image path {rel!r}. Every row needs the path of "
+                             "its image.")
+    if "\0" in rel or any(ord(c) < 32 for c in rel):
+        raise UserInputError(f"{where}: image path {rel!r} contains control characters (a NUL byte?).")
     normalised = os.path.normpath(rel)
     if os.path.isabs(rel) or normalised == ".." or normalised.startswith(".." + os.sep):
         raise UserInputError(
@@ -135,3 +179,48 @@ class Manifest:
         loaded = [load_resized(p, size) for p in tqdm(paths, desc="loading images", unit="img", disable=not progress,
                                                          leave=False)]
         return np.stack(loaded)[:, None].astype(np.float32) if loaded else np.zeros((0, 1, size, size), np.float32)
+
+
+def check_integrity(manifest: Manifest, allow_duplicates: bool = False) -> Manifest:
+    """What every reader's manifest must satisfy before any count or metric is computed from it:
+
+    - an image listed twice is refused (it would count twice); with `allow_duplicates`, rows repeated with
+      the same labels are kept once, with a note; the same image with different labels is always refused;
+    - a split column is filled for every row or for none (a half-filled one would be silently re-split);
+    - no patient is in two splits (leakage between training and test).
+    """
+    frame, source = manifest.frame, manifest.source
+    repeated = frame.duplicated("image_id", keep=False)
+    if repeated.any():
+        label_columns = ["image_id", *manifest.concepts]
+        conflicting = frame[repeated].drop_duplicates(label_columns).duplicated("image_id", keep=False)
+        image = frame.loc[repeated, "image_id"].iloc[0]
+        rows = np.flatnonzero((frame["image_id"] == image).to_numpy())[:2] + 2
+        if conflicting.any() or not allow_duplicates:
+            why = "with different labels" if conflicting.any() else "twice"
+            fix = ("Remove the duplicated rows." if conflicting.any() or allow_duplicates else
+                   "Remove the duplicated rows, or pass --allow-duplicates to keep each once.")
+            raise UserInputError(f"{source}: image {image!r} is listed {why} (rows {rows[0]} and {rows[1]}; "
+                                 f"{int(repeated.sum())} rows are repeats). An image listed twice would be counted "
+                                 f"twice. {fix}")
+        kept = frame.drop_duplicates("image_id")
+        manifest = manifest.with_frame(kept)
+        manifest.notes.append(f"{source.name}: {len(frame) - len(kept)} repeated rows (same image, same labels) "
+                              "kept once (--allow-duplicates)")
+        frame = manifest.frame
+    split = frame["split"]
+    if split.notna().any() and split.isna().any():
+        row = int(np.flatnonzero(split.isna().to_numpy())[0])
+        raise UserInputError(f"{source}, row {row + 2}: no split, while other rows have one. Fill the split of every "
+                             "row, or drop the split column to let the tool assign patients to splits.")
+    if split.notna().all():
+        per_patient = frame.groupby("patient_id")["split"].nunique()
+        leaking = per_patient[per_patient > 1]
+        if len(leaking):
+            patient = leaking.index[0]
+            splits = sorted(frame.loc[frame["patient_id"] == patient, "split"].unique())
+            raise UserInputError(f"{source}: {len(leaking)} patients appear in more than one split (e.g. patient "
+                                 f"{patient!r} in {' and '.join(splits)}): training and test images of one patient "
+                                 "make every metric optimistic. Fix the split column so each patient is in one "
+                                 "split only.")
+    return manifest

@@ -17,9 +17,11 @@ from cxr_audit import concepts
 from cxr_audit.data.manifest import (
     META_COLUMNS,
     Manifest,
+    check_integrity,
     check_relative_path,
     normalise_age,
     normalise_sex,
+    normalise_splits,
     normalise_views,
 )
 from cxr_audit.errors import UserInputError
@@ -30,9 +32,14 @@ FORMATS = ("nih", "chexpert", "mimic", "csv")
 def _read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
     if not path.exists():
         raise UserInputError(f"{what} {path} does not exist. Check --data.")
+    if path.is_dir():
+        raise UserInputError(f"{what} {path} is a folder; pass the CSV file (a folder is read as MIMIC-CXR-JPG "
+                             "with --format mimic).")
     try:
         return pd.read_csv(path, **kwargs)
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+    except pd.errors.EmptyDataError:
+        raise UserInputError(f"{what} {path} is empty (no header, no rows). Pass the labels file.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, ValueError) as exc:
         raise UserInputError(f"{what} {path} cannot be read as CSV: {exc}. Is it the right file?") from None
 
 
@@ -47,8 +54,14 @@ def _require_columns(frame: pd.DataFrame, path: Path, required: list[str], fmt_h
 
 
 def _validate_paths(paths: pd.Series, source: Path) -> pd.Series:
-    return pd.Series([check_relative_path(str(p), f"{source}, row {i + 2}") for i, p in enumerate(paths)],
-                     index=paths.index, dtype=object)
+    """Relative, non-empty image paths (a blank cell is refused, never read as an image named 'nan')."""
+    return pd.Series([check_relative_path("" if pd.isna(p) else str(p), f"{source}, row {i + 2}")
+                      for i, p in enumerate(paths)], index=paths.index, dtype=object)
+
+
+def _shown(value) -> str:
+    """A cell's value as the user typed it (not numpy's repr)."""
+    return repr(value.item() if hasattr(value, "item") else value)
 
 
 def _label_column(values: pd.Series, source: Path, column: str) -> np.ndarray:
@@ -59,7 +72,7 @@ def _label_column(values: pd.Series, source: Path, column: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise UserInputError(
-            f"{source}, row {row + 2}, column {column!r}: label {values.iloc[row]!r} is not 1, 0, -1 or empty. "
+            f"{source}, row {row + 2}, column {column!r}: label {_shown(values.iloc[row])} is not 1, 0, -1 or empty. "
             "Fix the value (1 positive, 0 negative, -1 uncertain, empty unmentioned)."
         )
     return numeric.to_numpy()
@@ -93,6 +106,10 @@ def _assemble(meta: pd.DataFrame, labels: dict[str, np.ndarray], root: Path, sou
     return Manifest(frame=frame, root=root, source=source, format=fmt, concepts=list(labels), notes=notes)
 
 
+def _split_column(raw: pd.DataFrame, column: str | None, source: Path):
+    return normalise_splits(raw[column], source) if column and column in raw.columns else None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # NIH ChestX-ray14
 
@@ -112,7 +129,13 @@ def read_nih(csv_path: Path, root: Path | None = None) -> Manifest:
     root = Path(root) if root is not None else source.parent
     notes: list[str] = []
 
-    findings = raw["Finding Labels"].fillna("").astype(str).str.get_dummies(sep="|")
+    blank = raw["Finding Labels"].isna() | (raw["Finding Labels"].astype(str).str.strip() == "")
+    if blank.any():
+        row = int(np.flatnonzero(blank.to_numpy())[0])
+        raise UserInputError(f"{source}, row {row + 2}: 'Finding Labels' is empty. NIH lists every finding of an "
+                             "image, and 'No Finding' for a normal one; an empty cell is unknown, not normal. Fix "
+                             "the row (or remove it).")
+    findings = raw["Finding Labels"].astype(str).str.get_dummies(sep="|")
     labels: dict[str, np.ndarray] = {}
     for column in findings.columns:
         name = column.strip()
@@ -132,8 +155,8 @@ def read_nih(csv_path: Path, root: Path | None = None) -> Manifest:
         "image_id": raw["Image Index"].astype(str),
         "path": _validate_paths(image_dir + raw["Image Index"].astype(str), source),
         "patient_id": raw["Patient ID"].astype(str).str.lstrip("0").replace("", "0"),
-        "view": normalise_views(raw["View Position"]),
-        "sex": normalise_sex(raw["Patient Gender"]),
+        "view": normalise_views(raw["View Position"], notes, source),
+        "sex": normalise_sex(raw["Patient Gender"], notes, source),
         "age": normalise_age(raw["Patient Age"], notes, source),
         "split": _nih_official_splits(source.parent, raw["Image Index"].astype(str)),
     })
@@ -183,19 +206,38 @@ def read_chexpert(csv_path: Path, root: Path | None = None) -> Manifest:
             row = int(np.flatnonzero(patients.isna().to_numpy())[0])
             raise UserInputError(f"{source}, row {row + 2}: no 'patientNNNNN' in Path {raw['Path'].iloc[row]!r} "
                                  "and no 'patient_id' column; add a patient_id column.")
-    lateral = raw["Frontal/Lateral"].astype(str).str.strip().str.lower() == "lateral"
-    views = normalise_views(raw["AP/PA"]).where(~lateral, "LAT")
+    views = _chexpert_views(raw, notes, source)
     meta = pd.DataFrame({
         "image_id": raw["Path"].astype(str),
         "path": _validate_paths(raw["Path"].astype(str), source),
         "patient_id": patients,
         "view": views,
-        "sex": normalise_sex(raw["Sex"]),
+        "sex": normalise_sex(raw["Sex"], notes, source),
         "age": normalise_age(raw["Age"], notes, source),
-        "split": raw["split"].astype(object) if "split" in raw.columns else None,
+        "split": _split_column(raw, "split", source),
     })
     extra = raw[[c for c in PHANTOM_COLUMNS if c in raw.columns]]
     return _assemble(meta, labels, root, source, "chexpert", notes, extra)
+
+
+def _chexpert_views(raw: pd.DataFrame, notes: list[str], source: Path) -> pd.Series:
+    """CheXpert's own 'Frontal/Lateral' column decides frontal or lateral; 'AP/PA' gives the orientation of a
+    frontal film. A frontal row whose AP/PA says LL or RL (CheXpert has some) stays frontal, of unknown
+    orientation ('FRONTAL'), and is noted."""
+    side = raw["Frontal/Lateral"].astype("string").str.strip().str.lower()
+    unknown = ~side.isin(["frontal", "lateral"]) & side.notna()
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise UserInputError(f"{source}, row {row + 2}: Frontal/Lateral is {str(raw['Frontal/Lateral'].iloc[row])!r}; "
+                             "CheXpert writes 'Frontal' or 'Lateral'.")
+    orientation = normalise_views(raw["AP/PA"].where(side == "frontal"), notes, source)
+    frontal_other = (side == "frontal") & ~orientation.isin(["PA", "AP"])
+    if frontal_other.any():
+        examples = ", ".join(repr(str(v)) for v in raw["AP/PA"][frontal_other].astype(str).unique()[:4])
+        notes.append(f"{source.name}: {int(frontal_other.sum())} images marked Frontal with AP/PA {examples}: "
+                     "counted as frontal (orientation unknown)")
+    views = orientation.where(~frontal_other.to_numpy(), "FRONTAL")
+    return views.where((side != "lateral").to_numpy(), "LAT")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,14 +277,31 @@ def read_mimic(data: Path, root: Path | None = None) -> Manifest:
     split_raw = _read_csv(split_path, "MIMIC split file")
     _require_columns(split_raw, split_path, ["dicom_id", "split"], "MIMIC split file")
 
-    merged = meta_raw.merge(label_raw, on=["subject_id", "study_id"], how="inner", validate="many_to_one")
+    for frame, path, keys in ((label_raw, labels_path, ["subject_id", "study_id"]),
+                              (meta_raw, meta_path, ["dicom_id", "subject_id", "study_id"]),
+                              (split_raw, split_path, ["dicom_id"])):
+        _check_ids(frame, path, keys)
+    _unique(label_raw, ["subject_id", "study_id"], labels_path, "study (subject_id, study_id)")
+    _unique(meta_raw, ["dicom_id"], meta_path, "dicom_id")
+    _unique(split_raw, ["dicom_id"], split_path, "dicom_id")
+    merged = meta_raw.merge(label_raw, on=["subject_id", "study_id"], how="left", indicator=True)
+    unlabelled = merged["_merge"] == "left_only"
+    if unlabelled.any():  # images of studies the labeller never read: no label to count them by
+        notes.append(f"{meta_path.name}: {int(unlabelled.sum()):,} of {len(merged):,} images belong to studies "
+                     f"with no row in {labels_path.name}; left out (no labels)")
+    merged = merged[~unlabelled].drop(columns="_merge").reset_index(drop=True)
     merged = merged.merge(split_raw[["dicom_id", "split"]], on="dicom_id", how="left")
     if patients_path is not None:
         patients = _read_csv(patients_path, "MIMIC-IV patients file")
-        _require_columns(patients, patients_path, ["subject_id", "gender", "anchor_age"], "MIMIC-IV patients file")
-        merged = merged.merge(patients[["subject_id", "gender", "anchor_age"]], on="subject_id", how="left")
+        _require_columns(patients, patients_path, ["subject_id", "gender", "anchor_age", "anchor_year"],
+                         "MIMIC-IV patients file")
+        _check_ids(patients, patients_path, ["subject_id"])
+        _unique(patients, ["subject_id"], patients_path, "subject_id")
+        merged = merged.merge(patients[["subject_id", "gender", "anchor_age", "anchor_year"]], on="subject_id",
+                              how="left")
+        merged["age"] = _mimic_age(merged, notes, meta_path)
     else:
-        merged["gender"], merged["anchor_age"] = None, np.nan
+        merged["gender"], merged["age"] = None, np.nan
         notes.append("no MIMIC-IV patients file: sex and age unknown, subgroup cells by sex/age count nothing")
 
     label_columns = _concept_columns([c for c in label_raw.columns if c not in ("subject_id", "study_id")])
@@ -254,12 +313,47 @@ def read_mimic(data: Path, root: Path | None = None) -> Manifest:
         "image_id": merged["dicom_id"].astype(str),
         "path": _validate_paths(paths, meta_path),
         "patient_id": subject,
-        "view": normalise_views(merged["ViewPosition"]),
-        "sex": normalise_sex(merged["gender"]),
-        "age": normalise_age(merged["anchor_age"], notes, patients_path or meta_path),
-        "split": merged["split"].astype(str).str.lower().replace({"validate": "val", "nan": None}),
+        "view": normalise_views(merged["ViewPosition"], notes, meta_path),
+        "sex": normalise_sex(merged["gender"], notes, patients_path or meta_path),
+        "age": normalise_age(merged["age"], notes, patients_path or meta_path),
+        "split": normalise_splits(merged["split"], split_path),
     })
     return _assemble(meta, labels, Path(root) if root else folder, meta_path, "mimic", notes)
+
+
+def _check_ids(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
+    """MIMIC ids are integers (dicom_id is text); anything else would join the wrong rows."""
+    for column in columns:
+        if column == "dicom_id":
+            bad = frame[column].isna()
+        else:
+            bad = pd.to_numeric(frame[column], errors="coerce").isna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserInputError(f"{path}, row {row + 2}: {column} {_shown(frame[column].iloc[row])} is not a valid "
+                                 f"{'id' if column == 'dicom_id' else 'integer id'}.")
+        if column != "dicom_id":
+            frame[column] = pd.to_numeric(frame[column]).astype("int64")
+
+
+def _unique(frame: pd.DataFrame, columns: list[str], path: Path, what: str) -> None:
+    repeated = frame.duplicated(columns, keep=False)
+    if repeated.any():
+        rows = np.flatnonzero(repeated.to_numpy())[:2] + 2
+        raise UserInputError(f"{path}: the {what} on rows {rows[0]} and {rows[1]} is the same; each must appear "
+                             "once. Remove the duplicated row.")
+
+
+def _mimic_age(merged: pd.DataFrame, notes: list[str], source: Path) -> pd.Series:
+    """A study's age: MIMIC-IV's anchor_age is the age in anchor_year, so age = anchor_age + year(StudyDate) -
+    anchor_year (the shifted years cancel). Without StudyDate the anchor age is used, with a note."""
+    anchor_age = pd.to_numeric(merged["anchor_age"], errors="coerce")
+    if "StudyDate" not in merged.columns:
+        notes.append(f"{source.name}: no StudyDate column: each image gets its patient's anchor_age (the age in "
+                     "anchor_year), not the age at the study")
+        return anchor_age
+    year = pd.to_numeric(merged["StudyDate"].astype("string").str.strip().str[:4], errors="coerce")
+    return anchor_age + year - pd.to_numeric(merged["anchor_year"], errors="coerce")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,18 +383,21 @@ def read_generic_csv(csv_path: Path, root: Path | None = None) -> Manifest:
     meta_columns = {c for c in found.values() if c is not None}
     label_columns = _concept_columns([c for c in raw.columns if c not in meta_columns])
     if not label_columns:
+        detected = detect_format(source)
+        hint = f" It looks like a {detected.upper()} file: pass --format {detected} (or --format auto)." \
+            if detected != "csv" else ""
         raise UserInputError(f"{source} has no concept columns. Name columns after concepts, e.g. "
-                             f"'Cardiomegaly', 'Pleural Effusion' (aliases such as 'Effusion' work).")
+                             f"'Cardiomegaly', 'Pleural Effusion' (aliases such as 'Effusion' work).{hint}")
     notes: list[str] = []
-    paths = raw[found["path"]].astype(str)
+    paths = _validate_paths(raw[found["path"]], source)
     meta = pd.DataFrame({
         "image_id": paths,
-        "path": _validate_paths(paths, source),
+        "path": paths,
         "patient_id": raw[found["patient_id"]].astype(str) if found["patient_id"] else paths,
-        "view": normalise_views(raw[found["view"]]) if found["view"] else None,
-        "sex": normalise_sex(raw[found["sex"]]) if found["sex"] else None,
+        "view": normalise_views(raw[found["view"]], notes, source) if found["view"] else None,
+        "sex": normalise_sex(raw[found["sex"]], notes, source) if found["sex"] else None,
         "age": normalise_age(raw[found["age"]], notes, source) if found["age"] else np.nan,
-        "split": raw[found["split"]].astype(object) if found["split"] else None,
+        "split": _split_column(raw, found["split"], source),
     })
     if not found["view"]:
         notes.append(f"{source.name}: no view column; all images taken as frontal (PA)")
@@ -309,6 +406,7 @@ def read_generic_csv(csv_path: Path, root: Path | None = None) -> Manifest:
     return _assemble(meta, labels, Path(root) if root else source.parent, source, "csv", notes)
 
 
+MIMIC_HINT = ["dicom_id", "subject_id", "study_id"]  # a MIMIC file given instead of its folder
 READERS: dict[str, Callable[..., Manifest]] = {
     "nih": read_nih,
     "chexpert": read_chexpert,
@@ -322,16 +420,18 @@ def detect_format(data: Path) -> str:
     if data.is_dir():
         return "mimic"
     header = _read_csv(data, "Labels file", nrows=0).columns
-    for fmt, required in (("nih", NIH_COLUMNS), ("chexpert", CHEXPERT_COLUMNS)):
+    for fmt, required in (("nih", NIH_COLUMNS), ("chexpert", CHEXPERT_COLUMNS), ("mimic", MIMIC_HINT)):
         if all(column in header for column in required):
             return fmt
     return "csv"
 
 
-def read_manifest(data: str | Path, fmt: str = "auto", root: str | Path | None = None) -> Manifest:
-    """Read a dataset's labels in the given format (nih, chexpert, mimic, csv; auto: detected)."""
+def read_manifest(data: str | Path, fmt: str = "auto", root: str | Path | None = None,
+                  allow_duplicates: bool = False) -> Manifest:
+    """Read a dataset's labels in the given format (nih, chexpert, mimic, csv; auto: detected), checked for
+    duplicated images and patients in two splits (see `manifest.check_integrity`)."""
     if fmt == "auto":
         fmt = detect_format(Path(data))
     if fmt not in READERS:
         raise UserInputError(f"unknown --format {fmt!r}; choose one of auto, {', '.join(FORMATS)}.")
-    return READERS[fmt](Path(data), Path(root) if root is not None else None)
+    return check_integrity(READERS[fmt](Path(data), Path(root) if root is not None else None), allow_duplicates)

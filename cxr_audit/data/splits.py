@@ -23,19 +23,13 @@ def assign_patient_splits(manifest: Manifest, fractions: dict[str, float] | None
                           seed: int = 0) -> Manifest:
     """Give every image a train/val/test split so that no patient is in two splits.
 
-    Splits already in the manifest (MIMIC's split file, NIH's official lists) are kept and checked.
-    Otherwise patients are shuffled with `seed` and cut by the fractions (default 70/10/20).
+    Splits already in the manifest (MIMIC's split file, NIH's official lists) are kept (the reader checked
+    that no patient is in two: manifest.check_integrity). Otherwise patients are shuffled with `seed` and cut
+    by the fractions (default 70/10/20).
     """
     frame = manifest.frame.copy()
     if frame["split"].notna().all():
-        per_patient = frame.groupby("patient_id")["split"].nunique()
-        leaking = per_patient[per_patient > 1]
-        if len(leaking):
-            raise UserInputError(
-                f"{manifest.source}: {len(leaking)} patients appear in more than one split (e.g. patient "
-                f"{leaking.index[0]!r}). Fix the split column so each patient is in one split only."
-            )
-        return manifest.with_frame(frame)
+        return manifest
     fractions = fractions or {"train": 0.7, "val": 0.1, "test": 0.2}
     if abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise UserInputError(f"split fractions {fractions} must add up to 1.")

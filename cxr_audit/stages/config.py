@@ -25,6 +25,29 @@ DATA_FORMATS = ("auto", "nih", "chexpert", "mimic", "csv")
 DEFAULT_INTENDED_USE = ("Triage support: flag frontal chest radiographs of adults for the findings listed, for "
                         "review by a radiologist.")
 PATH_KEYS = ("data", "root", "spec", "card", "predictions", "generator", "checker")
+# Each input path's option and what it must be: a file, a folder, or either (the MIMIC layout is a folder).
+_PATH_KINDS = {"data": ("--data", "file or folder"), "root": ("--root", "folder"), "spec": ("--spec", "file"),
+               "models": ("--model", "file"), "card": ("--card", "file"), "predictions": ("--predictions", "file"),
+               "generator": ("--generator", "folder"), "checker": ("--checker", "file")}
+
+
+def check_input_paths(run: RunDir, typed: dict[str, Any]) -> None:
+    """Every input path the user typed exists and is what its option needs (inputs a run makes for itself,
+    in its inputs/ folder, are made by its first stages)."""
+    for key, (option, kind) in _PATH_KINDS.items():
+        values = typed.get(key)
+        for value in (values if isinstance(values, list) else [values] if values is not None else []):
+            path = Path(value)
+            if "\0" in str(value):
+                raise UserInputError(f"{option} {value!r} contains a NUL byte; pass a real path.")
+            if path.resolve().is_relative_to(run.inputs.resolve()):
+                continue
+            if not path.exists():
+                raise UserInputError(f"{option} {path} does not exist. Check the path.")
+            if kind == "file" and not path.is_file():
+                raise UserInputError(f"{option} {path} is a folder; pass the file.")
+            if kind == "folder" and not path.is_dir():
+                raise UserInputError(f"{option} {path} is a file; pass the folder.")
 
 
 def _finetune_options(config: FinetuneConfig) -> dict[str, Any]:
@@ -55,6 +78,7 @@ class RunConfig(BaseModel):
     data: str | None = None
     format: Literal["auto", "nih", "chexpert", "mimic", "csv"] = "auto"
     root: str | None = None
+    allow_duplicates: bool = Field(False, description="keep a repeated row (same image, same labels) once")
     spec: str | None = None
     models: list[str] = Field(default_factory=list, description="the deployed model; several: an ensemble")
     card: str | None = None
@@ -93,7 +117,12 @@ class RunConfig(BaseModel):
     @field_validator("finetune")
     @classmethod
     def _finetune(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _finetune_options(FinetuneConfig(**value))
+        config = FinetuneConfig(**value)
+        positive = ("steps", "batch_size", "eval_every", "patience", "checkpoint_every")
+        if any(getattr(config, name) < 1 for name in positive) or not config.lr > 0 or config.weight_decay < 0:
+            raise ValueError(f"fine-tune options {value} need steps, batch_size, eval_every, patience and "
+                             "checkpoint_every of at least 1, lr above 0 and weight_decay of at least 0")
+        return _finetune_options(config)
 
     @property
     def edit_settings(self) -> EditSettings:
@@ -109,6 +138,7 @@ def merge_config(run: RunDir, given: dict[str, Any]) -> RunConfig:
 
     Paths the user typed are recorded relative to the run when inside it (a copied run keeps working)."""
     typed = {k: v for k, v in given.items() if v is not None}
+    check_input_paths(run, typed)
     for key in PATH_KEYS:
         if key in typed:
             typed[key] = run.relative(Path(typed[key]))

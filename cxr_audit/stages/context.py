@@ -76,7 +76,8 @@ class RunContext:
         """The labels file as read, every view and split."""
         from cxr_audit.data.readers import read_manifest
 
-        return read_manifest(self.require("data", "--data"), self.config.format, self.path("root"))
+        return read_manifest(self.require("data", "--data"), self.config.format, self.path("root"),
+                             self.config.allow_duplicates)
 
     @property
     def notes(self) -> list[str]:
@@ -103,7 +104,14 @@ class RunContext:
         """Images of one split that the audited classifiers read: frontal views, unless the spec says
         otherwise."""
         part = self.part(split)
-        return part.frontal() if self.spec is None or self.spec.frontal_only else part
+        if self.spec is not None and not self.spec.frontal_only:
+            return part
+        frontal = part.frontal()
+        if len(part) and not len(frontal):
+            raise UserInputError(f"{self.path('data')}: none of the {len(part):,} images of split {split!r} is frontal "
+                                 "(PA or AP); the audited classifiers read frontal films. Check the view column, or "
+                                 "set 'frontal_only: false' in the spec to use every view.")
+        return frontal
 
     def ids_sha256(self, split: str) -> str:
         """The identity of a split's membership: which images it holds (the labels are in the data hash)."""

@@ -135,7 +135,7 @@ def preflight(ctx: RunContext) -> None:
     if ctx.config.checker:
         from cxr_audit.classifier.loading import load_model
 
-        load_model(ctx.path("checker"))
+        load_model(ctx.path("checker"), pickle_option=None)  # a checker is never unpickled
 
 
 def run_audit(ctx: RunContext, force: bool = False, report: bool = True, command_line: str = ""):

@@ -45,6 +45,6 @@ class SynthesizeStage:
 
         ctx = self.ctx
         run_synthesis(read_plan(ctx), ctx.frontal("all"), load_backend(generator_folder(ctx)), self.layout,
-                      load_model(checker_path(ctx), allow_pickle=False),
+                      load_model(checker_path(ctx), pickle_option=None),
                       SynthesisOptions(settings=ctx.config.edit_settings, unconstrained=self.mode == "unconstrained",
                                        progress=ctx.progress))

@@ -94,6 +94,13 @@ class Prevalence(BaseModel):
     def _check_findings(cls, value: dict[str, PerSplit]) -> dict[str, PerSplit]:
         return {_drawable_name(k): _check_probability(v) for k, v in value.items()}
 
+    @field_validator("studies_per_patient")
+    @classmethod
+    def _check_studies(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= value[0] <= value[1] <= 100:
+            raise ValueError(f"studies_per_patient must be [low, high] with 1 <= low <= high <= 100, got {list(value)}")
+        return value
+
     @field_validator("splits")
     @classmethod
     def _check_splits(cls, value: dict[str, float]) -> dict[str, float]:
@@ -249,11 +256,13 @@ def write_phantom_dataset(out: str | Path, n_images: int, size: int = 128, seed:
                           workers: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Generate and write a phantom dataset; returns the labels frame (also in out/labels.csv)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; the phantom needs a folder. Choose a new --out.")
     if (out / "labels.csv").exists():
         raise UserInputError(f"{out} already holds a phantom dataset (labels.csv). Choose a new --out; a "
                              "dataset is never overwritten.")
-    if n_images < 1 or size < 32:
-        raise UserInputError(f"--n must be at least 1 and --size at least 32 (got {n_images}, {size}).")
+    if not 1 <= n_images <= 1_000_000 or not 32 <= size <= 2048:
+        raise UserInputError(f"--n must be 1 to 1,000,000 and --size 32 to 2048 (got {n_images}, {size}).")
     prevalence = prevalence or Prevalence()
     cohort = plan_cohort(n_images, prevalence, seed)
     out.mkdir(parents=True, exist_ok=True)
