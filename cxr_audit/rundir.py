@@ -26,12 +26,13 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from cxr_audit.errors import UserInputError
-from cxr_audit.provenance import atomic_write_json, sha256_file
+from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, sha256_file
 
 REQUEST_FILE = "request.json"
 STAGES_FOLDER = "stages"
@@ -364,18 +365,39 @@ def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str
             raise UserInputError(f"{run.path}: the '{stage.name}' stage's outputs exist, but {why}. A run never "
                                  "overwrites results silently: pass --force to redo this stage, or choose a new "
                                  "--out folder.")
-        if stage.folder.is_dir():
-            shutil.rmtree(stage.folder)
-        else:
-            stage.folder.unlink()
     log(f"stage {stage.name}" + (": resuming" if resumable else ""))
-    started = time.monotonic()
-    atomic_write_json(path, {"stage": stage.name, "status": "running", "inputs": declared})
-    stage.run()
-    outputs = {run.relative(p): sha256_file(p) for p in stage.outputs()}
-    atomic_write_json(path, {"stage": stage.name, "status": "done", "inputs": declared, "outputs": outputs,
-                             "seconds": round(time.monotonic() - started, 1)})
+    with _old_outputs_kept_until_done(stage, path, replace=not resumable and stage.folder.exists()):
+        started = time.monotonic()
+        atomic_write_json(path, {"stage": stage.name, "status": "running", "inputs": declared})
+        stage.run()
+        outputs = {run.relative(p): sha256_file(p) for p in stage.outputs()}
+        atomic_write_json(path, {"stage": stage.name, "status": "done", "inputs": declared, "outputs": outputs,
+                                 "seconds": round(time.monotonic() - started, 1)})
     return True
+
+
+@contextmanager
+def _old_outputs_kept_until_done(stage: Stage, record: Path, replace: bool):
+    """With --force, a stage's old outputs are moved aside, not deleted: if the new run of the stage fails,
+    they (and the old record) are put back, so a failed redo loses nothing."""
+    if not replace:
+        yield
+        return
+    aside = stage.folder.with_name(f".{stage.folder.name}.replaced")
+    if aside.exists():
+        shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
+    old_record = record.read_bytes() if record.exists() else None
+    stage.folder.rename(aside)
+    try:
+        yield
+    except BaseException:
+        if stage.folder.exists():
+            shutil.rmtree(stage.folder) if stage.folder.is_dir() else stage.folder.unlink()
+        aside.rename(stage.folder)
+        if old_record is not None:
+            atomic_write_bytes(record, old_record)
+        raise
+    shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
 
 
 def _outputs_intact(run: RunDir, record: dict) -> bool:

@@ -52,7 +52,7 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
     plan = PlanDocument.model_validate(plan)
     manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
     backend = load_backend(tiny_generator)
-    options = SynthesisOptions(settings=EditSettings(steps=8, strength=0.5), progress=False)
+    options = SynthesisOptions(settings=EditSettings(steps=8, strength=0.5), progress=False, batch_size=4)
     checker = load_model(phantom_model)
     out = SynthesisLayout(tmp_path / "synthetic")
     summary = run_synthesis(plan, manifest, backend, out, checker, options)
@@ -70,12 +70,15 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
     assert load_image(out.image(first)).shape == (64, 64)
     assert load_image(out.mask(first)).max() == 1.0
 
-    # resume: remove one record; only that edit is redone
+    # resume: remove one record; only its batch is redone, and to the same bytes
+    assert n > options.batch_size  # two batches at least
     untouched = out.record(records[-1]["edit_id"])
     stamp = untouched.stat().st_mtime_ns
+    image = out.image(first).read_bytes()
     out.record(first).unlink()
     again = run_synthesis(plan, manifest, backend, out, checker, options)
     assert again.planned == n and untouched.stat().st_mtime_ns == stamp
+    assert out.image(first).read_bytes() == image and out.record(first).exists()
 
     # the unconstrained ablation changes anatomy outside the edit region measurably more, and is not rejected
     # for it (its fidelity is measured, not required)

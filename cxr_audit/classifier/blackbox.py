@@ -11,6 +11,7 @@ import pandas as pd
 
 from cxr_audit import concepts
 from cxr_audit.data.manifest import Manifest
+from cxr_audit.data.readers import read_csv, shown
 from cxr_audit.errors import UserInputError
 
 ID_COLUMNS = ("Image Index", "image_id", "image", "Path", "path", "filename", "dicom_id")
@@ -31,10 +32,7 @@ def read_predictions(path: str | Path, manifest: Manifest) -> tuple[list[str], n
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"Predictions file {path} does not exist. Check --predictions.")
-    try:
-        raw = pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"Predictions file {path} cannot be read as CSV: {exc}") from None
+    raw = read_csv(path, "Predictions file")
     id_column = next((c for c in ID_COLUMNS if c in raw.columns), None)
     if id_column is None:
         raise UserInputError(f"Predictions file {path} has no image id column; name one of {list(ID_COLUMNS)}. "
@@ -53,7 +51,7 @@ def read_predictions(path: str | Path, manifest: Manifest) -> tuple[list[str], n
     if bad.any().any():
         row, col = np.argwhere(bad.to_numpy())[0]
         raise UserInputError(f"{path}, row {row + 2}, column {list(mapping)[col]!r}: "
-                             f"{raw.iloc[row][list(mapping)[col]]!r} is not a probability in [0, 1].")
+                             f"{shown(raw.iloc[row][list(mapping)[col]])} is not a probability in [0, 1].")
     keys = raw[id_column].astype(str)
     lookup = pd.Series(np.arange(len(raw)), index=keys)
     if lookup.index.duplicated().any():

@@ -72,7 +72,7 @@ def audit_command(
     training = {k: v for k, v in {"steps": generator_steps, "minutes": generator_minutes}.items() if v is not None}
     ctx = open_run(out, {"models": [model] if model else None, "spec": spec,
                          **dataset(data, data_format, root, allow_duplicates), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
-                         "finetune": {"steps": finetune_steps} if finetune_steps else None,
+                         "finetune": {"steps": finetune_steps} if finetune_steps is not None else None,
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
                          "seed": seed, "intended_use": intended_use, "allow_pickle": allow_pickle or None}, force)
     run_audit(ctx, force, report=not no_report)
@@ -130,7 +130,7 @@ def finetune_command(
         if arm not in FINETUNE_ARMS:
             raise UserInputError(f"--arms: {arm!r} is not a fine-tune arm ({', '.join(FINETUNE_ARMS)}).")
     ctx = open_run(run, {"models": [model] if model else None, "card": card,
-                         "finetune": {"steps": steps} if steps else None}, force)
+                         "finetune": {"steps": steps} if steps is not None else None}, force)
     run_stages(ctx, stages_for(ctx, [f"evaluate_{arm}" for arm in chosen]), force)
     table = Table(title="Fine-tune arms", title_justify="left")
     for header in ("arm", "mean AUPRC (test)", "candidate"):

@@ -7,6 +7,7 @@ decoding needs is read, so no patient identifier can leak from here.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,24 @@ def _full_scale(array: np.ndarray) -> float:
     return float(2**bits - 1)
 
 
+@contextmanager
+def _truncated_images_refused():
+    """Pillow decodes a truncated file without error when ImageFile.LOAD_TRUNCATED_IMAGES is set, and importing
+    weasyprint (the report) sets it for the whole process: a cut-off radiograph would silently become a partly
+    grey image. Decoding here always refuses truncated files."""
+    from PIL import ImageFile
+
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
 def _load_bitmap(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
+    with _truncated_images_refused(), Image.open(path) as image:
+        image.load()
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16-bit PNGs: keep full depth; scale by the detector's range, not by the image's own min/max.
             array = np.asarray(image, dtype=np.float32)

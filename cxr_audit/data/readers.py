@@ -29,7 +29,7 @@ from cxr_audit.errors import UserInputError
 FORMATS = ("nih", "chexpert", "mimic", "csv")
 
 
-def _read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
+def read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
     if not path.exists():
         raise UserInputError(f"{what} {path} does not exist. Check --data.")
     if path.is_dir():
@@ -59,7 +59,7 @@ def _validate_paths(paths: pd.Series, source: Path) -> pd.Series:
                       for i, p in enumerate(paths)], index=paths.index, dtype=object)
 
 
-def _shown(value) -> str:
+def shown(value) -> str:
     """A cell's value as the user typed it (not numpy's repr)."""
     return repr(value.item() if hasattr(value, "item") else value)
 
@@ -72,7 +72,7 @@ def _label_column(values: pd.Series, source: Path, column: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise UserInputError(
-            f"{source}, row {row + 2}, column {column!r}: label {_shown(values.iloc[row])} is not 1, 0, -1 or empty. "
+            f"{source}, row {row + 2}, column {column!r}: label {shown(values.iloc[row])} is not 1, 0, -1 or empty. "
             "Fix the value (1 positive, 0 negative, -1 uncertain, empty unmentioned)."
         )
     return numeric.to_numpy()
@@ -124,7 +124,7 @@ def read_nih(csv_path: Path, root: Path | None = None) -> Manifest:
     (default: the CSV's folder). `train_val_list.txt` / `test_list.txt` beside the CSV set official splits.
     """
     source = Path(csv_path)
-    raw = _read_csv(source, "NIH labels file", dtype={"Patient ID": str})
+    raw = read_csv(source, "NIH labels file", dtype={"Patient ID": str})
     _require_columns(raw, source, NIH_COLUMNS, "NIH Data_Entry_2017 format")
     root = Path(root) if root is not None else source.parent
     notes: list[str] = []
@@ -187,7 +187,7 @@ def read_chexpert(csv_path: Path, root: Path | None = None) -> Manifest:
     in that folder the root is its parent.
     """
     source = Path(csv_path)
-    raw = _read_csv(source, "CheXpert labels file")
+    raw = read_csv(source, "CheXpert labels file")
     _require_columns(raw, source, CHEXPERT_COLUMNS, "CheXpert CSV format")
     if root is None:
         first = Path(str(raw["Path"].iloc[0])).parts[0] if len(raw) else ""
@@ -269,12 +269,12 @@ def read_mimic(data: Path, root: Path | None = None) -> Manifest:
     patients_path = _find_one(folder, "patients", required=False)
     notes: list[str] = []
 
-    label_raw = _read_csv(labels_path, "MIMIC chexpert labels file")
+    label_raw = read_csv(labels_path, "MIMIC chexpert labels file")
     _require_columns(label_raw, labels_path, ["subject_id", "study_id"], "MIMIC chexpert labels file")
-    meta_raw = _read_csv(meta_path, "MIMIC metadata file")
+    meta_raw = read_csv(meta_path, "MIMIC metadata file")
     _require_columns(meta_raw, meta_path, ["dicom_id", "subject_id", "study_id", "ViewPosition"],
                      "MIMIC metadata file")
-    split_raw = _read_csv(split_path, "MIMIC split file")
+    split_raw = read_csv(split_path, "MIMIC split file")
     _require_columns(split_raw, split_path, ["dicom_id", "split"], "MIMIC split file")
 
     for frame, path, keys in ((label_raw, labels_path, ["subject_id", "study_id"]),
@@ -292,7 +292,7 @@ def read_mimic(data: Path, root: Path | None = None) -> Manifest:
     merged = merged[~unlabelled].drop(columns="_merge").reset_index(drop=True)
     merged = merged.merge(split_raw[["dicom_id", "split"]], on="dicom_id", how="left")
     if patients_path is not None:
-        patients = _read_csv(patients_path, "MIMIC-IV patients file")
+        patients = read_csv(patients_path, "MIMIC-IV patients file")
         _require_columns(patients, patients_path, ["subject_id", "gender", "anchor_age", "anchor_year"],
                          "MIMIC-IV patients file")
         _check_ids(patients, patients_path, ["subject_id"])
@@ -330,7 +330,7 @@ def _check_ids(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
             bad = pd.to_numeric(frame[column], errors="coerce").isna()
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UserInputError(f"{path}, row {row + 2}: {column} {_shown(frame[column].iloc[row])} is not a valid "
+            raise UserInputError(f"{path}, row {row + 2}: {column} {shown(frame[column].iloc[row])} is not a valid "
                                  f"{'id' if column == 'dicom_id' else 'integer id'}.")
         if column != "dicom_id":
             frame[column] = pd.to_numeric(frame[column]).astype("int64")
@@ -376,7 +376,7 @@ def read_generic_csv(csv_path: Path, root: Path | None = None) -> Manifest:
     Optional columns: patient_id (else each image is its own patient), view, sex, age, split.
     """
     source = Path(csv_path)
-    raw = _read_csv(source, "Labels CSV")
+    raw = read_csv(source, "Labels CSV")
     found = {key: next((c for c in names if c in raw.columns), None) for key, names in _GENERIC_META.items()}
     if found["path"] is None:
         _require_columns(raw, source, ["path"], "generic CSV format (an image path column)")
@@ -419,7 +419,7 @@ def detect_format(data: Path) -> str:
     """The format of a labels file from its columns (a folder is MIMIC-CXR-JPG); the generic CSV otherwise."""
     if data.is_dir():
         return "mimic"
-    header = _read_csv(data, "Labels file", nrows=0).columns
+    header = read_csv(data, "Labels file", nrows=0).columns
     for fmt, required in (("nih", NIH_COLUMNS), ("chexpert", CHEXPERT_COLUMNS), ("mimic", MIMIC_HINT)):
         if all(column in header for column in required):
             return fmt

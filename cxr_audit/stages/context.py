@@ -29,6 +29,7 @@ class RunContext:
         # How inference runs: these change speed, never results, so they are not stage inputs.
         self.batch_size, self.workers, self.cache_dir = batch_size, workers, cache_dir
         self.log = log or print
+        self.created = False  # whether this command created the run directory (open_run says)
         self._images: dict[tuple[str, int], np.ndarray] = {}
 
     # -- inputs named in the configuration -------------------------------------------------------------------

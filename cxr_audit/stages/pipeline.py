@@ -90,6 +90,9 @@ def open_run(run: RunDir, given: dict, force: bool, **context) -> RunContext:
     stage's inputs is refused without --force, before anything is written."""
     run.check_writable()
     ctx = RunContext(run, merge_config(run, given), **context)
+    ctx.created = not run.path.exists()
+    if ctx.config.data and ctx.path("data").exists():  # (a run's own inputs/ are made by its first stages)
+        ctx.notes  # noqa: B018 - the data is read and checked (duplicates, splits, leakage) before any write
     if run.request.exists():
         stale = {}
         for stage in _stages(ctx, list(ARMS), report=True):
@@ -106,8 +109,29 @@ def open_run(run: RunDir, given: dict, force: bool, **context) -> RunContext:
 
 
 def run_stages(ctx: RunContext, stages: list[Stage], force: bool = False) -> None:
+    """Run (or skip) each stage. A stage that stops on bad input is rolled back when this command started it
+    (its folder and record removed), and a run directory this command created is removed if nothing in it
+    finished: a refused command leaves the disk as it found it."""
     for stage in stages:
-        run_stage(ctx.run, stage, force, ctx.log)
+        started_here = not ctx.run.stage_record(stage.name).exists()
+        try:
+            run_stage(ctx.run, stage, force, ctx.log)
+        except UserInputError:
+            if started_here:
+                _roll_back(ctx, stage)
+            raise
+
+
+def _roll_back(ctx: RunContext, stage: Stage) -> None:
+    import shutil
+
+    ctx.run.stage_record(stage.name).unlink(missing_ok=True)
+    if stage.folder.is_dir():
+        shutil.rmtree(stage.folder)
+    elif stage.folder.exists():
+        stage.folder.unlink()
+    if getattr(ctx, "created", False) and not any(ctx.run.stages.glob("*.json")):
+        shutil.rmtree(ctx.run.path, ignore_errors=True)
 
 
 def preflight(ctx: RunContext) -> None:

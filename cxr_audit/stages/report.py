@@ -21,8 +21,10 @@ class ReportStage:
     def inputs(self) -> dict:
         from cxr_audit.audit.document import load_audit
 
-        load_audit(self.rundir.audit)  # a missing or malformed audit.json is a user error, named
-        return {"audit": sha256_file(self.rundir.audit)}
+        document = load_audit(self.rundir.audit)  # a missing or malformed audit.json is a user error, named
+        panels = {item.image: self.rundir.resolve(item.image) for item in document.gallery}
+        return {"audit": sha256_file(self.rundir.audit),  # the gallery panels are embedded in the PDF too
+                "gallery": {name: sha256_file(p) if p.is_file() else None for name, p in panels.items()}}
 
     def run(self) -> None:
         from cxr_audit.report.render import render_report

@@ -85,11 +85,13 @@ def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, 
     named = [c for c in backend.concepts if c in manifest.concepts]
     policy = LabelPolicy.model_validate(plan.label_policy)
     source_labels = pd.DataFrame(manifest.labels(named, policy), columns=named, index=manifest.frame["image_id"])
-    todo = [e for e in plan.edits if not layout.record(e.edit_id).exists()]
-    bar = tqdm(total=len(plan.edits), initial=len(plan.edits) - len(todo), desc="synthesizing", unit="edit",
-               disable=not options.progress)
-    for start in range(0, len(todo), options.batch_size):
-        batch = todo[start:start + options.batch_size]
+    # Batches are fixed chunks of the plan (a batch's noise comes from its first edit's seed), and a batch with
+    # any edit missing is made again whole: a resumed run writes exactly what an uninterrupted one would.
+    batches = [plan.edits[k:k + options.batch_size] for k in range(0, len(plan.edits), options.batch_size)]
+    todo = [b for b in batches if not all(layout.record(e.edit_id).exists() for e in b)]
+    bar = tqdm(total=len(plan.edits), initial=len(plan.edits) - sum(len(b) for b in todo), desc="synthesizing",
+               unit="edit", disable=not options.progress)
+    for batch in todo:
         prepared = [_prepare(e, rows, manifest, source_labels, backend.concepts, size) for e in batch]
         sources = np.stack([p["source"] for p in prepared])
         hard = np.stack([p["hard"] for p in prepared])

@@ -1,0 +1,549 @@
+"""The hostile inputs: every case is made by code at test time (no binary blob is stored), run as a user would
+run the command, and must end with exit 2, no traceback, a message naming the culprit, and every file that
+existed before unchanged.
+
+A case is (class, id, build); `build(folder, base)` writes what the case needs into its own folder and
+returns the command line and the text its message must contain. `base` holds valid inputs (a phantom
+dataset, a spec, a model, a finished audit run) that cases copy before they damage them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Case:
+    kind: str          # the class of bad input (the README's table)
+    name: str
+    build: Callable[[Path, object], tuple[list, str]]
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+CASES: list[Case] = []
+
+
+def case(kind: str, name: str):
+    def register(build):
+        CASES.append(Case(kind, name, build))
+        return build
+    return register
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Labels files: each damage, through every command that reads labels
+
+CSV = ("path,patient_id,split,view,Cardiomegaly,Pleural Effusion\n"
+       "a.png,p1,train,PA,1,0\nb.png,p2,train,PA,0,1\nc.png,p3,test,PA,1,1\nd.png,p4,val,AP,0,0\n")
+SPEC = "version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells:\n  - {id: C1, all_of: [Cardiomegaly, Effusion], min_count: 5}\n"
+PREDICTIONS = "path,prob_Cardiomegaly,prob_Effusion\na.png,0.9,0.1\nb.png,0.2,0.8\nc.png,0.7,0.6\nd.png,0.1,0.2\n"
+NIH = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+       "1.png,Cardiomegaly,0,1,58,M,PA\n2.png,No Finding,0,2,40,F,AP\n")
+NIH_SPEC = "version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells: []\n"
+
+
+def _rows(text: str) -> list[str]:
+    return text.strip().split("\n")
+
+
+LABEL_DAMAGES: dict[str, tuple[Callable[[Path], Path], str, str]] = {}  # name -> (write, culprit, format)
+
+
+def damage(name: str, culprit: str, fmt: str = "csv"):
+    def register(write):
+        LABEL_DAMAGES[name] = (write, culprit, fmt)
+        return write
+    return register
+
+
+def _write(folder: Path, text: str, name: str = "labels.csv") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+damage("empty file", "labels.csv")(lambda f: _write(f, ""))
+damage("header only", "labels.csv")(lambda f: _write(f, _rows(CSV)[0] + "\n"))
+damage("binary garbage", "labels.csv")(lambda f: (f / "labels.csv").write_bytes(bytes(range(256)) * 8) and f / "labels.csv")
+damage("label 'yes'", "row 3")(lambda f: _write(f, CSV.replace("b.png,p2,train,PA,0,1", "b.png,p2,train,PA,yes,1")))
+damage("label 2", "row 2")(lambda f: _write(f, CSV.replace("a.png,p1,train,PA,1,0", "a.png,p1,train,PA,2,0")))
+damage("label 1.7", "1.7")(lambda f: _write(f, CSV.replace("a.png,p1,train,PA,1,0", "a.png,p1,train,PA,1.7,0")))
+damage("blank path", "row 3")(lambda f: _write(f, CSV.replace("b.png,p2", ",p2")))
+damage("absolute path", "outside the dataset root")(lambda f: _write(f, CSV.replace("b.png", "/etc/passwd")))
+damage("'..' escape", "outside the dataset root")(lambda f: _write(f, CSV.replace("b.png", "../../secret.png")))
+damage("control character", "control characters")(lambda f: _write(f, CSV.replace("b.png", "b\x01.png")))
+damage("every row twice", "listed twice")(lambda f: _write(f, CSV + "\n".join(_rows(CSV)[1:]) + "\n"))
+damage("same image, other labels", "different labels")(
+    lambda f: _write(f, CSV + "a.png,p1,train,PA,0,0\n"))
+damage("split 'tst'", "'tst'")(lambda f: _write(f, CSV.replace("c.png,p3,test", "c.png,p3,tst")))
+damage("split half filled", "no split")(lambda f: _write(f, CSV.replace("c.png,p3,test", "c.png,p3,")))
+damage("patient in two splits", "more than one split")(lambda f: _write(f, CSV.replace("c.png,p3,test", "c.png,p1,test")))
+damage("missing path column", "path")(lambda f: _write(f, CSV.replace("path,", "file_name,")))
+damage("no concept column", "no concept columns")(lambda f: _write(f, "path,patient_id\na.png,p1\n"))
+damage("unknown concept columns only", "no concept columns")(lambda f: _write(f, "path,Cardiomegalyy\na.png,1\n"))
+damage("NIH blank finding labels", "row 3", "nih")(lambda f: _write(f, NIH.replace("No Finding", "")))
+damage("NIH unknown finding", "Cardiomegalie", "nih")(lambda f: _write(f, NIH.replace("Cardiomegaly,0", "Cardiomegalie,0")))
+damage("NIH file read as generic CSV", "--format nih")(lambda f: _write(f, NIH))
+damage("truncated gzip", "labels.csv.gz")(
+    lambda f: (f / "labels.csv.gz").write_bytes(gzip.compress(CSV.encode())[:25]) and f / "labels.csv.gz")
+damage("CheXpert without Path", "Path", "chexpert")(
+    lambda f: _write(f, "Sex,Age,Frontal/Lateral,AP/PA,Cardiomegaly\nMale,40,Frontal,PA,1\n"))
+damage("CheXpert odd Frontal/Lateral", "Frontal/Lateral", "chexpert")(
+    lambda f: _write(f, "Path,Sex,Age,Frontal/Lateral,AP/PA,Cardiomegaly\npatient1/a.png,Male,40,Sideways,PA,1\n"))
+
+
+def _mimic(folder: Path, change: str) -> Path:
+    files = {
+        "mimic-cxr-2.0.0-chexpert.csv": "subject_id,study_id,Cardiomegaly,Pleural Effusion\n1,10,1,0\n2,20,0,1\n",
+        "mimic-cxr-2.0.0-metadata.csv": "dicom_id,subject_id,study_id,ViewPosition\nd1,1,10,PA\nd2,2,20,AP\n",
+        "mimic-cxr-2.0.0-split.csv": "dicom_id,study_id,subject_id,split\nd1,10,1,train\nd2,20,2,test\n",
+    }
+    if change == "duplicated study":
+        files["mimic-cxr-2.0.0-chexpert.csv"] += "1,10,0,0\n"
+    elif change == "text subject id":
+        files["mimic-cxr-2.0.0-metadata.csv"] = files["mimic-cxr-2.0.0-metadata.csv"].replace("d2,2,", "d2,two,")
+    elif change == "no split file":
+        del files["mimic-cxr-2.0.0-split.csv"]
+    data = folder / "mimic"
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).write_text(text)
+    return data
+
+
+damage("MIMIC duplicated study", "the same", "mimic")(lambda f: _mimic(f, "duplicated study"))
+damage("MIMIC text subject id", "'two'", "mimic")(lambda f: _mimic(f, "text subject id"))
+damage("MIMIC without split file", "mimic-cxr-2.0.0-split", "mimic")(lambda f: _mimic(f, "no split file"))
+
+
+def _labels_case(command: str, damage_name: str):
+    write, culprit, fmt = LABEL_DAMAGES[damage_name]
+
+    def build(folder: Path, base) -> tuple[list, str]:
+        data = write(folder)
+        spec = _write(folder, NIH_SPEC if fmt == "nih" else SPEC, "spec.yaml")
+        given = ["--data", data, "--spec", spec, "--out", folder / "run"]
+        if fmt != "csv" or damage_name == "NIH file read as generic CSV":
+            given += ["--format", "csv" if damage_name == "NIH file read as generic CSV" else fmt]
+        if command == "evaluate":
+            given += ["--predictions", _write(folder, PREDICTIONS, "predictions.csv"), "--bootstrap", 100]
+        return [command, *given], culprit
+    return build
+
+
+for _name in LABEL_DAMAGES:
+    for _command in ("coverage", "plan", "evaluate"):
+        case("labels file", f"{_command}: {_name}")(_labels_case(_command, _name))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Coverage specs
+
+SPEC_DAMAGES = {
+    "does not exist": (None, "does not exist"),
+    "a folder": ("<folder>", "folder"),
+    "empty": ("", "YAML mapping"),
+    "invalid YAML": ("version: 1\nconcepts: [Cardiomegaly\n", "not valid YAML"),
+    "a key twice": ("version: 1\nconcepts: [Edema]\nconcepts: [Cardiomegaly]\n", "appears twice"),
+    "nested too deep": ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+    "misspelled concept": ("version: 1\nconcepts: [Cardiomegally]\n", "Cardiomegaly"),
+    "unknown key": ("version: 1\nconcepts: [Cardiomegaly]\ncels: []\n", "cels"),
+    "negative min_count": ("version: 1\nconcepts: [Cardiomegaly]\ncells:\n  - {id: A, all_of: [Cardiomegaly], "
+                           "min_count: -1}\n", "min_count"),
+    "a list": ("- Cardiomegaly\n", "YAML mapping"),
+    "cell concept not in scope": ("version: 1\nconcepts: [Cardiomegaly]\ncells:\n  - {id: A, all_of: [Edema], "
+                                  "min_count: 1}\n", "not in 'concepts'"),
+    "duplicate cell id": ("version: 1\nconcepts: [Cardiomegaly]\ncells:\n  - {id: A, all_of: [Cardiomegaly], "
+                          "min_count: 1}\n  - {id: A, all_of: [Cardiomegaly], min_count: 2}\n", "used twice"),
+    "reversed age band": ("version: 1\nconcepts: [Cardiomegaly]\ncells:\n  - {id: A, all_of: [Cardiomegaly], "
+                          "min_count: 1, subgroup: {age: [80, 60]}}\n", "age band"),
+    "binary": (bytes(range(256)).decode("latin-1"), "spec.yaml"),
+    "concept without labels": ("version: 1\nconcepts: [Cardiomegaly, Edema]\n", "no labels"),
+    "wrong version": ("version: 3\nconcepts: [Cardiomegaly]\n", "version"),
+}
+
+
+def _spec_case(command: str, name: str):
+    text, culprit = SPEC_DAMAGES[name]
+
+    def build(folder: Path, base) -> tuple[list, str]:
+        spec = folder / "spec.yaml"
+        if text == "<folder>":
+            spec.mkdir()
+        elif text is not None:
+            spec.write_bytes(text.encode("latin-1") if name == "binary" else text.encode())
+        return [command, "--data", _write(folder, CSV), "--spec", spec, "--out", folder / "run"], culprit
+    return build
+
+
+for _name in SPEC_DAMAGES:
+    for _command in ("coverage", "plan"):
+        case("coverage spec", f"{_command}: {_name}")(_spec_case(_command, _name))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models and model cards (evaluate on the phantom)
+
+def _model_case(name: str, culprit: str, make: Callable[[Path, object], tuple[Path, Path | None]]):
+    def build(folder: Path, base) -> tuple[list, str]:
+        model, card = make(folder, base)
+        args = ["evaluate", "--data", base.data, "--spec", base.spec, "--model", model, "--out", folder / "run",
+                "--bootstrap", 100, "--mc-samples", 0, "--workers", 0, "--no-cache"]
+        return args + (["--card", card] if card else []), culprit
+    case("model", name)(build)
+
+
+def _card(folder: Path, base, **changes) -> Path:
+    import yaml
+
+    card = yaml.safe_load(base.card.read_text())
+    card.update(changes)
+    path = folder / "card.yaml"
+    path.write_text(yaml.safe_dump(card))
+    return path
+
+
+def _scripted(folder: Path, module, name: str = "model.pt") -> Path:
+    import torch
+
+    path = folder / name
+    torch.jit.script(module).save(str(path))
+    return path
+
+
+def _odd_module(kind: str):
+    import torch
+    from torch import nn
+
+    class Tuple(nn.Module):
+        def forward(self, x: torch.Tensor):
+            out = x.mean(dim=(2, 3)).repeat(1, 8)
+            return out, out
+
+    class NaN(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = x.mean(dim=(2, 3)).repeat(1, 8)
+            return out / (out - out)
+
+    class Scale(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3)).repeat(1, 8) * 7 - 3
+
+    return {"tuple": Tuple, "nan": NaN, "scale": Scale}[kind]()
+
+
+_model_case("does not exist", "does not exist", lambda f, b: (f / "none.pt", None))
+_model_case("a folder", "folder", lambda f, b: (f, None))
+_model_case("garbage .pt", "model.pt", lambda f, b: ((f / "model.pt").write_bytes(b"garbage" * 99) and f / "model.pt",
+                                                      _card(f, b)))
+_model_case("garbage .onnx", "ONNX", lambda f, b: ((f / "model.onnx").write_bytes(b"garbage" * 99) and
+                                                   f / "model.onnx", _card(f, b, format="onnx")))
+_model_case("garbage .safetensors", "safetensors",
+            lambda f, b: ((f / "model.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"garbage") and
+                          f / "model.safetensors", _card(f, b, format="torchvision", architecture="small_cxr_net")))
+_model_case("truncated TorchScript", "model.pt",
+            lambda f, b: ((f / "model.pt").write_bytes(b.model.read_bytes()[:3000]) and f / "model.pt", _card(f, b)))
+
+
+def _pickled(folder: Path, base):
+    import torch
+
+    from cxr_audit.classifier.small_cnn import SmallCXRNet
+
+    torch.save(SmallCXRNet(8, width=4), folder / "model.pt")
+    return folder / "model.pt", _card(folder, base, format="torchvision", architecture="small_cxr_net")
+
+
+_model_case("pickled module", "pickle", _pickled)
+
+
+def _state_dict(folder: Path, base, architecture: str | None):
+    import torch
+
+    from cxr_audit.classifier.small_cnn import SmallCXRNet
+
+    torch.save(SmallCXRNet(8, width=4).state_dict(), folder / "model.pt")
+    changes = {"format": "torchvision", "architecture": architecture}
+    return folder / "model.pt", _card(folder, base, **changes)
+
+
+_model_case("state dict, no architecture", "architecture", lambda f, b: _state_dict(f, b, None))
+_model_case("state dict, wrong architecture", "do not fit", lambda f, b: _state_dict(f, b, "resnet18"))
+_model_case("unknown architecture", "Unknown torchvision architecture", lambda f, b: _state_dict(f, b, "resnet9000"))
+_model_case("returns a tuple", "tuple", lambda f, b: (_scripted(f, _odd_module("tuple")), _card(f, b)))
+_model_case("outputs NaN", "NaN", lambda f, b: (_scripted(f, _odd_module("nan")), _card(f, b)))
+_model_case("probabilities out of [0, 1]", "outside [0, 1]",
+            lambda f, b: (_scripted(f, _odd_module("scale")), _card(f, b, outputs="probabilities")))
+_model_case("card names too few outputs", "output_names",
+            lambda f, b: (b.model, _card(f, b, output_names=["Cardiomegaly"])))
+_model_case("card invalid YAML", "card.yaml",
+            lambda f, b: (b.model, (f / "card.yaml").write_text("input_size: [64\n") and f / "card.yaml"))
+_model_case("card unknown concept", "Cardiomegally", lambda f, b: (b.model, _card(f, b, output_names=[
+    "Cardiomegally", "Pleural Effusion", "Pneumothorax", "Consolidation", "Edema", "Atelectasis", "Nodule",
+    "Support Devices"])))
+_model_case("card does not exist", "does not exist", lambda f, b: (b.model, f / "none.yaml"))
+_model_case("card unknown key", "input_sise", lambda f, b: (b.model, _card(f, b, input_sise=64)))
+_model_case("card input size too small", "input_size", lambda f, b: (b.model, _card(f, b, input_size=8)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A black box's predictions (evaluate --predictions)
+
+PREDICTION_DAMAGES = {
+    "does not exist": (None, "does not exist"),
+    "empty": ("", "predictions.csv"),
+    "no id column": ("prob_Cardiomegaly\n0.5\n", "id column"),
+    "no concept column": ("path,score\na.png,0.5\n", "no probability column"),
+    "probability 1.5": (PREDICTIONS.replace("0.9", "1.5"), "1.5"),
+    "not a number": (PREDICTIONS.replace("0.9", "high"), "'high'"),
+    "an image twice": (PREDICTIONS + "a.png,0.9,0.1\n", "twice"),
+    "images missing": ("path,prob_Cardiomegaly,prob_Effusion\na.png,0.9,0.1\n", "no prediction"),
+}
+
+
+def _predictions_case(name: str):
+    text, culprit = PREDICTION_DAMAGES[name]
+
+    def build(folder: Path, base) -> tuple[list, str]:
+        path = folder / "predictions.csv"
+        if text is not None:
+            path.write_text(text)
+        return ["evaluate", "--data", _write(folder, CSV), "--spec", _write(folder, SPEC, "spec.yaml"),
+                "--predictions", path, "--split", "all", "--out", folder / "run", "--bootstrap", 100], culprit
+    return build
+
+
+for _name in PREDICTION_DAMAGES:
+    case("predictions file", _name)(_predictions_case(_name))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images on disk (evaluate reads them; a few dozen images so that DataLoader workers run)
+
+def _image_case(name: str, culprit: str, spoil: Callable[[Path], None], workers: int = 2):
+    def build(folder: Path, base) -> tuple[list, str]:
+        from PIL import Image
+
+        rows = ["path,patient_id,split,Cardiomegaly,Pleural Effusion"]
+        (folder / "images").mkdir()
+        for k in range(40):
+            Image.fromarray((np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)).save(folder / f"images/{k}.png")
+            rows.append(f"images/{k}.png,p{k},test,{k % 2},{(k // 2) % 2}")
+        _write(folder, "\n".join(rows) + "\n")
+        spoil(folder / "images" / "37.png")
+        return ["evaluate", "--data", folder / "labels.csv", "--spec", _write(folder, SPEC, "spec.yaml"), "--model",
+                base.model, "--card", base.card, "--out", folder / "run", "--bootstrap", 100, "--mc-samples", 0,
+                "--workers", workers, "--batch-size", 8, "--no-cache"], culprit
+    case("image", name)(build)
+
+
+def _truncate(path: Path, keep: int = 60) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _to_folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _truncated_dicom(path: Path) -> None:
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 64, 64, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = bytes(64 * 64)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    path.write_bytes(buffer.getvalue()[:400])
+    del pydicom
+
+
+_image_case("missing on disk", "37.png", lambda p: p.unlink())
+_image_case("a folder", "37.png", _to_folder)
+_image_case("truncated PNG, in a worker", "37.png", _truncate)
+_image_case("truncated PNG, in process", "37.png", _truncate, workers=0)
+_image_case("garbage bytes", "37.png", lambda p: p.write_bytes(b"not an image" * 10))
+_image_case("truncated DICOM", "37.png", _truncated_dicom)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Options out of range
+
+def _option_case(name: str, culprit: str, command: list, needs: str = "csv"):
+    def build(folder: Path, base) -> tuple[list, str]:
+        if needs == "run":
+            run = folder / "run"
+            shutil.copytree(base.run, run)
+            return [str(part).replace("RUN", str(run)) for part in command], culprit
+        data, spec = _write(folder, CSV), _write(folder, SPEC, "spec.yaml")
+        args = [str(part).replace("DATA", str(data)).replace("SPEC", str(spec)).replace("OUT", str(folder / "out"))
+                .replace("MODEL", str(base.model)).replace("CARD", str(base.card)) for part in command]
+        return args, culprit
+    case("option", name)(build)
+
+
+_EVALUATE = ["evaluate", "--data", "DATA", "--spec", "SPEC", "--model", "MODEL", "--card", "CARD", "--out", "OUT"]
+_option_case("--batch-size 0", "--batch-size", _EVALUATE + ["--batch-size", "0"])
+_option_case("--workers -1", "--workers", _EVALUATE + ["--workers", "-1"])
+_option_case("--bootstrap 10", "bootstrap", _EVALUATE + ["--bootstrap", "10"])
+_option_case("--mc-samples -3", "mc_samples", _EVALUATE + ["--mc-samples", "-3"])
+_option_case("--split bogus", "--split", _EVALUATE + ["--split", "bogus"])
+_option_case("--format bogus", "--format", ["coverage", "--data", "DATA", "--spec", "SPEC", "--out", "OUT",
+                                             "--format", "bogus"])
+_option_case("synthesize --steps 0", "steps", ["synthesize", "--run", "RUN", "--steps", "0"], needs="run")
+_option_case("synthesize --strength 2", "strength", ["synthesize", "--run", "RUN", "--strength", "2"], needs="run")
+_option_case("audit --finetune-steps 0", "steps", ["audit", "--out", "RUN", "--finetune-steps", "0"], needs="run")
+_option_case("audit --arms bogus", "bogus", ["audit", "--out", "RUN", "--arms", "baseline,bogus"], needs="run")
+_option_case("finetune --arms baseline", "baseline", ["finetune", "--run", "RUN", "--arms", "baseline"], needs="run")
+_option_case("train-generator --steps 0", "steps", ["train-generator", "--out", "OUT", "--data", "DATA", "--spec",
+                                                    "SPEC", "--steps", "0"])
+_option_case("train-generator --size 8", "size", ["train-generator", "--out", "OUT", "--data", "DATA", "--spec",
+                                                  "SPEC", "--size", "8"])
+_option_case("train-generator --channels a,b", "--channels", ["train-generator", "--out", "OUT", "--data", "DATA",
+                                                              "--spec", "SPEC", "--channels", "a,b"])
+_option_case("phantom --n 0", "--n", ["phantom", "--out", "OUT", "--n", "0"])
+_option_case("phantom --size 8", "--size", ["phantom", "--out", "OUT", "--size", "8"])
+_option_case("segment --size 0", "--size", ["segment", "--data", "DATA", "--out", "OUT", "--size", "0"])
+_option_case("phantom --out a file", "file", ["phantom", "--out", "DATA", "--n", "4"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Phantom prevalence files
+
+PREVALENCE_DAMAGES = {
+    "studies_per_patient [3, 1]": ("studies_per_patient: [3, 1]\n", "studies_per_patient"),
+    "studies_per_patient [0, 0]": ("studies_per_patient: [0, 0]\n", "studies_per_patient"),
+    "studies_per_patient [-2, 1]": ("studies_per_patient: [-2, 1]\n", "studies_per_patient"),
+    "probability 1.5": ("findings: {Cardiomegaly: 1.5}\n", "between 0 and 1"),
+    "finding the phantom cannot draw": ("findings: {Mass: 0.1}\n", "Mass"),
+    "splits not adding up": ("splits: {train: 0.5, test: 0.2}\n", "add up to 1"),
+    "unknown split key": ("findings: {Cardiomegaly: {training: 0.2}}\n", "split keys"),
+}
+
+
+def _prevalence_case(name: str):
+    text, culprit = PREVALENCE_DAMAGES[name]
+
+    def build(folder: Path, base) -> tuple[list, str]:
+        return ["phantom", "--out", folder / "out", "--n", 10, "--size", 32, "--workers", 1, "--prevalence",
+                _write(folder, text, "prevalence.yaml")], culprit
+    return build
+
+
+for _name in PREVALENCE_DAMAGES:
+    case("prevalence file", _name)(_prevalence_case(_name))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Documents inside a run, and outputs pointed at inputs
+
+def _run_case(name: str, culprit: str, spoil: Callable[[Path, Path], list]):
+    """`spoil(run, folder)` damages a copy of a finished audit run and returns the command line."""
+    def build(folder: Path, base) -> tuple[list, str]:
+        run = folder / "run"
+        shutil.copytree(base.run, run)
+        return spoil(run, folder), culprit
+    case("run documents", name)(build)
+
+
+def _edit_json(path: Path, change: Callable[[dict], None]) -> None:
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def _policy(folder: Path, text: str = "version: 1\nrules:\n  - {type: min_metric, min: 0.1}\n") -> Path:
+    return _write(folder, text, "policy.yaml")
+
+
+# A plan edited by hand is no longer the plan stage's output: synthesize refuses it (the record's hash).
+_run_case("plan.json not JSON", "differs in: plan", lambda r, f: (r / "plan" / "plan.json").write_text("{") and
+          ["synthesize", "--run", r])
+_run_case("plan.json without edits key", "differs in: plan",
+          lambda r, f: _edit_json(r / "plan" / "plan.json", lambda d: d.pop("edits")) or ["synthesize", "--run", r])
+_run_case("edit id '../../x'", "differs in: plan",
+          lambda r, f: _edit_json(r / "plan" / "plan.json", lambda d: d["edits"][0].update(edit_id="../../x")) or
+          ["synthesize", "--run", r])
+for _command in ("gate", "compare", "report"):
+    def _args(command: str, run: Path, folder: Path) -> list:
+        return {"gate": ["gate", "--candidate", run, "--policy", _policy(folder)],
+                "compare": ["compare", run, run], "report": ["report", "--run", run, "--force"]}[command]
+
+    _run_case(f"{_command}: audit.json not JSON", "audit.json",
+              lambda r, f, c=_command: (r / "audit.json").write_text("[") and _args(c, r, f))
+    _run_case(f"{_command}: audit.json without arms", "arms",
+              lambda r, f, c=_command: _edit_json(r / "audit.json", lambda d: d.pop("arms")) or _args(c, r, f))
+    _run_case(f"{_command}: audit.json of schema 1.0", "schema_version",
+              lambda r, f, c=_command: _edit_json(r / "audit.json", lambda d: d.update(schema_version="1.0")) or
+              _args(c, r, f))
+    _run_case(f"{_command}: audit.json with a string metric", "value",
+              lambda r, f, c=_command: _edit_json(r / "audit.json", lambda d: next(iter(
+                  d["arms"]["baseline"]["metrics"]["concepts"].values()))["auroc"].update(value="high")) or
+              _args(c, r, f))
+_run_case("report: a gallery panel missing", "gallery",
+          lambda r, f: [p.unlink() for p in (r / "gallery").glob("*.png")] and ["report", "--run", r, "--force"])
+_run_case("report: a gallery path outside the run", "gallery",
+          lambda r, f: _edit_json(r / "audit.json", lambda d: d["gallery"][0].update(image="../../../etc/passwd")) or
+          ["report", "--run", r, "--force"])
+_run_case("gate: replicates changed", "replicates",
+          lambda r, f: (r / "evaluate" / "baseline" / "replicates.npz").write_bytes(b"x") and
+          ["gate", "--candidate", r, "--baseline", r, "--policy",
+           _policy(f, "version: 1\nrules:\n  - {type: non_inferiority, margin: 0.01}\n")])
+_run_case("a stage record edited", "stage record", lambda r, f: (r / "stages" / "plan.json").write_text("{") and
+          ["audit", "--out", r])
+_run_case("request.json edited", "request.json", lambda r, f: (r / "request.json").write_text("[]") and
+          ["audit", "--out", r])
+_run_case("an output changed after its stage", "plan",
+          lambda r, f: _edit_json(r / "plan" / "plan.json", lambda d: d.update(seed=99)) or ["audit", "--out", r])
+_run_case("report --pdf onto audit.json", "--pdf", lambda r, f: ["report", "--run", r, "--pdf", r / "audit.json"])
+_run_case("report --pdf onto a folder", "--pdf", lambda r, f: ["report", "--run", r, "--pdf", f])
+_run_case("gate --junit onto audit.json", "--junit",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(f), "--junit", r / "audit.json"])
+_run_case("gate --summary onto the policy", "--summary",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(f), "--summary", f / "policy.yaml"])
+_run_case("gate --junit and --summary one file", "both name",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(f), "--junit", f / "x", "--summary", f / "x"])
+_run_case("gate --junit inside a stage folder", "stage folder",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(f), "--junit", r / "plan" / "junit.xml"])
+_run_case("gate: a policy key twice", "appears twice",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(f, "version: 1\nrules: []\nrules: []\n")])
+_run_case("gate: only baseline rules, no baseline", "baseline",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(
+              f, "version: 1\nrules:\n  - {type: non_inferiority, margin: 0.01}\n")])
+_run_case("gate: unknown concept in a rule", "Cardiomegally",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(
+              f, "version: 1\nrules:\n  - {type: min_metric, min: 0.1, concepts: [Cardiomegally]}\n")])
+_run_case("coverage --out inside a stage folder", "stage folder",
+          lambda r, f: ["coverage", "--out", r / "coverage", "--data", _write(f, CSV), "--spec",
+                        _write(f, SPEC, "spec.yaml")])
+_run_case("evaluate --out inside a stage folder", "stage folder",
+          lambda r, f: ["evaluate", "--out", r / "evaluate" / "baseline", "--data", _write(f, CSV), "--predictions",
+                        _write(f, PREDICTIONS, "predictions.csv")])
+_run_case("audit of other options", "differs in",
+          lambda r, f: ["audit", "--out", r, "--bootstrap", 500])
+_run_case("--out a folder of other files", "not a cxr-audit run",
+          lambda r, f: (f / "other").mkdir() or _write(f / "other", "x", "notes.txt") and
+          ["coverage", "--out", f / "other", "--data", _write(f, CSV), "--spec", _write(f, SPEC, "spec.yaml")])
+_run_case("--out a file", "is a file",
+          lambda r, f: ["coverage", "--out", _write(f, "x", "file.txt"), "--data", _write(f, CSV), "--spec",
+                        _write(f, SPEC, "spec.yaml")])
+_run_case("segment onto the dataset's own masks", "already have lung masks",
+          lambda r, f: ["segment", "--data", Path(json.loads((r / "request.json").read_text())["config"]["data"]),
+                        "--out", Path(json.loads((r / "request.json").read_text())["config"]["data"]).parent])
