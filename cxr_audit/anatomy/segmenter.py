@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 from scipy import ndimage
 from torch import nn
-from tqdm import tqdm
 
 from cxr_audit.anatomy.masks import mask_folder
 from cxr_audit.anatomy.regions import regions_from_anatomy
 from cxr_audit.data.images import load_resized
 from cxr_audit.errors import UserInputError
+from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_json, sha256_file
 
 SEG_SIZE = 128
@@ -114,7 +114,7 @@ def train_lung_segmenter(folder: Path, out: Path, steps: int = 800, seed: int = 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
     started = time.monotonic()
-    for _ in tqdm(range(steps), desc="training lung segmenter", unit="step", disable=not progress):
+    for _ in progress_bar(range(steps), desc="training lung segmenter", unit="step", disable=not progress):
         net.train()
         batch = torch.randint(0, len(x), (8,), generator=generator)
         xb, yb = _augment(x[batch], y[batch], generator)
@@ -205,7 +205,7 @@ def write_masks(segmenter: LungSegmenter, manifest, out_root: Path, size: int | 
                              "--force to replace them.")
     written = 0
     overlays = []
-    for path in tqdm(manifest.frame["path"], desc="segmenting lungs", unit="img", disable=not progress):
+    for path in progress_bar(manifest.frame["path"], desc="segmenting lungs", unit="img", disable=not progress):
         image = load_resized(manifest.resolve_image(path), size or SEG_SIZE)
         anatomy = segmenter.anatomy(image)
         if len(overlays) < 24:

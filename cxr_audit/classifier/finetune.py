@@ -21,13 +21,13 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from tqdm import tqdm
 
 from cxr_audit.classifier.adapter import LoadedModel, default_device
 from cxr_audit.classifier.loading import load_model
 from cxr_audit.classifier.small_cnn import masked_bce
 from cxr_audit.errors import UserInputError
 from cxr_audit.metrics.discrimination import weighted_average_precision
+from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 
@@ -143,7 +143,7 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
         state = json.loads(saved["state"])
     use_amp = device.type == "cuda"
     started = time.monotonic()
-    bar = tqdm(total=config.steps, initial=state["step"], desc=f"fine-tuning ({arm})", unit="step",
+    bar = progress_bar(total=config.steps, initial=state["step"], desc=f"fine-tuning ({arm})", unit="step",
                disable=not progress)
     steps_this_call = 0
     stopped_early = False

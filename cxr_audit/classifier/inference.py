@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from cxr_audit.classifier.adapter import LoadedModel, default_device
 from cxr_audit.data.images import load_resized
 from cxr_audit.errors import UserInputError
+from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_bytes
 
 
@@ -56,7 +56,7 @@ class ImageFiles(Dataset):
 def _batches(loader: DataLoader, desc: str, progress: bool):
     """(images, first index) per batch; an image that could not be decoded stops the run with its message."""
     start = 0
-    for images, errors in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+    for images, errors in progress_bar(loader, desc=desc, unit="batch", disable=not progress):
         failed = [message for message in errors if message]
         if failed:
             raise UserInputError(failed[0])

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from tqdm import tqdm
 
+from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_bytes, atomic_write_text
 
 SMALL_CNN_ARCHITECTURE = "small_cxr_net"
@@ -73,7 +73,7 @@ def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int =
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
-    bar = tqdm(total=steps, desc="training classifier", unit="step", disable=not progress)
+    bar = progress_bar(total=steps, desc="training classifier", unit="step", disable=not progress)
     for _ in range(epochs):
         net.train()
         order = torch.randperm(len(x), generator=generator)

@@ -171,12 +171,11 @@ class Manifest:
 
     def images(self, size: int, progress: bool = False) -> np.ndarray:
         """Every image, in row order, as (N, 1, size, size) float32 in [0, 1]."""
-        from tqdm import tqdm
-
         from cxr_audit.data.images import load_resized
+        from cxr_audit.progress import progress_bar
 
         paths = [self.resolve_image(p) for p in self.frame["path"]]
-        loaded = [load_resized(p, size) for p in tqdm(paths, desc="loading images", unit="img", disable=not progress,
+        loaded = [load_resized(p, size) for p in progress_bar(paths, desc="loading images", unit="img", disable=not progress,
                                                          leave=False)]
         return np.stack(loaded)[:, None].astype(np.float32) if loaded else np.zeros((0, 1, size, size), np.float32)
 

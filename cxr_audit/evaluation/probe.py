@@ -10,7 +10,6 @@ back up), so resolution is not mistaken for the concept. No weights change.
 from __future__ import annotations
 
 import numpy as np
-from tqdm import tqdm
 
 from cxr_audit.classifier.adapter import LoadedModel
 from cxr_audit.data.images import load_resized
@@ -18,6 +17,7 @@ from cxr_audit.data.manifest import Manifest
 from cxr_audit.errors import UserInputError
 from cxr_audit.evaluation.documents import ProbeDocument
 from cxr_audit.metrics.bootstrap import bootstrap_mean
+from cxr_audit.progress import progress_bar
 from cxr_audit.rundir import SynthesisLayout
 
 
@@ -34,7 +34,7 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
         records = [r for r in records if r.qc.passed]
     rows = manifest.frame.set_index("image_id", drop=False)
     sources, edits = [], []
-    for record in tqdm(records, desc="probe pairs", unit="pair", disable=not progress, leave=False):
+    for record in progress_bar(records, desc="probe pairs", unit="pair", disable=not progress, leave=False):
         if record.source_image_id not in rows.index:
             raise UserInputError(f"probe: source {record.source_image_id!r} of edit {record.edit_id} is not "
                                  "in the data. Was the synthesis made from another dataset?")

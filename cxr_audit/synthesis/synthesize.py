@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from cxr_audit import concepts
 from cxr_audit.anatomy.masks import image_mask_folder, load_mask_folder
@@ -25,6 +24,7 @@ from cxr_audit.classifier.inference import image_sha256
 from cxr_audit.data.images import load_resized
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.errors import UserInputError
+from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text
 from cxr_audit.rundir import SynthesisLayout
 from cxr_audit.spec import LabelPolicy
@@ -89,7 +89,7 @@ def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, 
     # any edit missing is made again whole: a resumed run writes exactly what an uninterrupted one would.
     batches = [plan.edits[k:k + options.batch_size] for k in range(0, len(plan.edits), options.batch_size)]
     todo = [b for b in batches if not all(layout.record(e.edit_id).exists() for e in b)]
-    bar = tqdm(total=len(plan.edits), initial=len(plan.edits) - sum(len(b) for b in todo), desc="synthesizing",
+    bar = progress_bar(total=len(plan.edits), initial=len(plan.edits) - sum(len(b) for b in todo), desc="synthesizing",
                unit="edit", disable=not options.progress)
     for batch in todo:
         prepared = [_prepare(e, rows, manifest, source_labels, backend.concepts, size) for e in batch]

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tqdm import tqdm
 
 from cxr_audit import concepts
 from cxr_audit.data import phantom
 from cxr_audit.errors import UserInputError
+from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_json, atomic_write_text
 
 PHANTOM_VERSION = "1"
@@ -271,9 +271,9 @@ def write_phantom_dataset(out: str | Path, n_images: int, size: int = 128, seed:
     bar = dict(total=len(jobs), desc=f"phantom {size}px", unit="img", disable=not progress)
     if workers > 1 and len(jobs) >= 64:
         with ProcessPoolExecutor(workers) as pool:
-            written = list(tqdm(pool.map(_write_one, jobs, chunksize=16), **bar))
+            written = list(progress_bar(pool.map(_write_one, jobs, chunksize=16), **bar))
     else:
-        written = [_write_one(job) for job in tqdm(jobs, **bar)]
+        written = [_write_one(job) for job in progress_bar(jobs, **bar)]
     frame = labels_frame(cohort, written)
     atomic_write_text(out / "labels.csv", frame.to_csv(index=False))
     save_samples_grid(out / "samples_grid.png", size=size, seed=seed)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cxr_audit.errors import UserInputError
+from cxr_audit.progress import progress_bar
 from cxr_audit.synthesis.generator.model import (
     ConceptConditionedUNet,
     encode_vectors,
@@ -100,7 +100,7 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
     c_all = encode_vectors(labels).to(device)
     noise_generator = torch.Generator(device)
     started = time.monotonic()
-    bar = tqdm(total=config.steps, initial=step, desc="training generator", unit="step",
+    bar = progress_bar(total=config.steps, initial=step, desc="training generator", unit="step",
                disable=not (progress and accelerator.is_local_main_process))
     while step < config.steps:
         batch = torch.randint(0, len(x_all), (config.batch_size,), generator=generator)
