@@ -94,6 +94,9 @@ Rule = Annotated[Union[MinMetric, MaxEce, NonInferiority, CellMetric, CoverageRu
 class GatePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: Literal[1]
+    not_estimable: Literal["fail", "skip"] = Field(
+        "fail", description="a bound that cannot be estimated (too few positives for a bootstrap interval) fails "
+                            "its check, or is skipped; it never passes")
     arm: str = Field("baseline", description="which arm of the candidate audit is gated (baseline: the model "
                                              "as submitted)")
     rules: list[Rule] = Field(min_length=1)
@@ -187,9 +190,18 @@ class _Context:
     metrics: MetricsDocument
     concepts: list[str]
     cells: list[str]
+    not_estimable: str = "fail"
+
+    def judged(self, line: str, bound: float | None, passed: bool, interval=None) -> Check:
+        """A check on a CI bound; a bound that is not estimable fails (or is skipped, per the policy)."""
+        if bound is None:
+            usable = f"; {interval.usable} bootstrap replicates usable" if getattr(interval, "usable", None) is not None \
+                else ""
+            return f"{line}: not estimable (no interval{usable})", None if self.not_estimable == "skip" else False
+        return line, passed
 
 
-Check = tuple[str, bool]  # (what was checked, with the numbers; whether it passed)
+Check = tuple[str, bool | None]  # (what was checked, with the numbers; passed, failed, or None: not judged)
 BASELINE_RULES = ("non_inferiority", "max_uncertainty_rise")
 
 
@@ -207,7 +219,8 @@ def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun 
         raise UserInputError("every gate rule compares with a baseline and none was given: the gate would judge "
                              "nothing. Pass --baseline, or add rules that judge the candidate alone.")
     metrics = candidate.metrics(policy.arm)
-    context = _Context(candidate, baseline, policy.arm, metrics, list(metrics.concepts), metrics.evaluated_cells())
+    context = _Context(candidate, baseline, policy.arm, metrics, list(metrics.concepts), metrics.evaluated_cells(),
+                       policy.not_estimable)
     if baseline is not None:
         check_same_test_set(candidate, baseline)
     outcomes = []
@@ -218,38 +231,47 @@ def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun 
             continue
         checks = list(_RULE_CHECKS[rule.type](rule, context, rule_id))
         details = [line for line, _ in checks]
-        failures = [line for line, passed in checks if not passed]
-        message = (f"{len(failures)} of {len(checks)} checks failed: " + "; ".join(failures[:5]) +
-                   ("; ..." if len(failures) > 5 else "")) if failures else f"all {len(checks)} checks passed"
-        outcomes.append(Outcome(rule_id, rule.type, "failed" if failures else "passed", message, details))
+        failures = [line for line, passed in checks if passed is False]
+        judged = [line for line, passed in checks if passed is not None]
+        if failures:
+            status, message = "failed", (f"{len(failures)} of {len(checks)} checks failed: " + "; ".join(failures[:5])
+                                         + ("; ..." if len(failures) > 5 else ""))
+        elif judged:
+            skipped = len(checks) - len(judged)
+            status, message = "passed", f"all {len(judged)} checks passed" + (
+                f" ({skipped} not estimable, skipped)" if skipped else "")
+        else:
+            status, message = "skipped", f"no check could be estimated: {'; '.join(details[:3])}"
+        outcomes.append(Outcome(rule_id, rule.type, status, message, details))
     return outcomes
 
 
-def _lower_bound_checks(entries: dict, names: list[str], metric: str, minimum: float) -> Iterator[Check]:
+def _lower_bound_checks(c: _Context, entries: dict, names: list[str], metric: str, minimum: float) -> Iterator[Check]:
     """'At least `minimum`', judged on the lower 95% CI bound (the point estimate when there is no CI)."""
     for name in names:
         entry = entries[name].metric(metric)
-        lower = entry.ci[0] if entry.ci else entry.value
-        yield (f"{name}: {metric} {_num(entry.value)}, lower bound {_num(lower)} (min {minimum})",
-               lower is not None and lower >= minimum)
+        lower = entry.ci[0] if entry.estimable else None
+        yield c.judged(f"{name}: {metric} {_num(entry.value)}, lower bound {_num(lower)} (min {minimum})", lower,
+                       lower is not None and lower >= minimum, entry)
 
 
 def _min_metric(rule: MinMetric, c: _Context, rule_id: str) -> Iterator[Check]:
-    yield from _lower_bound_checks(c.metrics.concepts, _select(rule.concepts, c.concepts, "concepts", rule_id),
+    yield from _lower_bound_checks(c, c.metrics.concepts, _select(rule.concepts, c.concepts, "concepts", rule_id),
                                    rule.metric, rule.min)
 
 
 def _cell_metric(rule: CellMetric, c: _Context, rule_id: str) -> Iterator[Check]:
-    yield from _lower_bound_checks(c.metrics.cells, _select(rule.cells, c.cells, "cells", rule_id),
+    yield from _lower_bound_checks(c, c.metrics.cells, _select(rule.cells, c.cells, "cells", rule_id),
                                    rule.metric, rule.min)
 
 
 def _max_ece(rule: MaxEce, c: _Context, rule_id: str) -> Iterator[Check]:
     for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
         entry = c.metrics.concepts[concept].metric("ece")
-        value = entry.ci[1] if rule.use_upper_bound and entry.ci else entry.value
+        value = (entry.ci[1] if entry.estimable else None) if rule.use_upper_bound else entry.value
         bound = f" (upper bound {_num(value)})" if rule.use_upper_bound else ""
-        yield f"{concept}: ECE {_num(entry.value)}{bound} (max {rule.max})", value is not None and value <= rule.max
+        yield c.judged(f"{concept}: ECE {_num(entry.value)}{bound} (max {rule.max})", value,
+                       value is not None and value <= rule.max, entry)
 
 
 def _non_inferiority(rule: NonInferiority, c: _Context, rule_id: str) -> Iterator[Check]:
@@ -264,10 +286,10 @@ def _non_inferiority(rule: NonInferiority, c: _Context, rule_id: str) -> Iterato
         point_new, reps_new = new[target][rule.metric]
         point_old, reps_old = old[target][rule.metric]
         difference = paired_difference(point_old, point_new, reps_old, reps_new)
-        lower = difference.ci[0] if difference.ci else difference.difference
-        yield (f"{target}: {rule.metric} {_num(point_old)} -> {_num(point_new)}, difference "
-               f"{_num(difference.difference, signed=True)} (95% CI lower bound {_num(lower, signed=True)}; "
-               f"margin -{rule.margin})", lower is not None and lower >= -rule.margin)
+        lower = difference.ci[0] if difference.ci else None
+        yield c.judged(f"{target}: {rule.metric} {_num(point_old)} -> {_num(point_new)}, difference "
+                       f"{_num(difference.difference, signed=True)} (95% CI lower bound {_num(lower, signed=True)}; "
+                       f"margin -{rule.margin})", lower, lower is not None and lower >= -rule.margin)
 
 
 def _max_uncertainty_rise(rule: MaxUncertaintyRise, c: _Context, rule_id: str) -> Iterator[Check]:

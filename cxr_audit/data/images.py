@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cxr_audit.data.dicom import load_dicom
 from cxr_audit.errors import UserInputError
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -32,21 +33,13 @@ def load_image(path: str | Path) -> np.ndarray:
     if not path.exists():
         raise UserInputError(f"Image {path} does not exist. Check the dataset root and the labels file's paths.")
     try:
-        pixels = _load_dicom(path) if is_dicom(path) else _load_bitmap(path)
+        pixels = load_dicom(path) if is_dicom(path) else _load_bitmap(path)
     except UserInputError:
         raise
     except Exception as exc:  # any decoder failure is a bad file, not a bug of ours
         raise UserInputError(f"Image {path} cannot be decoded: {type(exc).__name__}: {exc}. "
                              "Is the file complete and a supported format (DICOM, PNG, JPEG)?") from None
     return pixels
-
-
-def _rescale(values: np.ndarray) -> np.ndarray:
-    values = values.astype(np.float32)
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros_like(values)
-    return (values - lo) / (hi - lo)
 
 
 def _full_scale(array: np.ndarray) -> float:
@@ -83,29 +76,6 @@ def _load_bitmap(path: Path) -> np.ndarray:
         if image.mode not in ("L", "LA"):
             image = image.convert("L")  # RGB exports of grayscale films; ITU-R 601 luma
         return np.asarray(image.getchannel(0) if image.mode == "LA" else image, dtype=np.float32) / 255.0
-
-
-def _load_dicom(path: Path) -> np.ndarray:
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    dataset = pydicom.dcmread(path)
-    if "PixelData" not in dataset:
-        raise UserInputError(f"DICOM {path} holds no pixel data: a structured report, a header-only file, or a file "
-                             f"cut short ({path.stat().st_size:,} bytes). Check that the file is complete.")
-    pixels = dataset.pixel_array
-    if pixels.ndim != 2:
-        raise UserInputError(f"DICOM {path} has pixel array shape {pixels.shape}; a single-frame grayscale "
-                             "radiograph is expected.")
-    bits_stored = int(getattr(dataset, "BitsStored", 0) or 0)
-    if bits_stored and dataset.get("PixelRepresentation", 0) == 0 and pixels.dtype.kind == "u":
-        pixels = pixels & ((1 << bits_stored) - 1)  # bits above BitsStored may hold overlays or noise
-    values = apply_modality_lut(pixels, dataset)
-    values = apply_voi_lut(values, dataset, prefer_lut=True)
-    values = _rescale(np.asarray(values))
-    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        values = 1.0 - values
-    return values
 
 
 def load_resized(path: str | Path, size: int) -> np.ndarray:

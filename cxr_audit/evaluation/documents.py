@@ -17,10 +17,16 @@ THRESHOLD_METRICS = ("precision", "recall", "specificity", "f1")
 
 
 class Interval(Document):
-    """A point estimate and its 95% interval (None where undefined: no positives, too few replicates)."""
+    """A point estimate and its 95% interval. The interval is None where it is not estimable: the metric is
+    undefined (no positives) or defined in too few bootstrap replicates (`usable` says how many were)."""
 
     value: float | None
     ci: list[float | None] | None = None
+    usable: int | None = Field(None, description="bootstrap replicates in which the metric was defined")
+
+    @property
+    def estimable(self) -> bool:
+        return self.ci is not None and None not in self.ci
 
 
 class Difference(Document):

@@ -121,6 +121,13 @@ def cell_target(cell: Cell, concepts: list[str], probabilities: np.ndarray, labe
     return known, score, target.astype(float)
 
 
+def cell_threshold(cell: Cell, thresholds: dict[str, tuple[float, str]]) -> float:
+    """The cell's operating threshold: its score function applied to the concepts' thresholds, so an image
+    whose every concept sits exactly at its threshold sits exactly at the cell's (all_of t, none_of 1 - t)."""
+    value = float(np.prod([thresholds[c][0] for c in cell.all_of]))
+    return value * float(np.prod([1 - thresholds[c][0] for c in cell.none_of]))
+
+
 @dataclass
 class Evaluation:
     """The scores of metrics.json plus the replicates needed to compare this evaluation with another on the
@@ -158,7 +165,7 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
         known, score, in_cell = target
         if data.frame is not None:
             known &= cell.subgroup_mask(data.frame)
-        threshold = float(np.prod([data.thresholds[c][0] for c in cell.all_of]))
+        threshold = cell_threshold(cell, data.thresholds)
         replicated = _replicate_metrics(score[known], in_cell[known], weights[:, known], threshold, None)
         replicates[f"cell:{cell.id}"] = replicated
         cells_out[cell.id] = CellMetrics(
@@ -166,7 +173,8 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
             subgroup=cell.subgroup.model_dump() if cell.subgroup else None,
             plausible=data.cell_plausibility.get(cell.id, True),
             n=int(known.sum()), positives=int(in_cell[known].sum()),
-            threshold={"value": round(threshold, 6), "source": "product of the all_of thresholds"},
+            threshold={"value": round(threshold, 6), "source": "the cell's score at the concept thresholds: product "
+                       "of the all_of thresholds and of (1 - threshold) for each none_of concept"},
             **_summarise(replicated))
         curves[f"cell:{cell.id}"] = Curve(**precision_recall_curve(score[known], in_cell[known]))
 

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_REPLICATES = 1000
+# An interval is reported only when the metric is defined on at least this share of the replicates: a cell
+# with 1 positive among 9 patients leaves it undefined in a third of them, and the rest all give AUROC 1.000,
+# a degenerate [1.000, 1.000] that says nothing about the uncertainty.
+MIN_USABLE_SHARE = 0.95
 
 
 def patient_weights(patient_ids: np.ndarray, n_replicates: int = DEFAULT_REPLICATES,
@@ -31,28 +35,36 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, uniques
 
 
+def _clean(v: float | None) -> float | None:
+    return None if v is None or not np.isfinite(v) else round(float(v), 6)
+
+
 @dataclass
 class Estimate:
     value: float | None
     ci: tuple[float, float] | None
+    usable: int | None = None      # bootstrap replicates in which the metric was defined
+    replicates: int | None = None  # bootstrap replicates drawn
 
     def to_json(self) -> dict:
-        def clean(v: float | None) -> float | None:
-            return None if v is None or not np.isfinite(v) else round(float(v), 6)
-
-        return {"value": clean(self.value), "ci": None if self.ci is None else [clean(self.ci[0]), clean(self.ci[1])]}
+        document = {"value": _clean(self.value),
+                    "ci": None if self.ci is None else [_clean(self.ci[0]), _clean(self.ci[1])]}
+        if self.replicates is not None:
+            document["usable"] = self.usable
+        return document
 
 
 def percentile_ci(point: float, replicates: np.ndarray, level: float = 0.95) -> Estimate:
-    """Percentile interval; None when the point estimate is undefined or most replicates are."""
-    if point is None or not np.isfinite(point):
-        return Estimate(None, None)
+    """Percentile interval; none when the point estimate is undefined or the metric is undefined in more than
+    1 - MIN_USABLE_SHARE of the replicates (the interval is then not estimable, and says how many were usable)."""
     finite = replicates[np.isfinite(replicates)]
-    if finite.size < 0.5 * replicates.size:
-        return Estimate(float(point), None)
+    if point is None or not np.isfinite(point):
+        return Estimate(None, None, int(finite.size), int(replicates.size))
+    if finite.size < MIN_USABLE_SHARE * replicates.size:
+        return Estimate(float(point), None, int(finite.size), int(replicates.size))
     alpha = (1 - level) / 2
     lo, hi = np.quantile(finite, [alpha, 1 - alpha])
-    return Estimate(float(point), (float(lo), float(hi)))
+    return Estimate(float(point), (float(lo), float(hi)), int(finite.size), int(replicates.size))
 
 
 @dataclass
@@ -77,8 +89,8 @@ def paired_difference(point_old: float, point_new: float, replicates_old: np.nda
     deltas = replicates_new - replicates_old
     deltas = deltas[np.isfinite(deltas)]
     point = float(point_new - point_old)
-    if deltas.size == 0:
-        return PairedDifference(point, None, None)
+    if deltas.size == 0 or deltas.size < MIN_USABLE_SHARE * replicates_new.size:
+        return PairedDifference(point, None, None)  # not estimable: too few replicates define both
     alpha = (1 - level) / 2
     lo, hi = np.quantile(deltas, [alpha, 1 - alpha])
     # two-sided: how often the replicate difference falls on the other side of zero (+1 smoothing)
