@@ -132,3 +132,24 @@ def test_every_command_exists_when_started_as_a_module():
     for command in ("audit", "demo", "gate", "segment", "train-generator", "synthesize", "coverage", "evaluate",
                     "plan", "finetune", "probe", "report", "compare", "schema", "concepts"):
         assert f" {command} " in listed, command
+
+
+def test_every_table_of_the_report_fits_the_page(audit_run):
+    """A4 with its margins: every table's right edge lies inside the page's content box (no cut columns)."""
+    import weasyprint
+    from weasyprint.formatting_structure import boxes
+
+    from cxr_audit.audit.document import load_audit
+    from cxr_audit.report.render import build_html
+
+    out, _, _ = audit_run
+    run = RunDir(out)
+    document = weasyprint.HTML(string=build_html(load_audit(run.audit), run), base_url=str(out)).render()
+    tables = 0
+    for number, page in enumerate(document.pages, 1):
+        box = page._page_box
+        right = box.position_x + box.margin_left + box.width  # the content box's right edge
+        for table in (b for b in box.descendants() if isinstance(b, boxes.TableBox)):
+            tables += 1
+            assert table.position_x + table.margin_width() <= right + 0.5, f"a table leaves page {number}"
+    assert tables >= 8

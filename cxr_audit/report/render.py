@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import atomic_write_bytes, sha256_file
@@ -57,14 +58,15 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _with_interval(point, ci, digits: int, sign: str = "") -> str:
-    """'0.912 [0.880, 0.941]': a point estimate and its 95% interval (`sign` '+' for differences)."""
+def _with_interval(point, ci, digits: int, sign: str = "") -> Markup:
+    """A point estimate over its 95% interval, as two lines of a table cell ('not estimable' when the bootstrap
+    could not give one); `sign` '+' for differences."""
     if point is None:
-        return "–"
+        return Markup("–")
     text = f"{point:{sign}.{digits}f}"
-    if ci:
-        text += f" [{ci[0]:{sign}.{digits}f}, {ci[1]:{sign}.{digits}f}]"
-    return text
+    if ci and None not in ci:
+        return Markup(f'{text}<span class="ci">[{ci[0]:{sign}.{digits}f}, {ci[1]:{sign}.{digits}f}]</span>')
+    return Markup(f'{text}<span class="ci">not estimable</span>')
 
 
 def _ci(entry, digits: int = 3) -> str:
