@@ -81,13 +81,24 @@ class MaxUncertaintyRise(_Rule):
     max_rise: float = Field(ge=0)
 
 
+class MaxSubgroupGap(_Rule):
+    """Between the subgroups of each variable (sex, age band, view, device), a concept's metric may differ by at
+    most `max`, judged on the upper 95% bound of the largest gap (a small subgroup cannot pass by luck)."""
+    type: Literal["max_subgroup_gap"]
+    metric: Literal["auroc", "auprc"] = "auroc"
+    concepts: ConceptSelection = "all"
+    variables: Literal["all"] | list[Literal["sex", "age_band", "view", "manufacturer", "model"]] = "all"
+    max: float = Field(ge=0, le=1)
+
+
 class QcRule(_Rule):
     """The share of synthetic edits rejected by QC is at most `max_rejected_share`."""
     type: Literal["qc"]
     max_rejected_share: float = Field(ge=0, le=1)
 
 
-Rule = Annotated[Union[MinMetric, MaxEce, NonInferiority, CellMetric, CoverageRule, MaxUncertaintyRise, QcRule],
+Rule = Annotated[Union[MinMetric, MaxEce, NonInferiority, CellMetric, CoverageRule, MaxUncertaintyRise, QcRule,
+                       MaxSubgroupGap],
                  Field(discriminator="type")]
 
 
@@ -325,9 +336,22 @@ def _qc(rule: QcRule, c: _Context, rule_id: str) -> Iterator[Check]:
                f"({share:.0%}, max {rule.max_rejected_share:.0%})", share <= rule.max_rejected_share)
 
 
+def _max_subgroup_gap(rule: MaxSubgroupGap, c: _Context, rule_id: str) -> Iterator[Check]:
+    for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
+        gaps = {variable: by_metric[rule.metric] for variable, by_metric in c.metrics.subgroup_gaps.get(concept, {}).items()
+                if (rule.variables == "all" or variable in rule.variables) and rule.metric in by_metric}
+        if not gaps:
+            yield c.judged(f"{concept}: no two subgroups large enough to compare", None, False)
+        for variable, gap in gaps.items():
+            upper = gap.ci[1] if gap.estimable else None
+            yield c.judged(f"{concept}, {variable}: {rule.metric} {gap.highest} - {gap.lowest} = {_num(gap.value)} "
+                           f"(upper bound {_num(upper)}; max {rule.max})", upper, upper is not None and upper <= rule.max,
+                           gap)
+
+
 _RULE_CHECKS = {"min_metric": _min_metric, "max_ece": _max_ece, "cell_metric": _cell_metric,
                 "non_inferiority": _non_inferiority, "max_uncertainty_rise": _max_uncertainty_rise,
-                "coverage": _coverage, "qc": _qc}
+                "coverage": _coverage, "qc": _qc, "max_subgroup_gap": _max_subgroup_gap}
 
 
 def _num(value, signed: bool = False) -> str:

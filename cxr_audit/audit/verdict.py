@@ -9,6 +9,7 @@ from __future__ import annotations
 MIN_AUROC_LOWER_BOUND = 0.70   # discrimination: the lower 95% CI bound of AUROC
 MAX_ECE = 0.10                 # calibration: expected calibration error
 MIN_PROBE_SHARE = 0.5          # the frozen model's score must follow an inserted concept on most edits
+MAX_SUBGROUP_GAP = 0.10        # AUROC between subgroups: a concern when the gap's lower bound exceeds it
 
 
 def audit_verdict(document) -> dict:
@@ -23,6 +24,12 @@ def audit_verdict(document) -> dict:
         if ece.value is not None and ece.value > MAX_ECE:
             concerns.append(f"{concept}: ECE {ece.value:.3f} is above {MAX_ECE}")
     cells = document.coverage.cells
+    for concept, by_variable in document.metrics("baseline").subgroup_gaps.items():
+        for variable, by_metric in by_variable.items():
+            gap = by_metric.get("auroc")
+            if gap is not None and gap.estimable and gap.ci[0] > MAX_SUBGROUP_GAP:
+                concerns.append(f"{concept}: AUROC {gap.value:.3f} lower for {variable} {gap.lowest} than {gap.highest} "
+                                f"(95% CI {gap.ci[0]:.3f}-{gap.ci[1]:.3f})")
     deficits = [c for c in cells if c.deficit > 0 and c.plausible]
     if deficits:
         concerns.append(f"{len(deficits)} of {len(cells)} coverage cells are under-represented in the training data "
@@ -44,5 +51,5 @@ def audit_verdict(document) -> dict:
                          else "No concern found under the audit's thresholds"),
             "concerns": concerns, "strengths": strengths,
             "thresholds": {"min_auroc_lower_bound": MIN_AUROC_LOWER_BOUND, "max_ece": MAX_ECE,
-                           "min_probe_share": MIN_PROBE_SHARE},
+                           "min_probe_share": MIN_PROBE_SHARE, "max_subgroup_gap": MAX_SUBGROUP_GAP},
             "note": "Advisory. Deployment decisions in CI are made by `cxr-audit gate` with the team's policy."}

@@ -86,6 +86,22 @@ class CellMetrics(_Scores):
     threshold: Threshold | None = None
 
 
+class SubgroupMetrics(Document):
+    """One concept in one subgroup; metrics absent when the subgroup is too small to score."""
+
+    n: int
+    positives: int
+    auroc: Interval | None = None
+    auprc: Interval | None = None
+
+
+class SubgroupGap(Interval):
+    """The largest difference between the subgroups of one variable (best minus worst), with its interval."""
+
+    highest: str
+    lowest: str
+
+
 class Reliability(Document):
     bin_edges: list[float]
     confidence: list[float | None]
@@ -149,6 +165,10 @@ class MetricsDocument(Document):
     reliability: dict[str, Reliability]
     pr_curves: dict[str, Curve]
     uncertainty_histograms: dict[str, UncertaintyHistogram]
+    subgroups: dict[str, dict[str, dict[str, SubgroupMetrics]]] = Field(
+        default_factory=dict, description="variable (sex, age_band, view, manufacturer, model) -> level -> concept")
+    subgroup_gaps: dict[str, dict[str, dict[str, SubgroupGap]]] = Field(
+        default_factory=dict, description="concept -> variable -> metric (auroc, auprc) -> the largest gap")
 
     def evaluated_cells(self) -> list[str]:
         return [cell for cell, entry in self.cells.items() if entry.evaluated]

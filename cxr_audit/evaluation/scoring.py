@@ -190,6 +190,11 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
         "pr_curves": curves,
         "uncertainty_histograms": _uncertainty_histograms(data.concepts, data.probabilities, mutual),
     }
+    if data.frame is not None:
+        from cxr_audit.evaluation.subgroups import subgroup_metrics
+
+        scores["subgroups"], scores["subgroup_gaps"] = subgroup_metrics(
+            data.concepts, data.probabilities, data.labels, data.frame.reset_index(drop=True), weights)
     return Evaluation(scores, replicates)
 
 

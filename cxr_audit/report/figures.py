@@ -187,3 +187,30 @@ def probe_figure(by_concept: dict):
     ax.set_xlabel("mean score of the edited concept: source (dot) -> edited (arrow head)")
     ax.spines[["top", "right"]].set_visible(False)
     return figure
+
+
+def subgroup_figure(metrics, concepts: list[str], metric: str = "auroc"):
+    """A forest plot per concept: the metric in each subgroup (sex, age band, view, device) with its interval,
+    the concept's overall value as a dashed line."""
+    figure, axes = _grid(len(concepts), columns=4, panel=1.9)
+    for ax, concept in zip(axes, concepts):
+        rows = [(f"{variable.replace('_band', '')} {level}", getattr(entry[concept], metric))
+                for variable, levels in metrics.subgroups.items() for level, entry in levels.items()
+                if concept in entry and getattr(entry[concept], metric) is not None]
+        if not rows:
+            ax.axis("off")
+            continue
+        for k, (label, interval) in enumerate(rows):
+            if interval.ci and None not in interval.ci:
+                ax.plot(interval.ci, [k, k], color="#4c72b0", linewidth=1.2)
+            ax.plot([interval.value], [k], "o", color="#222222", markersize=2.5)
+        overall = metrics.concepts[concept].metric(metric).value
+        if overall is not None:
+            ax.axvline(overall, color="#999999", linestyle="--", linewidth=0.8)
+        ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=5.5)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_xlim(max(0.0, min(r.value for _, r in rows) - 0.15), 1.0)
+        ax.set_title(concept, fontsize=7.5)
+        ax.set_xlabel(metric.upper())
+    figure.tight_layout()
+    return figure

@@ -130,6 +130,7 @@ def build_html(document, run: RunDir) -> str:
             {a: arms[a] for a in arms if a in ("baseline", "cars", "real_only")}, concepts)),
         "uncertainty": figures.data_uri(figures.uncertainty_figure(baseline, concepts)),
         "probe": figures.data_uri(figures.probe_figure(probe)) if probe else None,
+        "subgroups": figures.data_uri(figures.subgroup_figure(baseline, concepts)) if baseline.subgroups else None,
     }
     gallery = [{**item.model_dump(), "uri": _gallery_uri(run, item)} for item in document.gallery]
     template = environment.get_template("report.html.j2")

@@ -220,6 +220,9 @@ def _write_dicom(path: Path, pixels: np.ndarray, row: dict) -> None:
     ds.PatientAge = f"{int(row['age']):03d}Y"
     ds.PatientBirthDate = f"{1990 - int(row['age']) % 60}0101"
     ds.InstitutionName = "Phantom General Hospital"
+    # Made-up devices, two models, so that device subgroups can be tested (never a real vendor's name).
+    ds.Manufacturer = "Phantom Imaging"
+    ds.ManufacturerModelName = ("PX-100", "PX-200")[number % 2]
     ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "DX", row["view"], "CHEST"
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
