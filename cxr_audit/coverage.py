@@ -102,9 +102,11 @@ def count_cell(cell: Cell, frame: pd.DataFrame, labels: np.ndarray, index: dict[
 
 
 def analyse_coverage(manifest: Manifest, spec: CoverageSpec, spec_path: str | Path,
-                     inputs_sha256: dict[str, str], split: str = "all", data_path: str | None = None) -> CoverageReport:
+                     inputs_sha256: dict[str, str], split: str = "all", data_path: str | None = None,
+                     notes: list[str] | None = None) -> CoverageReport:
     """Count every cell of `spec` on `manifest` (the training data of the model under audit: `split` says
-    which split of the labels file it is; `data_path` is how reports name the labels file)."""
+    which split of the labels file it is; `data_path` is how reports name the labels file; `notes`, what was
+    decided about the data, default the manifest's)."""
     manifest.require_concepts(spec.concepts, f"The coverage spec {spec_path}")
     n_read = len(manifest)
     if spec.frontal_only:
@@ -146,7 +148,8 @@ def analyse_coverage(manifest: Manifest, spec: CoverageSpec, spec_path: str | Pa
         dataset=DatasetSummary(path=data_path or str(manifest.source), format=manifest.format, split=split,
                                n_images=len(frame),
                                n_patients=manifest.n_patients, n_images_read=n_read,
-                               frontal_only=spec.frontal_only, notes=manifest.notes),
+                               frontal_only=spec.frontal_only,
+                               notes=manifest.notes if notes is None else notes),
         label_policy=spec.label_policy,
         concepts=concept_counts,
         rules=[r.describe() for r in rules.rules],

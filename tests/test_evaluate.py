@@ -50,8 +50,8 @@ def test_predictions_missing_images_exit_2(shared_data, tmp_path, run_cli):
 
 
 def _evaluate(open_test_run, out, **given) -> dict:
-    ctx = open_test_run(out, **given)
-    run_stages(ctx, [EvaluateStage(ctx, "baseline", "auto")])
+    ctx = open_test_run(out, evaluate_split="auto", **given)
+    run_stages(ctx, [EvaluateStage(ctx, "baseline")])
     return json.loads(ctx.run.evaluation("baseline").metrics.read_text())
 
 

@@ -132,6 +132,48 @@ def test_coverage_counts_the_training_split_when_the_data_has_splits(phantom_dat
     assert document["dataset"]["split"] == "train" and document["dataset"]["n_images"] == (frame["split"] == "train").sum()
 
 
+def test_the_split_a_command_counted_is_recorded_so_running_it_again_skips(shared_data, tmp_path, run_cli):
+    """NIH labels without the official lists: coverage counts every image; running the same command again
+    finds the same inputs (the split is part of the run's configuration), and --split train is a change."""
+    nih = shared_data / "nih621" / "labels.csv"
+    coverage = ("coverage", "--data", nih, "--spec", "coverage_specs/nih.yaml", "--out", tmp_path / "run")
+    first = run_cli(*coverage)
+    assert first.exit_code == 0 and "(all images)" in first.output
+    again = run_cli(*coverage)
+    assert again.exit_code == 0 and "inputs unchanged, skipped" in again.output
+    changed = run_cli(*coverage, "--split", "train")
+    assert changed.exit_code == 2 and "differs in: images, split" in changed.output
+
+
+def test_a_finetuned_arm_is_never_scored_on_images_it_trained_on(phantom_dataset, open_test_run, tmp_path):
+    from cxr_audit.errors import UserInputError
+    from cxr_audit.stages.evaluate import EvaluateStage
+
+    ctx = open_test_run(tmp_path / "run", data=phantom_dataset / "labels.csv", evaluate_split="all")
+    assert EvaluateStage(ctx, "baseline").split == "all"
+    with pytest.raises(UserInputError, match="must be scored on the test split"):
+        EvaluateStage(ctx, "cars").split  # noqa: B018
+
+
+def test_official_splits_without_val_get_val_from_train_patients(tmp_path):
+    """NIH's official lists are train_val and test: the validation split is carved from train by patient."""
+    import pandas as pd
+
+    from cxr_audit.data.readers import read_nih
+    from cxr_audit.data.splits import carve_validation
+
+    rows = [{"Image Index": f"{p:08d}_000.png", "Finding Labels": "No Finding", "Patient ID": p, "Patient Age": 50,
+             "Patient Gender": "M", "View Position": "PA"} for p in range(40)]
+    pd.DataFrame(rows).to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    (tmp_path / "train_val_list.txt").write_text("\n".join(r["Image Index"] for r in rows[:32]))
+    (tmp_path / "test_list.txt").write_text("\n".join(r["Image Index"] for r in rows[32:]))
+    manifest, notes = carve_validation(read_nih(tmp_path / "Data_Entry_2017.csv"), seed=0)
+    counts = manifest.frame["split"].value_counts().to_dict()
+    assert counts == {"train": 28, "val": 4, "test": 8}
+    assert "4 of 32 train patients (4 images) moved to val with seed 0" in notes[0]
+    assert carve_validation(manifest, seed=0)[1] == []  # a val split is left alone
+
+
 def test_a_cell_threshold_is_its_score_at_the_concept_thresholds():
     from cxr_audit.evaluation.scoring import EvaluationInput, cell_threshold, evaluate
     from cxr_audit.spec import Cell

@@ -74,7 +74,9 @@ def audit_command(
                          **dataset(data, data_format, root, allow_duplicates), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
                          "finetune": {"steps": finetune_steps} if finetune_steps is not None else None,
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
-                         "seed": seed, "intended_use": intended_use, "allow_pickle": allow_pickle or None}, force)
+                         "seed": seed, "intended_use": intended_use, "allow_pickle": allow_pickle or None,
+                         # the audit's splits, also over what a stand-alone coverage or evaluate recorded
+                         "coverage_split": "train", "evaluate_split": "test"}, force)
     run_audit(ctx, force, report=not no_report)
 
 

@@ -41,8 +41,9 @@ def coverage_command(
     data_format: FormatOption = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
-    split: Annotated[CoverageSplit, typer.Option("--split", help="Images counted: train (the training split), all, "
-                                                 "or auto (train when the data has splits, else all).")] = CoverageSplit.auto,
+    split: Annotated[CoverageSplit | None, typer.Option("--split", help="Images counted: train (the training split), all, "
+                                                 "or auto (train when the data has splits, else all; the "
+                                                 "default, or what the run recorded).")] = None,
     seed: SeedOption = None,
     show_all: Annotated[bool, typer.Option("--all", help="List every cell, covered pairwise cells too.")] = False,
     force: ForceOption = False,
@@ -51,8 +52,10 @@ def coverage_command(
     from cxr_audit.stages.coverage import CoverageStage, read_coverage
     from cxr_audit.stages.pipeline import run_stages
 
-    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "seed": seed}, force)
-    stage = CoverageStage(ctx, split.value)
+    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "seed": seed,
+                         "coverage_split": split}, force,
+                   defaults={"coverage_split": "auto"})
+    stage = CoverageStage(ctx)
     run_stages(ctx, [stage], force)
     _print_coverage(read_coverage(ctx), show_all)
     layout = ctx.run.coverage

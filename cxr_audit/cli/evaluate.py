@@ -48,8 +48,9 @@ def evaluate_command(
     spec: Annotated[Path | None, typer.Option("--spec", help="Coverage spec: concepts and cells to evaluate.")] = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
-    split: Annotated[EvaluateSplit, typer.Option("--split", help="Images to evaluate (auto: the test split, "
-                                                 "or all images when the data has no splits).")] = EvaluateSplit.auto,
+    split: Annotated[EvaluateSplit | None, typer.Option("--split", help="Images to evaluate (auto: the test "
+                                                        "split, or all images when the data has no splits; the "
+                                                        "default, or what the run recorded).")] = None,
     bootstrap: Annotated[int | None, typer.Option("--bootstrap", help="Patient-level bootstrap replicates "
                                                   "(default 1000, at least 100).")] = None,
     seed: SeedOption = None,
@@ -69,9 +70,10 @@ def evaluate_command(
 
     ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "models": model,
                          "card": card, "predictions": predictions, "bootstrap": bootstrap, "seed": seed,
-                         "mc_samples": mc_samples, "allow_pickle": allow_pickle or None}, force,
+                         "mc_samples": mc_samples, "allow_pickle": allow_pickle or None,
+                         "evaluate_split": split}, force, defaults={"evaluate_split": "auto"},
                    batch_size=batch_size, workers=workers, cache_dir=None if no_cache else default_cache_dir())
-    run_stages(ctx, [EvaluateStage(ctx, "baseline", split.value)], force)
+    run_stages(ctx, [EvaluateStage(ctx, "baseline")], force)
     _print_metrics(read_metrics(ctx, "baseline"))
     layout = ctx.run.evaluation("baseline")
     console.print(f"Wrote {layout.metrics} and {layout.predictions}", markup=False)

@@ -45,6 +45,23 @@ def assign_patient_splits(manifest: Manifest, fractions: dict[str, float] | None
     return manifest.with_frame(frame)
 
 
+def carve_validation(manifest: Manifest, seed: int, fraction: float = 0.125) -> tuple[Manifest, list[str]]:
+    """A validation split taken from the training patients when the data's own splits have none (NIH's
+    official lists are train_val and test): early stopping and calibration need one, and drawing it from
+    the test split would leak. Returns the manifest and the note saying what was done."""
+    frame = manifest.frame
+    if (frame["split"] == "val").any() or not (frame["split"] == "train").any():
+        return manifest, []
+    train_patients = np.array(sorted(frame.loc[frame["split"] == "train", "patient_id"].astype(str).unique()))
+    chosen = set(np.random.default_rng(seed).permutation(train_patients)[:round(fraction * len(train_patients))])
+    frame = frame.copy()
+    moved = (frame["split"] == "train") & frame["patient_id"].astype(str).isin(chosen)
+    frame.loc[moved, "split"] = "val"
+    return manifest.with_frame(frame), [
+        f"the data's splits have no val: {len(chosen):,} of {len(train_patients):,} train patients "
+        f"({int(moved.sum()):,} images) moved to val with seed {seed}"]
+
+
 def coverage_split(manifest: Manifest, split: str) -> str:
     """The split coverage counts: the training data is what a coverage spec is about, so 'auto' is the train
     split when the data has splits and every image otherwise (the labels file is then the training data)."""

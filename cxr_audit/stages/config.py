@@ -86,6 +86,11 @@ class RunConfig(BaseModel):
     allow_pickle: bool = False
     generator: str | None = Field(None, description="a trained generator; without one the run trains one")
     checker: str | None = Field(None, description="an independent QC checker; without one the run trains one")
+    # Which images coverage counts and evaluation scores. The audit's flow: coverage of the training split,
+    # scores on the test split. The stand-alone `coverage` and `evaluate` commands default to 'auto' (train /
+    # test when the data has its own splits, else every image). Recorded, so later commands read the same.
+    coverage_split: Literal["auto", "train", "all"] = "train"
+    evaluate_split: Literal["auto", "train", "val", "test", "all"] = "test"
     seed: int = 0
     bootstrap: int = Field(1000, ge=100)
     mc_samples: int = Field(10, ge=0)
@@ -133,8 +138,9 @@ class RunConfig(BaseModel):
         return FinetuneConfig(**self.finetune, seed=self.seed)
 
 
-def merge_config(run: RunDir, given: dict[str, Any]) -> RunConfig:
-    """defaults <- what RUN recorded <- what the user typed (`given`, None meaning 'not typed').
+def merge_config(run: RunDir, given: dict[str, Any], defaults: dict[str, Any] | None = None) -> RunConfig:
+    """defaults (RunConfig's, then the command's `defaults`) <- what RUN recorded <- what the user typed
+    (`given`, None meaning 'not typed').
 
     Paths the user typed are recorded relative to the run when inside it (a copied run keeps working)."""
     typed = {k: v for k, v in given.items() if v is not None}
@@ -144,7 +150,7 @@ def merge_config(run: RunDir, given: dict[str, Any]) -> RunConfig:
             typed[key] = run.relative(Path(typed[key]))
     if "models" in typed:
         typed["models"] = [run.relative(Path(m)) for m in typed["models"]]
-    merged = {**run.recorded_config(), **typed}
+    merged = {**(defaults or {}), **run.recorded_config(), **typed}
     for key in ("generator_training", "edit", "finetune"):  # nested options merge key by key
         if key in typed:
             merged[key] = {**run.recorded_config().get(key, {}), **typed[key]}

@@ -88,10 +88,10 @@ class RunContext:
     @cached_property
     def _splits(self) -> tuple[Manifest, list[str]]:
         """The manifest with a split for every image, and the note saying how splits were made."""
-        from cxr_audit.data.splits import assign_patient_splits, has_splits
+        from cxr_audit.data.splits import assign_patient_splits, carve_validation, has_splits
 
         if has_splits(self.manifest):
-            return assign_patient_splits(self.manifest), []  # checks that no patient is in two splits
+            return carve_validation(self.manifest, self.config.seed)
         return assign_patient_splits(self.manifest, seed=self.config.seed), [
             f"no split in the data: patients assigned to train/val/test with seed {self.config.seed}"]
 

@@ -14,8 +14,8 @@ from cxr_audit.stages.context import RunContext
 class CoverageStage:
     name = "coverage"
 
-    def __init__(self, ctx: RunContext, split: str = "train"):
-        self.ctx, self.requested_split = ctx, split
+    def __init__(self, ctx: RunContext):
+        self.ctx, self.requested_split = ctx, ctx.config.coverage_split
         self.layout = ctx.run.coverage
         self.folder = self.layout.folder
 
@@ -36,7 +36,8 @@ class CoverageStage:
         ctx = self.ctx
         report = analyse_coverage(ctx.part(self.split), ctx.require_spec(), ctx.run.relative(ctx.path("spec")),
                                   {"data": ctx.data_sha256, "spec": ctx.spec_sha256}, split=self.split,
-                                  data_path=ctx.run.relative(ctx.path("data")))
+                                  data_path=ctx.run.relative(ctx.path("data")),
+                                  notes=ctx.notes if self.split != "all" else ctx.manifest.notes)
         self.layout.folder.mkdir(parents=True, exist_ok=True)
         figures.save_png(figures.cooccurrence_figure(report.cooccurrence, report.dataset.n_images),
                          self.layout.cooccurrence_png)

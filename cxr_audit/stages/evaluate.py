@@ -20,15 +20,21 @@ from cxr_audit.stages.context import RunContext
 
 
 class EvaluateStage:
-    def __init__(self, ctx: RunContext, arm: str = "baseline", split: str = "test"):
-        self.ctx, self.arm, self.requested_split = ctx, arm, split
+    def __init__(self, ctx: RunContext, arm: str = "baseline"):
+        self.ctx, self.arm, self.requested_split = ctx, arm, ctx.config.evaluate_split
         self.name = f"evaluate_{arm}"
         self.layout = ctx.run.evaluation(arm)
         self.folder = self.layout.folder
 
     @property
     def split(self) -> str:
-        return evaluation_split(self.ctx.manifest, self.requested_split)
+        split = evaluation_split(self.ctx.manifest, self.requested_split)
+        if self.arm != "baseline" and split != "test":  # a fine-tuned copy has seen train and val
+            raise UserInputError(f"{self.ctx.run.path} scores on split {split!r} (recorded by an earlier evaluate), "
+                                 "but the fine-tuned arms must be scored on the test split, like the baseline they "
+                                 "are compared with. Audit in a new --out folder, or re-score the baseline first: "
+                                 f"cxr-audit evaluate --out {self.ctx.run.path} --split test --force")
+        return split
 
     def outputs(self) -> list[Path]:
         return [self.layout.metrics, self.layout.predictions, self.layout.replicates]

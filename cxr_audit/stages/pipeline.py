@@ -43,7 +43,7 @@ def audit_stages(ctx: RunContext, report: bool = True, command_line: str = "") -
 
 def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = "") -> list[Stage]:
     config = ctx.config
-    stages: list[Stage] = [CoverageStage(ctx, "train"), EvaluateStage(ctx, "baseline", "test"), PlanStage(ctx)]
+    stages: list[Stage] = [CoverageStage(ctx), EvaluateStage(ctx, "baseline"), PlanStage(ctx)]
     if config.generator is None:
         stages.append(GeneratorStage(ctx))
     if config.checker is None:
@@ -52,7 +52,7 @@ def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = 
     if "unconstrained" in arms:
         stages.append(SynthesizeStage(ctx, "unconstrained"))
     for arm in arms[1:]:
-        stages += [FinetuneStage(ctx, arm), EvaluateStage(ctx, arm, "test")]
+        stages += [FinetuneStage(ctx, arm), EvaluateStage(ctx, arm)]
     stages += [ProbeStage(ctx), GalleryStage(ctx), AssembleStage(ctx, command_line)]
     if report:
         stages.append(ReportStage(ctx.run))
@@ -84,12 +84,12 @@ def stages_for(ctx: RunContext, targets: Iterable[str]) -> list[Stage]:
     return [s for s in stages if s.name in wanted]
 
 
-def open_run(run: RunDir, given: dict, force: bool, **context) -> RunContext:
+def open_run(run: RunDir, given: dict, force: bool, defaults: dict | None = None, **context) -> RunContext:
     """A command's view of a run: the options typed (`given`) merged into what the run recorded, checked
     against every stage the run has finished, then recorded. A configuration that would change a finished
     stage's inputs is refused without --force, before anything is written."""
     run.check_writable()
-    ctx = RunContext(run, merge_config(run, given), **context)
+    ctx = RunContext(run, merge_config(run, given, defaults), **context)
     ctx.created = not run.path.exists()
     if ctx.config.data and ctx.path("data").exists():  # (a run's own inputs/ are made by its first stages)
         ctx.notes  # noqa: B018 - the data is read and checked (duplicates, splits, leakage) before any write
