@@ -1,8 +1,16 @@
 """The demo on the embedded default: the whole audit on a procedural phantom, in minutes on two CPU cores.
 
-1. A phantom dataset (64 px) in which Cardiomegaly + Pleural Effusion is rare in training (1%) but common in
-   validation and test, so coverage cell PHANTOM-COV-001 is in deficit.
-2. A small "deployed" classifier (SmallCXRNet) really trained on its training split.
+1. A phantom dataset (64 px) with two coverage failures as they occur in real films (`DEMO_SCENARIO`):
+   - interaction: Cardiomegaly + Pleural Effusion is rare in training (1%) but common at the deployment site
+     (val and test, 12%), and fluid against the heart effaces its border (the silhouette sign), so an enlarged
+     heart under an effusion looks unlike one alone (cell PHANTOM-COV-001);
+   - confounding: in training, effusions come with support devices (ICU films: 95% against 5% without), at
+     the site they are independent; the cells that break the shortcut (PHANTOM-COV-006, -007) are thin.
+   Findings are drawn at 28% contrast from severity 0.2 up, so they are not trivially separable (at full
+   contrast a converged small CNN reaches AUROC 0.99 on every finding, and no coverage gap can show).
+   Training is the vendor's development data; val and test are the deployment site's.
+2. A small "deployed" classifier (SmallCXRNet) trained to convergence (early stopping on validation loss)
+   on the training split, so that fine-tuning arms differ by the data they see, not by extra steps.
 3. The generator shipped in `cxr_audit/demo_assets/generator` (trained on the same training split with
    `cxr-audit demo --rebuild-generator`; its card pins the training data's SHA-256, and the demo checks it).
 4. The full audit into the run directory, then report.pdf.
@@ -20,7 +28,14 @@ from pathlib import Path
 import torch
 
 from cxr_audit.classifier.finetune import FinetuneConfig
-from cxr_audit.data.phantom.dataset import PHANTOM_VERSION, Combination, Prevalence, write_phantom_dataset
+from cxr_audit.data.phantom.dataset import (
+    PHANTOM_VERSION,
+    AppearanceSettings,
+    Combination,
+    Dependence,
+    Prevalence,
+    write_phantom_dataset,
+)
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import sha256_file
 from cxr_audit.rundir import FinetuneLayout, RunDir, run_stage
@@ -32,12 +47,18 @@ DEMO_SEED = 0
 ASSETS = Path(__file__).parent / "demo_assets"
 SHIPPED_GENERATOR = ASSETS / "generator"
 DEMO_SPEC = Path(__file__).resolve().parents[1] / "coverage_specs" / "phantom.yaml"
-DEMO_PREVALENCE = Prevalence(combinations=[
-    Combination(all_of=["Cardiomegaly", "Pleural Effusion"], probability={"train": 0.01, "val": 0.12, "test": 0.12}),
-])
+DEMO_SCENARIO = Prevalence(
+    combinations=[Combination(all_of=["Cardiomegaly", "Pleural Effusion"],
+                              probability={"train": 0.01, "val": 0.12, "test": 0.12})],
+    dependencies=[Dependence(finding="Support Devices", on="Pleural Effusion",
+                             if_present={"train": 0.95, "default": 0.25}, if_absent={"train": 0.05, "default": 0.25})],
+    appearance=AppearanceSettings(silhouette=True, contrast=0.28, severity=(0.2, 1.0)),
+)
+# The cells the scenario plants (the method validation measures these).
+DEMO_TARGET_CELLS = ["PHANTOM-COV-001", "PHANTOM-COV-006", "PHANTOM-COV-007"]
 # The concepts the demo's plan edits (a test checks this against the plan): most training regions go to them.
-DEMO_FOCUS = ["Cardiomegaly", "Pleural Effusion", "Edema"]
-DEMO_CLASSIFIER = {"epochs": 6, "width": 8}
+DEMO_FOCUS = ["Cardiomegaly", "Pleural Effusion", "Support Devices"]
+DEMO_CLASSIFIER = {"max_epochs": 40, "patience": 4, "width": 8, "lr": 2e-3}
 DEMO_INTENDED_USE = ("Demonstration on the procedural phantom: the small classifier stands in for a deployed chest "
                      "X-ray triage model that flags eight findings on frontal radiographs.")
 
@@ -47,50 +68,55 @@ class PhantomStage:
 
     name = "demo_phantom"
 
-    def __init__(self, run: RunDir, images: int = DEMO_IMAGES):
-        self.rundir, self.images = run, images
+    def __init__(self, run: RunDir, images: int = DEMO_IMAGES, seed: int = DEMO_SEED):
+        self.rundir, self.images, self.seed = run, images, seed
         self.folder = self.rundir.made_dataset.parent
 
     def outputs(self) -> list[Path]:
         return [self.rundir.made_dataset]
 
     def inputs(self) -> dict:
-        return {"images": self.images, "size": DEMO_SIZE, "seed": DEMO_SEED, "phantom_version": PHANTOM_VERSION,
-                "prevalence": DEMO_PREVALENCE.model_dump(mode="json")}
+        return {"images": self.images, "size": DEMO_SIZE, "seed": self.seed, "phantom_version": PHANTOM_VERSION,
+                "prevalence": DEMO_SCENARIO.model_dump(mode="json")}
 
     def run(self) -> None:
-        write_phantom_dataset(self.folder, self.images, size=DEMO_SIZE, seed=DEMO_SEED, prevalence=DEMO_PREVALENCE)
+        write_phantom_dataset(self.folder, self.images, size=DEMO_SIZE, seed=self.seed, prevalence=DEMO_SCENARIO)
 
 
 class DeployedModelStage:
-    """The demo's "deployed" model: a SmallCXRNet really trained on the phantom's training split."""
+    """The demo's "deployed" model: a SmallCXRNet trained to convergence on the phantom's training split
+    (early stopping on the validation split); its card records the training."""
 
     name = "demo_model"
 
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
+    def __init__(self, ctx: RunContext, seed: int = DEMO_SEED):
+        self.ctx, self.seed = ctx, seed
         self.folder = self.ctx.run.made_model.parent
 
     def outputs(self) -> list[Path]:
         return [self.ctx.run.made_model, FinetuneLayout.card_for(self.ctx.run.made_model)]
 
     def inputs(self) -> dict:
-        return {"data": sha256_file(self.ctx.run.made_dataset), "seed": DEMO_SEED, "size": DEMO_SIZE, **DEMO_CLASSIFIER}
+        return {"data": sha256_file(self.ctx.run.made_dataset), "seed": self.seed, "size": DEMO_SIZE,
+                "training": "to convergence", **DEMO_CLASSIFIER}
 
     def run(self) -> None:
-        from cxr_audit.classifier.small_cnn import save_classifier, train_small_classifier
+        from cxr_audit.classifier.small_cnn import save_classifier, train_to_convergence
         from cxr_audit.data.phantom import PHANTOM_FINDINGS
 
-        names = list(PHANTOM_FINDINGS)
-        net = train_small_classifier(self.ctx.images("train", DEMO_SIZE), self.ctx.labels("train", names),
-                                     seed=DEMO_SEED, progress=self.ctx.progress, **DEMO_CLASSIFIER)
-        save_classifier(net, self.ctx.run.made_model, names, DEMO_SIZE)
+        names, ctx = list(PHANTOM_FINDINGS), self.ctx
+        net, record = train_to_convergence(ctx.images("train", DEMO_SIZE), ctx.labels("train", names),
+                                           ctx.images("val", DEMO_SIZE), ctx.labels("val", names), seed=self.seed,
+                                           progress=ctx.progress, **DEMO_CLASSIFIER)
+        save_classifier(net, ctx.run.made_model, names, DEMO_SIZE,
+                        training={"data": "the phantom's training split", **record.card_entry()})
 
 
 def demo_context(out: Path, force: bool = False, images: int = DEMO_IMAGES, progress: bool = True,
-                 log=None, check_generator: bool = True, **changes) -> RunContext:
-    """The demo run at `out` with its inputs made (or reused): ready for the audit's stages. `changes` override
-    configuration values (tests use smaller budgets)."""
+                 log=None, check_generator: bool = True, seed: int = DEMO_SEED, **changes) -> RunContext:
+    """The demo run at `out` with its inputs made (or reused): ready for the audit's stages. `seed` draws the
+    data, the deployed model and the run (the method benchmark repeats the demo over seeds); `changes`
+    override configuration values (tests use smaller budgets)."""
     from cxr_audit.stages.pipeline import open_run
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
@@ -98,12 +124,12 @@ def demo_context(out: Path, force: bool = False, images: int = DEMO_IMAGES, prog
     finetune = FinetuneConfig(steps=300, batch_size=32, lr=5e-4, eval_every=50, patience=4)
     given = {"data": run.made_dataset, "format": "chexpert", "spec": DEMO_SPEC, "models": [run.made_model],
              "generator": SHIPPED_GENERATOR, "finetune": {k: v for k, v in finetune.__dict__.items() if k != "seed"},
-             "bootstrap": 1000, "mc_samples": 10, "seed": DEMO_SEED, "intended_use": DEMO_INTENDED_USE, **changes}
+             "bootstrap": 1000, "mc_samples": 10, "seed": seed, "intended_use": DEMO_INTENDED_USE, **changes}
     ctx = open_run(run, given, force, progress=progress, log=log or print)
-    run_stage(run, PhantomStage(run, images), force, ctx.log)
+    run_stage(run, PhantomStage(run, images, seed), force, ctx.log)
     if check_generator:
         _check_shipped_generator(ctx)
-    run_stage(run, DeployedModelStage(ctx), force, ctx.log)
+    run_stage(run, DeployedModelStage(ctx, seed), force, ctx.log)
     return ctx
 
 

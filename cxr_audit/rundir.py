@@ -5,7 +5,7 @@ Layout of a run (RUN):
                           and options; a command that asks for other values is refused without --force
   stages/<stage>.json     each stage's declared inputs (hashes and options) and its outputs' hashes
   inputs/                 inputs a run makes for itself (the demo's phantom and deployed model)
-  coverage/ plan/ generator/ checker/ synthetic/ unconstrained/ finetune/<arm>/ evaluate/<arm>/ probe/ gallery/
+  coverage/ plan/ generator/ checker/ synthetic/ unconstrained/ null_edits/ finetune/<arm>/ evaluate/<arm>/ probe/ gallery/
   audit.json              the one document the report and the gate read
   report.pdf
 
@@ -36,8 +36,9 @@ from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, sha256_f
 
 REQUEST_FILE = "request.json"
 STAGES_FOLDER = "stages"
-# Run modes of synthesis -> their folders (the CARS edits, and the unconstrained ablation).
-SYNTHESIS_FOLDERS = {"cars": "synthetic", "unconstrained": "unconstrained"}
+# Run modes of synthesis -> their folders (the CARS edits, the unconstrained ablation, and the null edits: the
+# same regions regenerated under the source's own vector, the texture control).
+SYNTHESIS_FOLDERS = {"cars": "synthetic", "unconstrained": "unconstrained", "null_edits": "null_edits"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

@@ -148,3 +148,30 @@ def test_mc_dropout_varies_predictions_only_when_enabled(tmp_path, net):
     model.set_mc_dropout(False)
     again = np.stack([model.predict(x).detach().numpy() for _ in range(3)])
     assert again.std(axis=0).max() < 1e-6  # CPU kernels are not bit-exact run to run
+
+
+def test_training_to_convergence_stops_early_and_keeps_the_best_epoch(tmp_path):
+    from cxr_audit.classifier.small_cnn import masked_bce, save_classifier, train_to_convergence
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((160, 2)) < 0.5).astype(np.float32)
+    images = rng.normal(0.5, 0.1, (160, 1, 32, 32)).astype(np.float32)
+    images[:, :, :16] += 0.3 * labels[:, 0, None, None, None]  # concept 0 is visible; concept 1 is noise
+    train, val = slice(0, 120), slice(120, 160)
+    net, record = train_to_convergence(images[train], labels[train], images[val], labels[val], max_epochs=40,
+                                       patience=3, width=4, seed=0)
+    assert record.epochs_run == len(record.validation_loss) <= 40
+    assert record.epochs_run - record.best_epoch <= 3
+    best = min(record.validation_loss)
+    assert record.validation_loss[record.best_epoch - 1] == best
+    with torch.inference_mode():  # the returned weights are the best epoch's
+        loss = float(masked_bce(net(torch.tensor(images[val])), torch.tensor(labels[val])))
+    assert loss == pytest.approx(best, rel=1e-5)
+    again, _ = train_to_convergence(images[train], labels[train], images[val], labels[val], max_epochs=40,
+                                    patience=3, width=4, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    # the card records how the model was trained
+    save_classifier(net, tmp_path / "m.safetensors", ["Cardiomegaly", "Edema"], 32, training=record.card_entry())
+    card = yaml.safe_load((tmp_path / "m.safetensors.card.yaml").read_text())
+    assert card["training"]["best_epoch"] == record.best_epoch
+    assert load_model(tmp_path / "m.safetensors").card.training["epochs_run"] == record.epochs_run

@@ -71,3 +71,36 @@ def test_probe_of_a_foreign_synthesis_is_refused(phantom_dataset, phantom_model,
     record.write_text(json.dumps(data))
     with pytest.raises(UserInputError, match="not in the data"):
         probe(load_model(phantom_model), SynthesisLayout(tmp_path), manifest, {}, progress=False)
+
+
+def test_probe_names_a_side_effect_on_a_concept_the_edit_did_not_touch(phantom_dataset, phantom_model, tmp_path):
+    """Pairs whose record says 'insert Nodule' but whose image also lost its effusion: the model's effusion
+    score falls although the label says the effusion is still there. The probe must name that side effect as
+    harmful, and must not flag the untouched concepts of true counterfactuals."""
+    manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
+    layout = SynthesisLayout(tmp_path / "planted")
+    layout.images.mkdir(parents=True)
+    layout.records.mkdir()
+    frame = manifest.frame
+    rows = frame[(frame["Pleural Effusion"] == 1) & (frame["Nodule"] == 0)].head(20)
+    names = list(phantom.PHANTOM_FINDINGS)
+    for k, (_, row) in enumerate(rows.iterrows()):
+        study = phantom.counterfactual(phantom.counterfactual(study_of(row), add="Nodule"), remove="Pleural Effusion")
+        edit_id = f"p{k:03d}"
+        Image.fromarray(np.round(phantom.render(study, 64).image * 255).astype(np.uint8)).save(layout.image(edit_id))
+        target = {n: float(row[n]) for n in names} | {"Nodule": 1.0}  # the label still says: effusion present
+        record = EditRecord(edit_id=edit_id, cell_id="CELL", source_image_id=row["image_id"], patient_id="p",
+                            operations=[{"op": "insert", "concept": "Nodule"}], target_vector=target, seed=0,
+                            source_sha256="s", generator_sha256="planted", qc=QC, sex=None, age=None, view=None)
+        layout.record(edit_id).write_text(record.model_dump_json())
+    summary = SynthesisSummary(generator_sha256="planted", generator={"image_size": 64}, mode="planted", settings={},
+                               qc_thresholds={}, planned=len(rows), accepted=len(rows), rejected=0,
+                               rejected_by_reason={}, accepted_by_cell={}, mean_outside_mae=0.0,
+                               checker_agreement=None, mean_ground_truth_mae=0.0)
+    layout.summary.write_text(summary.model_dump_json())
+    document = probe(load_model(phantom_model), layout, manifest, {}, replicates=200, progress=False)
+    effect = document.side_effects["insert Nodule -> Pleural Effusion (present)"]
+    assert effect.pairs == len(rows) and effect.harmful
+    assert effect.share_harmful.ci[0] > 0.5 and effect.mean_harm.ci[0] > 0
+    # Cardiomegaly was not touched by either change: no harmful side effect is claimed on it
+    assert not any(e.harmful for key, e in document.side_effects.items() if e.concept == "Cardiomegaly")

@@ -87,6 +87,24 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
     assert ablation.mean_outside_mae > 10 * max(summary.mean_outside_mae, 1e-4)
     assert not any("outside the edit region" in reason for reason in ablation.rejected_by_reason)
 
+    # the null edits (texture control): the same regions regenerated under each source's own vector
+    options.unconstrained, options.null_edits = False, True
+    null_layout = SynthesisLayout(tmp_path / "null")
+    null = run_synthesis(plan, manifest, backend, null_layout, checker, options)
+    assert null.mode == "null edits (texture control)" and null.planned == n
+    assert null.mean_outside_mae < 1e-3  # anatomy outside the region kept, as in CARS
+    by_id = {e.edit_id: e for e in plan.edits}
+    for path in sorted(null_layout.records.glob("*.json")):
+        record = json.loads(path.read_text())
+        planned = by_id[record["edit_id"]]
+        assert record["operations"] == [] and record["target_vector"] == planned.source_vector
+        assert record["qc"]["alignment"] is None
+        # same edit region as the CARS edit of the same plan entry
+        assert load_image(null_layout.mask(record["edit_id"])).tolist() == load_image(out.mask(record["edit_id"])).tolist()
+    if null.accepted:
+        rows = pd.read_csv(null_layout.manifest)
+        assert set(rows["operation"]) == {"null"} and (rows["split"] == "train").all()
+
 
 def test_dicom_sources_give_dicom_edits_without_source_phi(tiny_generator, tmp_path):
     import pydicom

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
+from cxr_audit.audit.findings import MethodFindings
 from cxr_audit.coverage import CoverageReport
 from cxr_audit.errors import UserInputError
 from cxr_audit.evaluation.documents import Bootstrap, Difference, MetricsDocument, ProbeDocument
@@ -95,6 +96,8 @@ class AuditDocument(Document):
     comparisons: dict[str, Comparison]
     probe: ProbeDocument
     test_set: TestSet
+    findings: MethodFindings = Field(default_factory=MethodFindings,
+                                     description="coverage gaps, probe side effects, CARS against each control")
     verdict: Verdict
 
     def metrics(self, arm: str) -> MetricsDocument:

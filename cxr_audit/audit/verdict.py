@@ -34,6 +34,13 @@ def audit_verdict(document) -> dict:
     if deficits:
         concerns.append(f"{len(deficits)} of {len(cells)} coverage cells are under-represented in the training data "
                         f"({', '.join(c.id for c in deficits[:6])}{', ...' if len(deficits) > 6 else ''})")
+    for gap in document.findings.gaps:  # does an under-covered context really hurt the model?
+        if gap.significant:
+            concerns.append(f"coverage gap hurts the model: {gap.context} ({gap.cell_id}) AUROC "
+                            f"{gap.auroc_cell_context.value:.3f} against {gap.auroc_covered.value:.3f} elsewhere")
+    for effect in document.findings.probe:
+        concerns.append(f"probe: '{effect.edit}' moves the {effect.concept} score the wrong way in "
+                        f"{effect.share_harmful.value:.0%} of {effect.pairs} pairs")
     for entry in document.probe.by_concept.values():
         share = entry.share_expected_direction.value
         if entry.op == "insert" and share is not None and share < MIN_PROBE_SHARE:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,6 +29,7 @@ class ModelCard(BaseModel):
     output_names: list[str | None] = Field(
         default_factory=list, description="one per output; null or '' for outputs to ignore")
     thresholds: dict[str, float] = Field(default_factory=dict, description="operating threshold per concept")
+    training: dict[str, Any] | None = Field(None, description="how the model was trained (provenance; not read)")
 
     @field_validator("output_names")
     @classmethod

@@ -216,7 +216,7 @@ def _save_candidate(candidate: LoadedModel, layout, device: torch.device):
     from safetensors.torch import save
 
     net = candidate.module.to("cpu").eval()
-    card = candidate.card.model_copy(update={"thresholds": {}})
+    card = candidate.card.model_copy(update={"thresholds": {}, "training": None})  # finetune.json says how
     if candidate.format in ("torchvision", "torchxrayvision"):
         weights = {name: tensor.detach().contiguous() for name, tensor in net.state_dict().items()}
         atomic_write_bytes(layout.candidate_weights, save(weights))

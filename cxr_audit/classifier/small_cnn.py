@@ -8,6 +8,8 @@ same training gives the same file (and the same SHA-256) in every process, unlik
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +92,63 @@ def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int =
     return net.eval()
 
 
+@dataclass
+class TrainingRecord:
+    """How a model was trained to convergence: what its card records."""
+
+    max_epochs: int
+    patience: int
+    epochs_run: int
+    best_epoch: int
+    validation_loss: list[float] = field(default_factory=list)  # per epoch
+
+    def card_entry(self) -> dict:
+        return {"stopping": f"early stopping on validation loss (patience {self.patience} epochs)",
+                "max_epochs": self.max_epochs, "epochs_run": self.epochs_run, "best_epoch": self.best_epoch,
+                "validation_loss": [round(v, 5) for v in self.validation_loss]}
+
+
+def train_to_convergence(images: np.ndarray, labels: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
+                         max_epochs: int = 60, patience: int = 5, batch_size: int = 32, lr: float = 1e-3,
+                         seed: int = 0, width: int = 16, progress: bool = False) -> tuple[SmallCXRNet, TrainingRecord]:
+    """Train :class:`SmallCXRNet` until the validation loss stops improving for `patience` epochs, and return
+    the weights of its best epoch: a converged model, so that fine-tuning it more cannot gain by extra steps
+    alone. Same augmentation as :func:`train_small_classifier`; a constant learning rate (the schedule
+    cannot know how long training will run)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x, y = torch.tensor(images, dtype=torch.float32), torch.tensor(labels, dtype=torch.float32)
+    x_val, y_val = torch.tensor(val_images, dtype=torch.float32), torch.tensor(val_labels, dtype=torch.float32)
+    net = SmallCXRNet(y.shape[1], width=width)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    record = TrainingRecord(max_epochs=max_epochs, patience=patience, epochs_run=0, best_epoch=0)
+    best_state, best_loss = copy.deepcopy(net.state_dict()), float("inf")
+    bar = progress_bar(total=max_epochs, desc="training to convergence", unit="epoch", disable=not progress)
+    for epoch in range(1, max_epochs + 1):
+        net.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=generator)
+            loss = masked_bce(net(x[batch] * gain), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.inference_mode():
+            val_loss = float(masked_bce(torch.cat([net(x_val[i:i + 256]) for i in range(0, len(x_val), 256)]), y_val))
+        record.validation_loss.append(val_loss)
+        record.epochs_run = epoch
+        bar.update()
+        if val_loss < best_loss:
+            best_loss, record.best_epoch, best_state = val_loss, epoch, copy.deepcopy(net.state_dict())
+        elif epoch - record.best_epoch >= patience:
+            break
+    bar.close()
+    net.load_state_dict(best_state)
+    return net.eval(), record
+
+
 def train_checker(images: np.ndarray, labels: np.ndarray, seed: int = 0, progress: bool = False) -> SmallCXRNet:
     """The independent concept checker that grades synthetic edits (QC): a small classifier trained on real
     images only. Seeded apart from the run's seed so it never shares initial weights with a model trained
@@ -109,8 +168,10 @@ def small_cnn_from_state(state: dict[str, torch.Tensor], n_outputs: int) -> Smal
     return SmallCXRNet(n_outputs, width=int(state["features.0.0.weight"].shape[0]))
 
 
-def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], size: int) -> None:
-    """Save a trained SmallCXRNet as safetensors with its model card (`<path>.card.yaml`)."""
+def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], size: int,
+                    training: dict | None = None) -> None:
+    """Save a trained SmallCXRNet as safetensors with its model card (`<path>.card.yaml`); `training`, how it
+    was trained, goes into the card."""
     from safetensors.torch import save
 
     path = Path(path)
@@ -118,4 +179,6 @@ def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], siz
     atomic_write_bytes(path, save(weights))
     card = {"format": "torchvision", "architecture": SMALL_CNN_ARCHITECTURE, "input_size": size, "channels": 1,
             "normalization": "unit", "outputs": "logits", "output_names": list(concepts)}
+    if training:
+        card["training"] = training
     atomic_write_text(path.with_name(path.name + ".card.yaml"), yaml.safe_dump(card, sort_keys=False))

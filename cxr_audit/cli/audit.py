@@ -28,7 +28,7 @@ from cxr_audit.cli.app import (
 from cxr_audit.errors import UserInputError
 
 ArmsOption = Annotated[str | None, typer.Option("--arms", help="Comma-separated arms: baseline, real_only, cars, "
-                                                "unconstrained (default: all).")]
+                                                "unconstrained, null_edits (default: all).")]
 
 
 def _arms(text: str | None) -> list[str] | None:

@@ -101,8 +101,9 @@ def phantom_command(
     n: Annotated[int, typer.Option("--n", help="Number of images (studies).")] = 2000,
     size: Annotated[int, typer.Option("--size", help="Image size in pixels (square).")] = 128,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same dataset.")] = 0,
-    prevalence: Annotated[Path | None, typer.Option("--prevalence", help="YAML: per-split prevalence of "
-                                                    "findings and combinations.")] = None,
+    prevalence: Annotated[Path | None, typer.Option("--prevalence", help="YAML scenario: per-split prevalence "
+                                                    "of findings and combinations, dependent findings (confounders), "
+                                                    "appearance (contrast, severity, silhouette sign).")] = None,
     dicom: Annotated[bool, typer.Option("--dicom", help="Write DICOM (made-up patient names) instead of PNG.")] = False,
     workers: Annotated[int | None, typer.Option("--workers", help="Processes (default: CPU count, max 4).")] = None,
 ) -> None:

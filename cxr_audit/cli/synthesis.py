@@ -143,10 +143,13 @@ def synthesize_command(
     steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps over the full schedule (default 30).")] = None,
     unconstrained: Annotated[bool, typer.Option("--unconstrained", help="Ablation: no anatomy mask "
                                                 "(writes RUN/unconstrained).")] = False,
+    null_edits: Annotated[bool, typer.Option("--null-edits", help="Texture control: the same regions regenerated "
+                                             "under each source's own vector (writes RUN/null_edits).")] = False,
     force: ForceOption = False,
 ) -> None:
     """Carry out the run's edit plan: masked, anatomy-preserving edits with QC; resumable."""
     from cxr_audit.stages.pipeline import run_stages, stages_for
+    from cxr_audit.stages.synthesize import STAGE_NAMES
     from cxr_audit.synthesis.documents import read_summary
 
     edit = {k: v for k, v in {"strength": strength, "guidance": guidance, "steps": steps}.items() if v is not None}
@@ -154,8 +157,10 @@ def synthesize_command(
                          "checker": checker, "edit": edit or None}, force)
     if not ctx.run.plan.exists():
         raise UserInputError(f"{ctx.run.plan} does not exist: run `cxr-audit plan --out {run}` first.")
-    mode = "unconstrained" if unconstrained else "cars"
-    run_stages(ctx, stages_for(ctx, ["unconstrained" if unconstrained else "synthetic"]), force)
+    if unconstrained and null_edits:
+        raise UserInputError("--unconstrained and --null-edits are two different controls; run them one at a time.")
+    mode = "unconstrained" if unconstrained else "null_edits" if null_edits else "cars"
+    run_stages(ctx, stages_for(ctx, [STAGE_NAMES[mode]]), force)
     layout = ctx.run.synthesis(mode)
     summary = read_summary(layout)
     console.print(escape(f"{summary.accepted} of {summary.planned} edits accepted; rejected by reason: "

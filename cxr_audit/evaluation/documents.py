@@ -102,6 +102,25 @@ class SubgroupGap(Interval):
     lowest: str
 
 
+class ContextGap(Document):
+    """One finding of a cell scored in the cell's context (the cell's other conditions hold) and in the covered
+    context (they do not): evaluation/context_gaps.py. The cell context's AUPRC is at the covered context's
+    prevalence. A gap is cell context minus covered; negative is worse where training data was thin."""
+
+    context: str
+    n_cell_context: int
+    positives_cell_context: int
+    n_covered: int
+    positives_covered: int
+    reason: str = Field("", description="why the contexts were not scored (too few positives or negatives)")
+    auroc_cell_context: Interval | None = None
+    auroc_covered: Interval | None = None
+    auroc_gap: Difference | None = None
+    auprc_cell_context: Interval | None = None
+    auprc_covered: Interval | None = None
+    auprc_gap: Difference | None = None
+
+
 class Reliability(Document):
     bin_edges: list[float]
     confidence: list[float | None]
@@ -169,6 +188,8 @@ class MetricsDocument(Document):
         default_factory=dict, description="variable (sex, age_band, view, manufacturer, model) -> level -> concept")
     subgroup_gaps: dict[str, dict[str, dict[str, SubgroupGap]]] = Field(
         default_factory=dict, description="concept -> variable -> metric (auroc, auprc) -> the largest gap")
+    context_gaps: dict[str, dict[str, ContextGap]] = Field(
+        default_factory=dict, description="cell -> finding -> the finding in the cell's context against the covered one")
 
     def evaluated_cells(self) -> list[str]:
         return [cell for cell, entry in self.cells.items() if entry.evaluated]
@@ -206,6 +227,18 @@ class ProbeGroup(Document):
     leakage: Interval
 
 
+class ProbeSideEffect(Document):
+    """What one kind of edit does to the score of a concept it did not touch (evaluation/probe.py)."""
+
+    edit: str
+    concept: str
+    concept_present: bool
+    pairs: int
+    mean_harm: Interval = Field(description="mean shift toward the wrong answer (down if present, up if absent)")
+    share_harmful: Interval = Field(description="share of pairs whose score moved toward the wrong answer")
+    harmful: bool = Field(description="both intervals exclude chance: mean > 0 and share > 50%")
+
+
 class ProbeDocument(Document):
     schema_version: str = PROBE_SCHEMA_VERSION
     model: dict[str, str]
@@ -216,4 +249,5 @@ class ProbeDocument(Document):
     bootstrap: Bootstrap
     by_concept: dict[str, ProbeGroup]
     by_cell: dict[str, ProbeGroup]
+    side_effects: dict[str, ProbeSideEffect] = Field(default_factory=dict)
     pairs: list[ProbePair]

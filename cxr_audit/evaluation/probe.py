@@ -3,7 +3,11 @@
 For each pair the model scores the source and the edit. The edited concept's score should rise on an
 insertion and fall on a deletion (reported as a signed "directional change": positive is the expected
 direction), the prediction at the operating threshold may flip, and concepts that were not edited should
-not move (leakage). The source goes through the same resize as the edit (down to the generator's size and
+not move (leakage). Side effects name where they move: for each edit and each concept it did not touch, the
+shift of that concept's score toward the wrong answer (down where the concept is present, up where it is
+absent). A model that learned a shortcut shows it here: deleting Support Devices lowers its Pleural Effusion
+score although the effusion is still there. A side effect is *harmful* when both the share of pairs moving
+the wrong way (> 50%) and the mean shift (> 0) exclude chance. The source goes through the same resize as the edit (down to the generator's size and
 back up), so resolution is not mistaken for the concept. No weights change.
 """
 
@@ -19,6 +23,8 @@ from cxr_audit.evaluation.documents import ProbeDocument
 from cxr_audit.metrics.bootstrap import bootstrap_mean
 from cxr_audit.progress import progress_bar
 from cxr_audit.rundir import SynthesisLayout
+
+MIN_SIDE_EFFECT_PAIRS = 5  # fewer pairs of one (edit, concept, label) say nothing about a side effect
 
 
 def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, thresholds: dict[str, float],
@@ -43,8 +49,17 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
     names = model.concepts
     before = model.predict_arrays(np.stack(sources)) if sources else np.zeros((0, len(names)))
     after = model.predict_arrays(np.stack(edits)) if edits else np.zeros((0, len(names)))
-    pairs = []
+    pairs, side_pairs = [], []
     for k, record in enumerate(records):
+        touched = {o.concept for o in record.operations}
+        for j, other in enumerate(names):
+            label = record.target_vector.get(other)
+            if other in touched or other == "No Finding" or label not in (0.0, 1.0):
+                continue
+            harm = (before[k, j] - after[k, j]) if label == 1.0 else (after[k, j] - before[k, j])
+            for operation in record.operations:
+                side_pairs.append({"edit": f"{operation.op} {operation.concept}", "concept": other,
+                                   "label": int(label), "harm": float(harm)})
         edited = [o.concept for o in record.operations]
         for operation in record.operations:
             concept = operation.concept
@@ -82,11 +97,21 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
                                             **summarise([p for p in pairs if (p["concept"], p["op"]) == key])}
     by_cell = {cell: summarise([p for p in pairs if p["cell_id"] == cell])
                for cell in sorted({p["cell_id"] for p in pairs})}
+    side_effects = {}
+    for edit, concept, label in sorted({(p["edit"], p["concept"], p["label"]) for p in side_pairs}):
+        harm = np.array([p["harm"] for p in side_pairs if (p["edit"], p["concept"], p["label"]) == (edit, concept, label)])
+        if harm.size < MIN_SIDE_EFFECT_PAIRS:
+            continue
+        mean, share = bootstrap_mean(harm, replicates, rng), bootstrap_mean((harm > 0).astype(float), replicates, rng)
+        side_effects[f"{edit} -> {concept} ({'present' if label else 'absent'})"] = {
+            "edit": edit, "concept": concept, "concept_present": bool(label), "pairs": int(harm.size),
+            "mean_harm": mean.to_json(), "share_harmful": share.to_json(),
+            "harmful": bool(mean.ci and share.ci and mean.ci[0] > 0 and share.ci[0] > 0.5)}
     return ProbeDocument(
         model={"path": model.path.name, "sha256": model.sha256},
         synthesis={"mode": summary.mode, "generator_sha256": summary.generator_sha256},
         pairs_scored=len(pairs), accepted_only=accepted_only,
         thresholds={c: thresholds.get(c, 0.5) for c in names},
         bootstrap={"unit": "pair", "replicates": replicates, "seed": seed, "interval": "percentile 95%"},
-        by_concept=by_concept, by_cell=by_cell,
+        by_concept=by_concept, by_cell=by_cell, side_effects=side_effects,
         pairs=[{k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()} for p in pairs])

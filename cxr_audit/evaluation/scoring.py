@@ -190,6 +190,13 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
         "pr_curves": curves,
         "uncertainty_histograms": _uncertainty_histograms(data.concepts, data.probabilities, mutual),
     }
+    if data.cells:
+        from cxr_audit.evaluation.context_gaps import context_gaps
+
+        frame = data.frame.reset_index(drop=True) if data.frame is not None else None
+        scores["context_gaps"], gap_replicates = context_gaps(data.cells, data.concepts, data.probabilities,
+                                                              data.labels, weights, frame)
+        replicates.update(gap_replicates)
     if data.frame is not None:
         from cxr_audit.evaluation.subgroups import subgroup_metrics
 

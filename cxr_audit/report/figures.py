@@ -19,8 +19,10 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from cxr_audit.provenance import atomic_write_bytes  # noqa: E402
 
 DPI = 150
-ARM_COLOURS = {"baseline": "#444444", "real_only": "#1f77b4", "cars": "#d62728", "unconstrained": "#9467bd"}
-ARM_LABELS = {"baseline": "deployed", "real_only": "real-only FT", "cars": "CARS FT", "unconstrained": "unconstrained FT"}
+ARM_COLOURS = {"baseline": "#444444", "real_only": "#1f77b4", "cars": "#d62728", "unconstrained": "#9467bd",
+               "null_edits": "#8c8c3c"}
+ARM_LABELS = {"baseline": "deployed", "real_only": "real-only FT", "cars": "CARS FT", "unconstrained": "unconstrained FT",
+              "null_edits": "null-edit FT"}
 _PNG_METADATA = {"Software": None}
 plt.rcParams.update({"font.family": "DejaVu Sans", "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8,
                      "legend.fontsize": 7, "figure.dpi": DPI})

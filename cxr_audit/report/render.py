@@ -109,6 +109,8 @@ def _gallery_uri(run: RunDir, item) -> str:
 
 
 def build_html(document, run: RunDir) -> str:
+    from cxr_audit.audit.findings import CONTROL_NAMES
+
     environment = Environment(loader=PackageLoader("cxr_audit.report", "templates"),
                               autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined)
     environment.filters.update(fmt=_fmt, ci=_ci, diff=_difference, sig=_significance)
@@ -136,7 +138,7 @@ def build_html(document, run: RunDir) -> str:
     template = environment.get_template("report.html.j2")
     return template.render(doc=document, arms=arms, arm_titles={a: e.title for a, e in document.arms.items()},
                            concepts=concepts, cells=cells, figures=figure_uris, gallery=gallery,
-                           synthetic_by_cell=synthetic_by_cell, limitations=LIMITATIONS)
+                           synthetic_by_cell=synthetic_by_cell, limitations=LIMITATIONS, control_names=CONTROL_NAMES)
 
 
 def weasyprint_attachment(path: Path):

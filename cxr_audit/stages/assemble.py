@@ -12,12 +12,14 @@ from cxr_audit.rundir import stage_seconds
 from cxr_audit.stages.context import RunContext
 
 ARM_TITLES = {"baseline": "Deployed model (no fine-tune)", "real_only": "Fine-tuned on real only",
-              "cars": "Fine-tuned on real + CARS edits", "unconstrained": "Fine-tuned on real + unconstrained regeneration"}
+              "cars": "Fine-tuned on real + CARS edits", "unconstrained": "Fine-tuned on real + unconstrained regeneration",
+              "null_edits": "Fine-tuned on real + null edits (texture control)"}
 # Paired comparisons in the report: (new, old). The CARS arm against the real-only arm is the one that
-# controls for extra training; against the unconstrained arm, for anatomy preservation.
+# controls for extra training; against the unconstrained arm, for anatomy preservation; against the null
+# edits, for generator texture.
 COMPARISONS = (("cars", "real_only"), ("cars", "baseline"), ("real_only", "baseline"), ("unconstrained", "real_only"),
-               ("cars", "unconstrained"))
-MODES = ("cars", "unconstrained")
+               ("cars", "unconstrained"), ("null_edits", "real_only"), ("cars", "null_edits"))
+MODES = ("cars", "unconstrained", "null_edits")
 
 
 class AssembleStage:
@@ -51,6 +53,7 @@ class AssembleStage:
 
     def run(self) -> None:
         from cxr_audit.audit.document import AuditDocument
+        from cxr_audit.audit.findings import method_findings
         from cxr_audit.audit.verdict import audit_verdict
         from cxr_audit.evaluation.scoring import compare, load_replicates, test_set_sha256
         from cxr_audit.report.gallery import GalleryDocument
@@ -110,6 +113,7 @@ class AssembleStage:
             "verdict": {"status": "", "headline": "", "concerns": [], "strengths": [], "thresholds": {}, "note": ""},
         }
         audit = AuditDocument.model_validate(document)
+        audit.findings = method_findings(audit)
         audit.verdict = audit.verdict.model_validate(audit_verdict(audit))
         atomic_write_json(run.audit, audit.model_dump(mode="json"))
 

@@ -19,7 +19,7 @@ from cxr_audit.errors import UserInputError
 from cxr_audit.rundir import RunDir
 from cxr_audit.synthesis.editor import EditSettings
 
-ARMS = ("baseline", "real_only", "cars", "unconstrained")
+ARMS = ("baseline", "real_only", "cars", "unconstrained", "null_edits")
 FINETUNE_ARMS = ARMS[1:]
 DATA_FORMATS = ("auto", "nih", "chexpert", "mimic", "csv")
 DEFAULT_INTENDED_USE = ("Triage support: flag frontal chest radiographs of adults for the findings listed, for "

@@ -1,5 +1,6 @@
 """The fine-tune stages: a copy of the deployed model trained on real images only (the control for extra
-training), on real + CARS edits, or on real + unconstrained regenerations (the prior approach)."""
+training), on real + CARS edits, on real + unconstrained regenerations (the prior approach), or on real + null
+edits (the texture control: a gain from generator texture alone would show here too)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import sha256_file
 from cxr_audit.stages.context import RunContext
 
-SYNTHETIC_SOURCE = {"cars": "cars", "unconstrained": "unconstrained"}  # arm -> the synthesis it trains on
+SYNTHETIC_SOURCE = {"cars": "cars", "unconstrained": "unconstrained", "null_edits": "null_edits"}  # arm -> the synthesis it trains on
 
 
 class FinetuneStage:

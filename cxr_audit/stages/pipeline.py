@@ -1,7 +1,7 @@
 """The audit is an ordered list of stages; a stand-alone command runs one stage and what it depends on.
 
 Order: coverage, evaluate the deployed model, plan, generator and checker (unless given), the CARS edits
-and the unconstrained ablation, each fine-tune arm and its evaluation, probe, gallery, assemble, report.
+the unconstrained ablation and the null edits, each fine-tune arm and its evaluation, probe, gallery, assemble, report.
 Every stage goes through `rundir.run_stage`: finished stages with unchanged inputs are skipped, a killed
 stage resumes, and results made from other inputs are refused without --force.
 """
@@ -31,7 +31,8 @@ from cxr_audit.stages.synthesize import SynthesizeStage
 _FIXED_DEPENDENCIES = {
     "plan": ("coverage",), "synthetic": ("plan", "generator", "checker"),
     "unconstrained": ("plan", "generator", "checker"), "finetune_cars": ("synthetic",),
-    "finetune_unconstrained": ("unconstrained",), "probe": ("synthetic", "evaluate_baseline"),
+    "null_edits": ("plan", "generator", "checker"), "finetune_unconstrained": ("unconstrained",),
+    "finetune_null_edits": ("null_edits",), "probe": ("synthetic", "evaluate_baseline"),
     "gallery": ("synthetic",), "report": ("assemble",),
 }
 
@@ -49,8 +50,9 @@ def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = 
     if config.checker is None:
         stages.append(CheckerStage(ctx))
     stages.append(SynthesizeStage(ctx, "cars"))
-    if "unconstrained" in arms:
-        stages.append(SynthesizeStage(ctx, "unconstrained"))
+    for control in ("unconstrained", "null_edits"):
+        if control in arms:
+            stages.append(SynthesizeStage(ctx, control))
     for arm in arms[1:]:
         stages += [FinetuneStage(ctx, arm), EvaluateStage(ctx, arm)]
     stages += [ProbeStage(ctx), GalleryStage(ctx), AssembleStage(ctx, command_line)]

@@ -1,5 +1,6 @@
-"""The synthesize stages: the CARS edits (masked, anatomy-preserving) and the unconstrained ablation (the
-whole image regenerated), each with QC by the independent checker."""
+"""The synthesize stages: the CARS edits (masked, anatomy-preserving), the unconstrained ablation (the
+whole image regenerated) and the null edits (the CARS regions regenerated under the source's own vector: the
+texture control), each with QC by the independent checker."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cxr_audit.stages.context import RunContext
 from cxr_audit.stages.generator import generator_folder
 from cxr_audit.stages.plan import read_plan
 
-STAGE_NAMES = {"cars": "synthetic", "unconstrained": "unconstrained"}
+STAGE_NAMES = {"cars": "synthetic", "unconstrained": "unconstrained", "null_edits": "null_edits"}
 
 
 class SynthesizeStage:
@@ -47,4 +48,5 @@ class SynthesizeStage:
         run_synthesis(read_plan(ctx), ctx.frontal("all"), load_backend(generator_folder(ctx)), self.layout,
                       load_model(checker_path(ctx), pickle_option=None),
                       SynthesisOptions(settings=ctx.config.edit_settings, unconstrained=self.mode == "unconstrained",
+                                       null_edits=self.mode == "null_edits",
                                        progress=ctx.progress))

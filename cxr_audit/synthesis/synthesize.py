@@ -1,6 +1,7 @@
 """Carry out an edit plan with an edit backend, score every edit, keep what passes QC.
 
-Outputs (a SynthesisLayout: RUN/synthetic, or RUN/unconstrained for the ablation): `images/<edit>.png`,
+Outputs (a SynthesisLayout: RUN/synthetic, RUN/unconstrained for the ablation, RUN/null_edits for the
+texture control, whose edits change no concept: their records have no operations and the source's vector): `images/<edit>.png`,
 `masks/<edit>.png` (the edit region, usable as a weak segmentation label), `records/<edit>.json` (one per
 edit, written as it finishes, so an interrupted run resumes where it stopped), `synthetic_manifest.csv`
 (accepted edits, CheXpert columns plus provenance) and `synthesis.json` (counts, QC rejections by reason,
@@ -41,6 +42,7 @@ class SynthesisOptions:
     thresholds: QCThresholds = field(default_factory=QCThresholds)
     batch_size: int = 16
     unconstrained: bool = False   # the ablation: regenerate the whole image, no anatomy mask
+    null_edits: bool = False      # the texture control: the same masked regions, under the source's own vector
     progress: bool = True
 
 
@@ -92,7 +94,8 @@ def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, 
     bar = progress_bar(total=len(plan.edits), initial=len(plan.edits) - sum(len(b) for b in todo), desc="synthesizing",
                unit="edit", disable=not options.progress)
     for batch in todo:
-        prepared = [_prepare(e, rows, manifest, source_labels, backend.concepts, size) for e in batch]
+        prepared = [_prepare(e, rows, manifest, source_labels, backend.concepts, size, options.null_edits)
+                    for e in batch]
         sources = np.stack([p["source"] for p in prepared])
         hard = np.stack([p["hard"] for p in prepared])
         soft = np.stack([p["soft"] for p in prepared])
@@ -101,6 +104,8 @@ def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, 
                               int(batch[0].seed))
         before, after = _checker_scores(checker, sources), _checker_scores(checker, edited)
         for k, (planned, item) in enumerate(zip(batch, prepared)):
+            if options.null_edits:  # nothing is inserted or deleted: the source is its own target
+                planned = planned.model_copy(update={"operations": [], "target_vector": planned.source_vector})
             truth = _phantom_truth(rows.loc[planned.source_image_id], planned.operations, size)
             # The ablation regenerates the whole image on purpose: its change outside the region is measured
             # (to compare with CARS) but is no reason to reject it.
@@ -114,7 +119,7 @@ def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, 
 
 
 def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, source_labels: pd.DataFrame,
-             gen_concepts: list[str], size: int) -> dict:
+             gen_concepts: list[str], size: int, null_edit: bool = False) -> dict:
     if planned.source_image_id not in rows.index:
         raise UserInputError(f"plan edit {planned.edit_id}: source {planned.source_image_id!r} is not in the "
                              "data. Was the plan made from another dataset?")
@@ -136,8 +141,9 @@ def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, sourc
         h, s = edit_mask([operation.concept], anatomy, side=side)
         hard |= h
         soft = np.maximum(soft, s)
+    # The edit region is drawn the same way for a null edit (same seed, same side): only the target differs.
     target = np.array(source_labels.loc[planned.source_image_id].reindex(gen_concepts), dtype=np.float32)
-    for j, concept in enumerate(gen_concepts):
+    for j, concept in enumerate(gen_concepts if not null_edit else []):
         value = planned.target_vector.get(concept)
         if value is not None:
             target[j] = value
@@ -197,7 +203,7 @@ def _assemble(layout: SynthesisLayout, plan: PlanDocument, backend: EditBackend,
             "Frontal/Lateral": "Frontal", "AP/PA": record.view or "PA", **labels,
             "patient_id": f"synthetic-{record.patient_id}", "split": "train",
             "source_image_id": record.source_image_id, "source_sha256": record.source_sha256,
-            "operation": "+".join(o.op for o in record.operations),
+            "operation": "+".join(o.op for o in record.operations) or "null",
             "concept": "+".join(o.concept for o in record.operations), "cell_id": record.cell_id,
             "target_vector": json.dumps(record.target_vector, sort_keys=True), "seed": record.seed,
             "generator_sha256": backend.sha256, "synthetic": 1,
@@ -209,7 +215,8 @@ def _assemble(layout: SynthesisLayout, plan: PlanDocument, backend: EditBackend,
     truth = [r.qc.ground_truth_mae for r in records if r.qc.ground_truth_mae is not None]
     summary = SynthesisSummary(
         generator_sha256=backend.sha256, generator=backend.card(),
-        mode="unconstrained (ablation)" if options.unconstrained else "masked (CARS)",
+        mode="unconstrained (ablation)" if options.unconstrained else
+        "null edits (texture control)" if options.null_edits else "masked (CARS)",
         settings=asdict(options.settings), qc_thresholds=asdict(options.thresholds),
         planned=len(records), accepted=len(accepted), rejected=len(records) - len(accepted),
         rejected_by_reason=rejected,

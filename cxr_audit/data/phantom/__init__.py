@@ -10,11 +10,12 @@ from cxr_audit.data.phantom.render import cardiothoracic_ratio, render
 from cxr_audit.data.phantom.study import (
     ANATOMY_MASKS,
     PHANTOM_FINDINGS,
+    Appearance,
     Rendered,
     Study,
     counterfactual,
     make_study,
 )
 
-__all__ = ["ANATOMY_MASKS", "PHANTOM_FINDINGS", "Rendered", "Study", "cardiothoracic_ratio", "counterfactual",
+__all__ = ["ANATOMY_MASKS", "PHANTOM_FINDINGS", "Appearance", "Rendered", "Study", "cardiothoracic_ratio", "counterfactual",
            "make_study", "render"]

@@ -12,6 +12,8 @@ from scipy import ndimage
 from cxr_audit.data.phantom.study import Anatomy
 
 SUPERSAMPLE = 2  # lines drawn with PIL at this multiple of the size, then box-filtered down
+AIR = 0.38           # density the air in the lungs removes from the trunk's
+HEART_EXTRA = 0.07   # the heart's density above the trunk's
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,6 +92,7 @@ class Body:
         heart_ry = a.heart_height / 2 * (1 + 0.6 * max(0.0, ctr - 0.5))
         heart_cx = self.mid + a.heart_shift - 0.35 * max(0.0, ctr - a.heart_width) * thoracic_width / 2
         heart_cy = a.dome_left - heart_ry * 0.55
+        self.heart_top = heart_cy - heart_ry
         heart = smoothstep_inside(ellipse_distance(g, heart_cx, heart_cy, heart_rx, heart_ry), edge)
         heart *= smoothstep_inside(below_dome - 0.01, edge)  # the diaphragm flattens its base
         self.heart = heart
@@ -116,6 +119,7 @@ class Body:
             "left": (self.lung_left_x - lung_rx, a.lung_top, self.lung_left_x + lung_rx,
                      a.dome_left + a.dome_depth),
         }
+        self.thickness = np.clip(1 - ((g.x - self.mid) / (a.body_width + 0.02)) ** 2, 0, 1) ** 0.5
         self.hila = {"right": (self.mid - medi_half - 0.03, a.lung_top + 0.25 * (lung_ry * 2)),
                      "left": (self.mid + medi_half + 0.03, a.lung_top + 0.27 * (lung_ry * 2))}
 
@@ -124,6 +128,20 @@ class Body:
             return np.maximum(self.lung_right, self.lung_left)
         return self.lung_right if side == "right" else self.lung_left
 
+    def heart_border_band(self, reach: float, below: float | None = None) -> np.ndarray:
+        """1 just outside the heart's border, fading to 0 at `reach` (normalised units) from it; with
+        `below`, only below that height (fluid tracking up the heart border from the diaphragm)."""
+        outside = self.heart < 0.5
+        distance = ndimage.distance_transform_edt(outside) * self.grid.px
+        band = np.clip(1 - distance / reach, 0, 1) * outside
+        if below is not None:
+            band = band * smoothstep_inside(below - self.grid.y, 3 * self.grid.px)
+        return band.astype(np.float32)
+
+    def tissue_fill(self, side: str) -> np.ndarray:
+        """The density change that makes lung as dense as the heart: its air replaced by fluid or tissue."""
+        return AIR * self.lung(side) * (0.85 + 0.15 * self.thickness) + HEART_EXTRA * (self.lung(side) > 0)
+
     def density(self) -> np.ndarray:
         g, a = self.grid, self.anatomy
         # Trunk: thicker in the middle, shoulders at the top, neck above.
@@ -131,12 +149,12 @@ class Body:
                                    * ((a.shoulder_y - g.y) / a.shoulder_y) ** 2), 6 * g.px)
         trunk *= smoothstep_inside(a.shoulder_y - 0.05 - g.y, 20 * g.px) + \
             smoothstep_inside(np.abs(g.x - self.mid) - 0.09, 4 * g.px)
-        thickness = np.clip(1 - ((g.x - self.mid) / (a.body_width + 0.02)) ** 2, 0, 1) ** 0.5
+        thickness = self.thickness
         density = 0.62 * np.clip(trunk, 0, 1) * (0.55 + 0.45 * thickness)
         lungs = np.maximum(self.lung_right, self.lung_left)
-        density -= 0.38 * lungs * (0.85 + 0.15 * thickness)
+        density -= AIR * lungs * (0.85 + 0.15 * thickness)
         # Heart and mediastinum are soft tissue: brighter than lung mostly because no air lies in front.
-        density += 0.07 * self.heart + 0.05 * self.mediastinum
+        density += HEART_EXTRA * self.heart + 0.05 * self.mediastinum
         trachea = smoothstep_inside(np.abs(g.x - self.mid) - 0.012, 2 * g.px)
         trachea *= smoothstep_inside(g.y - (a.lung_top + 0.13), 4 * g.px)  # air column down to the carina
         density -= 0.12 * trachea

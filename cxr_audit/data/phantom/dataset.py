@@ -8,8 +8,10 @@ Layout of the output folder::
     phantom.json                    generator version, seed, size, prevalence, counts
     samples_grid.png                16 labelled samples: normal and each finding
 
-Prevalence is set per split, for single findings and for combinations, so that a cell (say Pleural
-Effusion + Cardiomegaly) can be rare in training and common in the test split.
+The scenario (`Prevalence`, the `--prevalence` YAML) sets, per split, how often each finding and each
+combination occurs (so that a cell, say Pleural Effusion + Cardiomegaly, can be rare in training and common
+in the test split), findings that depend on another (a confounder: Support Devices with Effusion in ICU
+films), and how findings look (`appearance`: difficulty, and the silhouette sign between fluid and the heart).
 """
 
 from __future__ import annotations
@@ -21,112 +23,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxr_audit import concepts
 from cxr_audit.data import phantom
+from cxr_audit.data.phantom.scenario import (  # noqa: F401 - the scenario's names, where callers import them
+    SPLIT_NAMES,
+    AppearanceSettings,
+    Combination,
+    Dependence,
+    Prevalence,
+    load_prevalence,
+)
 from cxr_audit.errors import UserInputError
 from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_json, atomic_write_text
 
 PHANTOM_VERSION = "1"
-SPLIT_NAMES = ("train", "val", "test")
 MADE_UP_NAMES = ("DOE^JANE", "ROE^RICHARD", "PUBLIC^JOHN", "SMITH^ALEX", "MUSTERMANN^ERIKA", "DUPONT^MARIE")
 _RULES = concepts.RuleSet()
-
-PerSplit = float | dict[str, float]
-
-
-def _per_split(value: PerSplit, split: str) -> float:
-    if isinstance(value, dict):
-        return float(value.get(split, value.get("default", 0.0)))
-    return float(value)
-
-
-def _check_probability(value: PerSplit) -> PerSplit:
-    values = value.values() if isinstance(value, dict) else [value]
-    if any(not 0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"probabilities must be between 0 and 1, got {value}")
-    if isinstance(value, dict) and set(value) - {*SPLIT_NAMES, "default"}:
-        raise ValueError(f"split keys must be among {SPLIT_NAMES} or 'default', got {sorted(value)}")
-    return value
-
-
-class Combination(BaseModel):
-    """Sets how often all of `all_of` occur together (per split)."""
-
-    model_config = ConfigDict(extra="forbid")
-    all_of: list[str] = Field(min_length=2)
-    probability: PerSplit
-
-    @field_validator("probability")
-    @classmethod
-    def _valid_probability(cls, value: PerSplit) -> PerSplit:
-        return _check_probability(value)
-
-    @field_validator("all_of")
-    @classmethod
-    def _drawable(cls, names: list[str]) -> list[str]:
-        return [_drawable_name(n) for n in names]
-
-
-def _drawable_name(name: str) -> str:
-    canonical = concepts.try_resolve(name)
-    if canonical not in phantom.PHANTOM_FINDINGS:
-        raise ValueError(f"{name!r} is not a finding the phantom draws ({', '.join(phantom.PHANTOM_FINDINGS)})")
-    return canonical
-
-
-class Prevalence(BaseModel):
-    """How often each finding, and each listed combination, occurs in each split."""
-
-    model_config = ConfigDict(extra="forbid")
-    findings: dict[str, PerSplit] = Field(default_factory=lambda: {
-        "Cardiomegaly": 0.2, "Pleural Effusion": 0.2, "Pneumothorax": 0.12, "Consolidation": 0.15,
-        "Edema": 0.12, "Atelectasis": 0.15, "Nodule": 0.12, "Support Devices": 0.2})
-    combinations: list[Combination] = Field(default_factory=list)
-    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
-    studies_per_patient: tuple[int, int] = (1, 3)
-    ap_fraction: float = Field(0.25, ge=0, le=1)
-
-    @field_validator("findings")
-    @classmethod
-    def _check_findings(cls, value: dict[str, PerSplit]) -> dict[str, PerSplit]:
-        return {_drawable_name(k): _check_probability(v) for k, v in value.items()}
-
-    @field_validator("studies_per_patient")
-    @classmethod
-    def _check_studies(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= value[0] <= value[1] <= 100:
-            raise ValueError(f"studies_per_patient must be [low, high] with 1 <= low <= high <= 100, got {list(value)}")
-        return value
-
-    @field_validator("splits")
-    @classmethod
-    def _check_splits(cls, value: dict[str, float]) -> dict[str, float]:
-        if set(value) - set(SPLIT_NAMES) or abs(sum(value.values()) - 1) > 1e-6:
-            raise ValueError(f"splits must use {SPLIT_NAMES} and add up to 1, got {value}")
-        return value
-
-    def sample_present(self, rng: np.random.Generator, split: str) -> set[str]:
-        present = {f for f in phantom.PHANTOM_FINDINGS if rng.random() < _per_split(self.findings.get(f, 0), split)}
-        for combination in self.combinations:
-            wanted = set(combination.all_of)
-            if rng.random() < _per_split(combination.probability, split):
-                present |= wanted
-            elif wanted <= present:  # occurred by chance: break it so the set rate holds
-                present.discard(str(rng.choice(sorted(wanted))))
-        return present
-
-
-def load_prevalence(path: str | Path | None) -> Prevalence:
-    if path is None:
-        return Prevalence()
-    from cxr_audit.yamlio import load_yaml_model
-
-    return load_yaml_model(path, Prevalence, "prevalence file", "Check --prevalence.",
-                           "'findings', 'combinations' and/or 'splits'", "the --prevalence format in README.md, 'The embedded phantom'")
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Cohort
@@ -135,6 +49,7 @@ def load_prevalence(path: str | Path | None) -> Prevalence:
 def plan_cohort(n_images: int, prevalence: Prevalence, seed: int) -> pd.DataFrame:
     """One row per study: who, which split, which findings, and the seeds that render it."""
     rng = np.random.default_rng(seed)
+    appearance = prevalence.appearance.to_appearance()
     lo, hi = prevalence.studies_per_patient
     per_patient: list[int] = []
     while sum(per_patient) < n_images:
@@ -159,7 +74,7 @@ def plan_cohort(n_images: int, prevalence: Prevalence, seed: int) -> pd.DataFram
                 "patient_id": f"patient{p + 1:05d}", "study": s + 1, "split": split_of[p], "sex": sex,
                 "age": age + s, "view": "AP" if rng.random() < prevalence.ap_fraction else "PA",
                 "patient_seed": patient_seed, "study_seed": int(rng.integers(2**31)),
-                "present": sorted(present),
+                "present": sorted(present), **appearance_columns(appearance),
             })
     return pd.DataFrame(rows)
 
@@ -170,7 +85,25 @@ def study_of(row: pd.Series | dict) -> phantom.Study:
         f for f in phantom.PHANTOM_FINDINGS if float(row[f]) == 1.0]
     sex = row["sex"] if row.get("sex") in ("M", "F") else ("M" if str(row.get("Sex")) == "Male" else "F")
     return phantom.make_study(row["patient_id"], int(row["study"]), sex, int(row["patient_seed"]),
-                              int(row["study_seed"]), set(present))
+                              int(row["study_seed"]), set(present), appearance_of(row))
+
+
+# labels.csv columns that record each row's appearance (absent in datasets written before they existed)
+APPEARANCE_COLUMNS = {"silhouette": "silhouette", "finding_contrast": "contrast",
+                      "severity_min": "severity_min", "severity_max": "severity_max"}
+
+
+def appearance_columns(appearance: phantom.Appearance) -> dict:
+    return {column: (int(getattr(appearance, field)) if field == "silhouette" else getattr(appearance, field))
+            for column, field in APPEARANCE_COLUMNS.items()}
+
+
+def appearance_of(row: pd.Series | dict) -> phantom.Appearance:
+    values = {field: row[column] for column, field in APPEARANCE_COLUMNS.items()
+              if column in row and not pd.isna(row[column])}
+    if "silhouette" in values:
+        values["silhouette"] = bool(int(values["silhouette"]))
+    return phantom.Appearance(**{k: (v if k == "silhouette" else float(v)) for k, v in values.items()})
 
 
 def mask_slug(name: str) -> str:
@@ -250,6 +183,7 @@ def labels_frame(cohort: pd.DataFrame, written: list[dict]) -> pd.DataFrame:
             "Frontal/Lateral": "Frontal", "AP/PA": study["view"], **labels,
             "patient_id": study["patient_id"], "study": study["study"], "split": study["split"],
             "patient_seed": study["patient_seed"], "study_seed": study["study_seed"], "ctr": files["ctr"],
+            **{column: study[column] for column in APPEARANCE_COLUMNS},
         })
     return pd.DataFrame(rows)
 
@@ -279,7 +213,7 @@ def write_phantom_dataset(out: str | Path, n_images: int, size: int = 128, seed:
         written = [_write_one(job) for job in progress_bar(jobs, **bar)]
     frame = labels_frame(cohort, written)
     atomic_write_text(out / "labels.csv", frame.to_csv(index=False))
-    save_samples_grid(out / "samples_grid.png", size=size, seed=seed)
+    save_samples_grid(out / "samples_grid.png", size=size, seed=seed, appearance=prevalence.appearance.to_appearance())
     atomic_write_json(out / "phantom.json", {
         "generator": "cxr-audit phantom", "phantom_version": PHANTOM_VERSION, "seed": seed, "size": size,
         "n_images": len(frame), "n_patients": int(frame["patient_id"].nunique()), "dicom": dicom,
@@ -290,7 +224,8 @@ def write_phantom_dataset(out: str | Path, n_images: int, size: int = 128, seed:
     return frame
 
 
-def save_samples_grid(path: str | Path, size: int = 128, seed: int = 0) -> None:
+def save_samples_grid(path: str | Path, size: int = 128, seed: int = 0,
+                      appearance: phantom.Appearance | None = None) -> None:
     """16 labelled samples: two normal studies, each finding alone, and six combinations."""
     import matplotlib
 
@@ -308,7 +243,8 @@ def save_samples_grid(path: str | Path, size: int = 128, seed: int = 0) -> None:
     figure, axes = plt.subplots(4, 4, figsize=(10, 10.8))
     for k, (axis, present) in enumerate(zip(axes.flat, cases)):
         sex = "M" if k % 2 else "F"
-        study = phantom.make_study(f"sample{k}", 1, sex, int(rng.integers(2**31)), int(rng.integers(2**31)), present)
+        study = phantom.make_study(f"sample{k}", 1, sex, int(rng.integers(2**31)), int(rng.integers(2**31)), present,
+                                   appearance or phantom.Appearance())
         axis.imshow(phantom.render(study, size).image, cmap="gray", vmin=0, vmax=1)
         axis.set_title(" + ".join(sorted(present)) or "No Finding", fontsize=7)
         axis.axis("off")

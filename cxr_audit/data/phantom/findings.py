@@ -17,10 +17,21 @@ def _point_in_lung_box(body: Body, side: str, relative_xy: tuple[float, float]) 
     return x0 + relative_xy[0] * (x1 - x0), y0 + relative_xy[1] * (y1 - y0)
 
 
+# How far beside the heart border an effusion (by its severity) or a consolidation effaces it, normalised units.
+SILHOUETTE_REACH = (0.04, 0.10)
+
+
+def _efface_heart_border(body: Body, change: np.ndarray, band: np.ndarray, side: str) -> np.ndarray:
+    """The silhouette sign: the opacity lying against the heart border (`band`, in [0, 1]) is as dense as the
+    heart, so the border there disappears and the heart's edge cannot be told from the opacity."""
+    return np.maximum(change, band * body.tissue_fill(side))
+
+
 def finding_layers(body: Body, f: FindingParams) -> dict[str, np.ndarray]:
     """{finding: density change} for each finding present (not Cardiomegaly, which changes the heart
-    itself). `render` derives each finding's mask from where its change is non-zero."""
-    g, a = body.grid, body.anatomy
+    itself). `render` derives each finding's mask from where its change is non-zero. The appearance's
+    contrast scales each pathology; the silhouette sign, where on, overrides it next to the heart."""
+    g, a, look = body.grid, body.anatomy, f.appearance
     layers: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(f.blob_seed)
     texture = smooth_noise(rng, g.size, sigma=g.size / 40)
@@ -36,7 +47,12 @@ def finding_layers(body: Body, f: FindingParams) -> dict[str, np.ndarray]:
             meniscus = level - 0.13 * lateral ** 3     # concave: climbs the lateral chest wall
             fluid = smoothstep_inside(meniscus - g.y, 0.035)
             depth = np.clip((g.y - meniscus) / 0.08, 0, 1)  # denser toward the base
-            change += (0.24 + 0.14 * depth) * fluid * body.lung(side)  # fluid replaces air
+            layer = look.contrast * (0.24 + 0.14 * depth) * fluid * body.lung(side)  # fluid replaces air
+            if look.silhouette:  # fluid tracks up the heart border from the diaphragm: more fluid, higher, wider
+                reach = SILHOUETTE_REACH[0] + (SILHOUETTE_REACH[1] - SILHOUETTE_REACH[0]) * severity
+                height = body.heart_top + (0.6 - 0.5 * severity) * (a.dome_left - body.heart_top)
+                layer = _efface_heart_border(body, layer, body.heart_border_band(reach, below=height), side)
+            change += layer
         layers["Pleural Effusion"] = change
 
     if "Pneumothorax" in f.present:
@@ -55,14 +71,17 @@ def finding_layers(body: Body, f: FindingParams) -> dict[str, np.ndarray]:
         pleural_line = np.clip(collapsed - ndimage.grey_erosion(collapsed, size=(2, 2)), 0, 1)
         markings = body.markings(lung)
         change = -0.10 * space - 0.10 * markings * (space > 0.05) + 0.08 * pleural_line * (space.max() > 0)
-        layers["Pneumothorax"] = change
+        layers["Pneumothorax"] = look.contrast * change
 
     if "Consolidation" in f.present:
         severity, side = f.severity["Consolidation"], f.side["Consolidation"]
         cx, cy = _point_in_lung_box(body, side, f.consolidation_xy)
         radius = 0.05 + 0.07 * severity
         blob = smoothstep_inside(ellipse_distance(g, cx, cy, radius * 1.2, radius) + 0.02 * texture, 0.03)
-        change = 0.28 * blob * body.lung(side) * (0.8 + 0.2 * np.clip(texture, -1, 1))
+        change = look.contrast * 0.28 * blob * body.lung(side) * (0.8 + 0.2 * np.clip(texture, -1, 1))
+        if look.silhouette:
+            change = _efface_heart_border(body, change, body.heart_border_band(SILHOUETTE_REACH[0] + 0.03) * blob,
+                                          side)
         layers["Consolidation"] = change
 
     if "Edema" in f.present:
@@ -74,7 +93,7 @@ def finding_layers(body: Body, f: FindingParams) -> dict[str, np.ndarray]:
             haze = np.maximum(haze, np.exp(-(d / (0.10 + 0.06 * severity)) ** 2))  # bat-wing
         lungs = body.lung("both")
         change = (0.20 + 0.08 * severity) * haze * lungs * (0.85 + 0.15 * np.clip(texture, -1, 1))
-        layers["Edema"] = change
+        layers["Edema"] = look.contrast * change
 
     if "Atelectasis" in f.present:
         severity, side = f.severity["Atelectasis"], f.side["Atelectasis"]
@@ -87,7 +106,7 @@ def finding_layers(body: Body, f: FindingParams) -> dict[str, np.ndarray]:
             lines.append(([(xa, y + 0.01 * rng.normal()), ((xa + xb) / 2, y + 0.012), (xb, y)], 0.012 + 0.01 * severity))
         bands = ndimage.gaussian_filter(lines_layer(g, lines), 0.8)
         change = 0.30 * bands * body.lung(side)
-        layers["Atelectasis"] = change
+        layers["Atelectasis"] = look.contrast * change
 
     if "Nodule" in f.present:
         severity, side = f.severity["Nodule"], f.side["Nodule"]
@@ -95,7 +114,7 @@ def finding_layers(body: Body, f: FindingParams) -> dict[str, np.ndarray]:
         radius = 0.018 + 0.022 * severity
         disc = smoothstep_inside(ellipse_distance(g, cx, cy, radius, radius), 2 * g.px)
         change = 0.30 * disc * np.clip(body.lung(side) + 0.3, 0, 1)
-        layers["Nodule"] = change
+        layers["Nodule"] = look.contrast * change
 
     if "Support Devices" in f.present:
         lines = []

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from cxr_audit.data.phantom.body import Body, Grid
-from cxr_audit.data.phantom.findings import finding_layers
+from cxr_audit.data.phantom.findings import SILHOUETTE_REACH, finding_layers
 from cxr_audit.data.phantom.study import PHANTOM_FINDINGS, Acquisition, Rendered, Study
 
 MU = 1.5  # attenuation scale of the Beer-Lambert display curve
@@ -33,7 +33,7 @@ def render(study: Study, size: int = 128) -> Rendered:
     """Draw one study: the image and masks for anatomy and every finding present."""
     f, a, q = study.findings, study.anatomy, study.acquisition
     grid = Grid(size)
-    ctr = f.cardiomegaly_ctr if "Cardiomegaly" in f.present else a.heart_width
+    ctr = f.enlarged_ctr(a.heart_width) if "Cardiomegaly" in f.present else a.heart_width
     body = Body(grid, a, ctr)
     density = body.density()
     masks = {
@@ -44,7 +44,11 @@ def render(study: Study, size: int = 128) -> Rendered:
         # What the enlargement changed: the enlarged heart (which covers the normal one) and the lung it
         # displaced. Every layer that depends on the heart changes only where either heart is non-zero.
         normal = Body(grid, a, a.heart_width)
-        masks["Cardiomegaly"] = (body.heart > 0) | (normal.heart > 0)
+        changed = (body.heart > 0) | (normal.heart > 0)
+        if f.appearance.silhouette:  # the effaced border band moves with the heart's edge
+            reach = math.ceil(max(SILHOUETTE_REACH) * size) + 1
+            changed = ndimage.binary_dilation(changed, structure=np.ones((3, 3), bool), iterations=reach)
+        masks["Cardiomegaly"] = changed
     for name, change in finding_layers(body, f).items():
         # Compact support: density changes too faint to see are cut, so the mask is exactly where the
         # finding changed the image.

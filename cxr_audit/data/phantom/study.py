@@ -52,17 +52,38 @@ class Acquisition:
 
 
 @dataclass(frozen=True)
+class Appearance:
+    """How findings look in a dataset: the scenario's difficulty and the interaction between findings.
+    Recorded in every labels.csv row, so a row (and its counterfactuals) renders again exactly."""
+
+    # Silhouette sign: pleural fluid or consolidation lying against the heart border is as dense as the heart,
+    # so that stretch of border disappears (and the heart cannot be measured there).
+    silhouette: bool = False
+    contrast: float = 1.0        # scales every pathology's departure from normal (devices excepted)
+    severity_min: float = 0.4    # each finding's severity is drawn uniformly in [severity_min, severity_max]
+    severity_max: float = 1.0
+
+
+@dataclass(frozen=True)
 class FindingParams:
     """Parameters of every finding for one study; `present` says which ones are drawn."""
 
     present: frozenset[str]
     severity: dict[str, float]
     side: dict[str, str]           # 'right' | 'left' | 'both' (patient's side)
-    cardiomegaly_ctr: float        # CTR when Cardiomegaly is present (> 0.5)
+    cardiomegaly_ctr: float        # CTR when Cardiomegaly is present (> 0.5), at full contrast
     nodule_xy: tuple[float, float]  # position inside the lung box, 0..1 each
     consolidation_xy: tuple[float, float]
     blob_seed: int
     devices: tuple[str, ...]       # which support devices: 'ett', 'line', 'ecg'
+    appearance: Appearance = Appearance()
+
+    def enlarged_ctr(self, normal_ctr: float) -> float:
+        """The CTR of this study's enlarged heart: the appearance's contrast moves it from the patient's own
+        normal heart (0) to the drawn enlargement (1), so lower contrast gives subtler cardiomegaly."""
+        if self.appearance.contrast == 1.0:  # exactly the drawn value (no rounding through the formula)
+            return self.cardiomegaly_ctr
+        return normal_ctr + self.appearance.contrast * (self.cardiomegaly_ctr - normal_ctr)
 
     def with_present(self, present: set[str] | frozenset[str]) -> "FindingParams":
         return dataclasses.replace(self, present=frozenset(present))
@@ -121,25 +142,30 @@ def sample_acquisition(rng: np.random.Generator) -> Acquisition:
     )
 
 
-def sample_finding_params(rng: np.random.Generator, present: set[str]) -> FindingParams:
+def sample_finding_params(rng: np.random.Generator, present: set[str],
+                          appearance: Appearance = Appearance()) -> FindingParams:
+    """Every finding's parameters, present or not. The draws are the same whatever the appearance (it only
+    maps them), so one study seed gives the same patient under every scenario."""
     sides = {name: str(rng.choice(["right", "left"])) for name in PHANTOM_FINDINGS}
     sides["Pleural Effusion"] = str(rng.choice(["right", "left", "both"], p=[0.35, 0.3, 0.35]))
     sides["Edema"] = "both"
     devices = [d for d in ("ett", "line", "ecg") if rng.random() < 0.6] or ["line"]
     return FindingParams(
         present=frozenset(present),
-        severity={name: float(rng.uniform(0.4, 1.0)) for name in PHANTOM_FINDINGS},
+        severity={name: float(rng.uniform(appearance.severity_min, appearance.severity_max))
+                  for name in PHANTOM_FINDINGS},
         side=sides,
         cardiomegaly_ctr=float(rng.uniform(0.56, 0.66)),
         nodule_xy=(float(rng.uniform(0.25, 0.75)), float(rng.uniform(0.2, 0.65))),
         consolidation_xy=(float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.35, 0.75))),
         blob_seed=int(rng.integers(2**31)),
         devices=tuple(devices),
+        appearance=appearance,
     )
 
 
 def make_study(patient_id: str, study: int, sex: str, patient_seed: int, study_seed: int,
-               present: set[str] | frozenset[str]) -> Study:
+               present: set[str] | frozenset[str], appearance: Appearance = Appearance()) -> Study:
     """A study rebuilt from its two seeds: the patient's anatomy from `patient_seed` (shared by all their
     studies), pose, exposure and every finding's parameters from `study_seed`. The labels CSV stores both
     seeds, so any row can be rendered again, or with a finding added or removed."""
@@ -149,7 +175,7 @@ def make_study(patient_id: str, study: int, sex: str, patient_seed: int, study_s
     anatomy = sample_anatomy(np.random.default_rng(patient_seed), sex)
     rng = np.random.default_rng(study_seed)
     acquisition = sample_acquisition(rng)
-    return Study(patient_id, study, anatomy, acquisition, sample_finding_params(rng, set(present)))
+    return Study(patient_id, study, anatomy, acquisition, sample_finding_params(rng, set(present), appearance))
 
 
 def counterfactual(study: Study, add: str | None = None, remove: str | None = None) -> Study:

@@ -1,0 +1,146 @@
+"""The audit's findings about its coverage gaps, in the order an auditor asks the questions:
+
+1. Does a coverage gap hurt the deployed model? Each under-covered cell's findings scored in the cell's context
+   against the covered context (metrics.json `context_gaps`, the deployed model).
+2. What does the frozen model do wrong there? The probe's harmful side effects: an edit that should not move a
+   concept's score moves it toward the wrong answer (a shortcut, or an interaction the model never saw).
+3. Did CARS close the gap, against each control? On each under-covered cell: the CARS arm minus the real-only
+   arm (extra training), the unconstrained arm (anatomy preservation), the null-edit arm (generator texture)
+   and the deployed model, as paired differences of AUPRC and ECE, and of the context gap itself.
+
+Computed once from the typed audit document; the PDF's first page states them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from cxr_audit.evaluation.documents import Difference, Interval
+from cxr_audit.provenance import Document
+
+if TYPE_CHECKING:
+    from cxr_audit.audit.document import AuditDocument
+
+CONTROLS = ("real_only", "unconstrained", "null_edits", "baseline")
+CONTROL_NAMES = {"real_only": "real-only fine-tune (same budget)", "unconstrained": "unconstrained regeneration",
+                 "null_edits": "null edits (texture control)", "baseline": "the deployed model"}
+
+
+class GapFinding(Document):
+    cell_id: str
+    finding: str
+    context: str
+    auroc_cell_context: Interval | None
+    auroc_covered: Interval | None
+    auroc_gap: Difference | None
+    auprc_cell_context: Interval | None
+    auprc_covered: Interval | None
+    auprc_gap: Difference | None
+    significant: bool = Field(description="the AUROC or AUPRC gap's interval lies below 0")
+
+
+class ProbeFinding(Document):
+    edit: str
+    concept: str
+    concept_present: bool
+    pairs: int
+    mean_harm: Interval
+    share_harmful: Interval
+
+
+class ControlComparison(Document):
+    cell_id: str
+    control: str
+    auprc: Difference | None = Field(None, description="CARS minus the control, on the cell")
+    ece: Difference | None = Field(None, description="CARS minus the control, on the cell (lower is better)")
+    gap_change: dict[str, Difference] = Field(
+        default_factory=dict, description="finding -> change of its AUROC context gap, CARS minus the control")
+    verdict: str = Field(description="'better', 'worse' or 'no difference shown' on cell AUPRC")
+
+
+class MethodFindings(Document):
+    target_cells: list[str] = Field(default_factory=list, description="under-covered cells with a context")
+    gaps: list[GapFinding] = Field(default_factory=list)
+    probe: list[ProbeFinding] = Field(default_factory=list, description="harmful side effects, worst first")
+    cars_vs_controls: list[ControlComparison] = Field(default_factory=list)
+    statements: list[str] = Field(default_factory=list, description="the findings as the report's first page says them")
+
+
+def _excludes_zero_below(difference: Difference | None) -> bool:
+    return bool(difference and difference.ci and difference.ci[1] is not None and difference.ci[1] < 0)
+
+
+def _excludes_zero_above(difference: Difference | None) -> bool:
+    return bool(difference and difference.ci and difference.ci[0] is not None and difference.ci[0] > 0)
+
+
+def _text(difference: Difference | None) -> str:
+    if difference is None or difference.difference is None:
+        return "not estimable"
+    if not difference.ci or None in difference.ci:
+        return f"{difference.difference:+.3f} (interval not estimable)"
+    return f"{difference.difference:+.3f} (95% CI {difference.ci[0]:+.3f} to {difference.ci[1]:+.3f})"
+
+
+def method_findings(document: AuditDocument) -> MethodFindings:
+    baseline = document.metrics("baseline")
+    targets = [c.id for c in document.coverage.cells
+               if c.deficit > 0 and c.plausible and c.id in baseline.context_gaps]
+    findings = MethodFindings(target_cells=targets)
+    for cell_id in targets:
+        for finding, gap in baseline.context_gaps[cell_id].items():
+            if gap.auroc_gap is None:
+                continue
+            findings.gaps.append(GapFinding(
+                cell_id=cell_id, finding=finding, context=gap.context,
+                **{k: getattr(gap, k) for k in ("auroc_cell_context", "auroc_covered", "auroc_gap",
+                                                "auprc_cell_context", "auprc_covered", "auprc_gap")},
+                significant=_excludes_zero_below(gap.auroc_gap) or _excludes_zero_below(gap.auprc_gap)))
+    harmful = [e for e in document.probe.side_effects.values() if e.harmful]
+    harmful.sort(key=lambda e: -(e.mean_harm.value or 0))
+    findings.probe = [ProbeFinding(**e.model_dump(include={"edit", "concept", "concept_present", "pairs",
+                                                           "mean_harm", "share_harmful"})) for e in harmful]
+    for cell_id in targets:
+        for control in CONTROLS:
+            comparison = document.comparisons.get(f"cars vs {control}")
+            if comparison is None:
+                continue
+            cell = comparison.differences.get(f"cell:{cell_id}", {})
+            gap_change = {key.split(":", 2)[2]: metrics["auroc_gap"] for key, metrics in comparison.differences.items()
+                          if key.startswith(f"gap:{cell_id}:") and "auroc_gap" in metrics}
+            auprc = cell.get("auprc")
+            verdict = ("better" if _excludes_zero_above(auprc) else "worse" if _excludes_zero_below(auprc)
+                       else "no difference shown")
+            findings.cars_vs_controls.append(ControlComparison(cell_id=cell_id, control=control, auprc=auprc,
+                                                               ece=cell.get("ece"), gap_change=gap_change,
+                                                               verdict=verdict))
+    findings.statements = _statements(findings)
+    return findings
+
+
+def _statements(findings: MethodFindings) -> list[str]:
+    out = []
+    for gap in findings.gaps:
+        if gap.significant:
+            out.append(f"Coverage gap hurts the deployed model: {gap.context} ({gap.cell_id}) has AUROC "
+                       f"{gap.auroc_cell_context.value:.3f} against {gap.auroc_covered.value:.3f} in the covered context, "
+                       f"a gap of {_text(gap.auroc_gap)}; AUPRC gap at matched prevalence {_text(gap.auprc_gap)}.")
+    if findings.gaps and not any(g.significant for g in findings.gaps):
+        out.append("No coverage gap was shown to hurt the deployed model: every under-covered context's AUROC and "
+                   "AUPRC gap interval includes 0.")
+    for effect in findings.probe[:3]:
+        state = "present" if effect.concept_present else "absent"
+        share = effect.share_harmful
+        out.append(f"Probe: '{effect.edit}' moves the {effect.concept} score the wrong way ({effect.concept} {state}) in "
+                   f"{share.value:.0%} of {effect.pairs} pairs (95% CI {share.ci[0]:.0%}-{share.ci[1]:.0%}), mean "
+                   f"shift {effect.mean_harm.value:+.3f}: the model reads {effect.edit.split(' ', 1)[1]} as evidence "
+                   f"about {effect.concept}.")
+    by_cell: dict[str, list[ControlComparison]] = {}
+    for comparison in findings.cars_vs_controls:
+        by_cell.setdefault(comparison.cell_id, []).append(comparison)
+    for cell_id, comparisons in by_cell.items():
+        parts = [f"vs {CONTROL_NAMES[c.control]}: {c.verdict}, AUPRC {_text(c.auprc)}" for c in comparisons]
+        out.append(f"CARS on {cell_id}: " + "; ".join(parts) + ".")
+    return out
