@@ -54,6 +54,15 @@ def test_audit_json_holds_every_section(audit_run, phantom_dataset):
     # the paired comparisons exist and are computed from replicates (CI present where defined)
     cars_vs_real = on_disk["comparisons"]["cars vs real_only"]["differences"]
     assert "Cardiomegaly" in cars_vs_real and "auprc" in cars_vs_real["Cardiomegaly"]
+    # the findings: context gaps of the under-covered cells, and CARS against every control on each of them
+    findings = on_disk["findings"]
+    deficits = {c["id"] for c in on_disk["coverage"]["cells"] if c["deficit"] > 0 and c["plausible"]}
+    assert findings["target_cells"] and set(findings["target_cells"]) <= deficits
+    for cell in findings["target_cells"]:
+        assert cell in on_disk["arms"]["baseline"]["metrics"]["context_gaps"]
+        assert {c["control"] for c in findings["cars_vs_controls"] if c["cell_id"] == cell} == \
+            {"real_only", "unconstrained", "null_edits", "baseline"}
+    assert "cars vs null_edits" in on_disk["comparisons"]
     # every arm is scored on the same real test images, and only on them
     import pandas as pd
 
@@ -61,7 +70,7 @@ def test_audit_json_holds_every_section(audit_run, phantom_dataset):
     assert {entry["metrics"]["n_images"] for entry in on_disk["arms"].values()} == {test_size}
     assert {entry["metrics"]["data"]["split"] for entry in on_disk["arms"].values()} == {"test"}
     # synthetic images only ever join the training split
-    for mode in ("cars", "unconstrained"):
+    for mode in ("cars", "unconstrained", "null_edits"):
         manifest = RunDir(out).synthesis(mode).manifest
         if manifest.stat().st_size > 5:
             assert set(pd.read_csv(manifest)["split"]) == {"train"}

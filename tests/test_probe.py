@@ -29,19 +29,25 @@ def _write_pairs(folder, manifest, concept, op, n):
     rows = frame[(frame[concept] == wanted) & (frame["split"] == "train")].head(n)
     for k, (_, row) in enumerate(rows.iterrows()):
         study = phantom.counterfactual(study_of(row), **{"add" if op == "insert" else "remove": concept})
-        image = phantom.render(study, 64).image
-        edit_id = f"e{k:03d}"
-        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(layout.image(edit_id))
-        record = EditRecord(edit_id=edit_id, cell_id="CELL", source_image_id=row["image_id"], patient_id="p",
-                            operations=[{"op": op, "concept": concept}], target_vector={}, seed=0, source_sha256="s",
-                            generator_sha256="truth", qc=QC, sex=None, age=None, view=None)
-        layout.record(edit_id).write_text(record.model_dump_json())
-    summary = SynthesisSummary(generator_sha256="truth", generator={"image_size": 64}, mode="truth", settings={},
-                               qc_thresholds={}, planned=len(rows), accepted=len(rows), rejected=0,
-                               rejected_by_reason={}, accepted_by_cell={}, mean_outside_mae=0.0,
-                               checker_agreement=None, mean_ground_truth_mae=0.0)
-    layout.summary.write_text(summary.model_dump_json())
+        _save_pair(layout, f"e{k:03d}", study, row, op, concept, {})
+    _save_summary(layout, len(rows))
     return len(rows)
+
+
+def _save_pair(layout, edit_id, edited_study, row, op, concept, target_vector):
+    Image.fromarray(np.round(phantom.render(edited_study, 64).image * 255).astype(np.uint8)).save(layout.image(edit_id))
+    record = EditRecord(edit_id=edit_id, cell_id="CELL", source_image_id=row["image_id"], patient_id="p",
+                        operations=[{"op": op, "concept": concept}], target_vector=target_vector, seed=0,
+                        source_sha256="s", generator_sha256="truth", qc=QC, sex=None, age=None, view=None)
+    layout.record(edit_id).write_text(record.model_dump_json())
+
+
+def _save_summary(layout, n):
+    summary = SynthesisSummary(generator_sha256="truth", generator={"image_size": 64}, mode="truth", settings={},
+                               qc_thresholds={}, planned=n, accepted=n, rejected=0, rejected_by_reason={},
+                               accepted_by_cell={}, mean_outside_mae=0.0, checker_agreement=None,
+                               mean_ground_truth_mae=0.0)
+    layout.summary.write_text(summary.model_dump_json())
 
 
 @pytest.mark.parametrize("op", ["insert", "delete"])
@@ -86,18 +92,9 @@ def test_probe_names_a_side_effect_on_a_concept_the_edit_did_not_touch(phantom_d
     names = list(phantom.PHANTOM_FINDINGS)
     for k, (_, row) in enumerate(rows.iterrows()):
         study = phantom.counterfactual(phantom.counterfactual(study_of(row), add="Nodule"), remove="Pleural Effusion")
-        edit_id = f"p{k:03d}"
-        Image.fromarray(np.round(phantom.render(study, 64).image * 255).astype(np.uint8)).save(layout.image(edit_id))
         target = {n: float(row[n]) for n in names} | {"Nodule": 1.0}  # the label still says: effusion present
-        record = EditRecord(edit_id=edit_id, cell_id="CELL", source_image_id=row["image_id"], patient_id="p",
-                            operations=[{"op": "insert", "concept": "Nodule"}], target_vector=target, seed=0,
-                            source_sha256="s", generator_sha256="planted", qc=QC, sex=None, age=None, view=None)
-        layout.record(edit_id).write_text(record.model_dump_json())
-    summary = SynthesisSummary(generator_sha256="planted", generator={"image_size": 64}, mode="planted", settings={},
-                               qc_thresholds={}, planned=len(rows), accepted=len(rows), rejected=0,
-                               rejected_by_reason={}, accepted_by_cell={}, mean_outside_mae=0.0,
-                               checker_agreement=None, mean_ground_truth_mae=0.0)
-    layout.summary.write_text(summary.model_dump_json())
+        _save_pair(layout, f"p{k:03d}", study, row, "insert", "Nodule", target)
+    _save_summary(layout, len(rows))
     document = probe(load_model(phantom_model), layout, manifest, {}, replicates=200, progress=False)
     effect = document.side_effects["insert Nodule -> Pleural Effusion (present)"]
     assert effect.pairs == len(rows) and effect.harmful

@@ -73,8 +73,9 @@ def test_the_audit_is_the_list_of_stages(finished):
     _, run, _, _ = finished
     assert set(_records(run)) == {"coverage", "evaluate_baseline", "plan", "generator", "checker", "synthetic",
                                   "unconstrained", "finetune_real_only", "evaluate_real_only", "finetune_cars",
-                                  "evaluate_cars", "finetune_unconstrained", "evaluate_unconstrained", "probe",
-                                  "gallery", "assemble", "report"}
+                                  "evaluate_cars", "finetune_unconstrained", "evaluate_unconstrained", "null_edits",
+                                  "finetune_null_edits", "evaluate_null_edits", "probe", "gallery", "assemble",
+                                  "report"}
     assert all(json.loads(text)["status"] == "done" for text in _records(run).values())
 
 
@@ -89,12 +90,13 @@ def test_a_copied_run_resumes_in_its_new_place(copy_of, phantom_dataset, phantom
 
 
 @pytest.mark.parametrize("change,expected", [
-    ("card", {"evaluate_baseline", "finetune_real_only", "finetune_cars", "finetune_unconstrained", "probe",
-              "assemble", "report"}),
-    ("bootstrap", {"evaluate_baseline", "evaluate_real_only", "evaluate_cars", "evaluate_unconstrained", "probe",
-                   "assemble", "report"}),
+    ("card", {"evaluate_baseline", "finetune_real_only", "finetune_cars", "finetune_unconstrained",
+              "finetune_null_edits", "probe", "assemble", "report"}),
+    ("bootstrap", {"evaluate_baseline", "evaluate_real_only", "evaluate_cars", "evaluate_unconstrained",
+                   "evaluate_null_edits", "probe", "assemble", "report"}),
     # the synthesis re-runs; the arms trained on it re-run only if what they read (the accepted edits) changed
-    ("generator budget", {"generator", "synthetic", "unconstrained", "probe", "gallery", "assemble", "report"}),
+    ("generator budget", {"generator", "synthetic", "unconstrained", "null_edits", "probe", "gallery", "assemble",
+                          "report"}),
     ("seed", None),  # everything seeded; the coverage of official splits does not depend on the seed
 ])
 def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(copy_of, phantom_dataset, phantom_model,
@@ -112,7 +114,8 @@ def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(copy_of, ph
     else:
         options["seed"] = 7
     before = _records(run)
-    accepted = {mode: RunDir(run).synthesis(mode).manifest.read_bytes() for mode in ("cars", "unconstrained")}
+    modes = ("cars", "unconstrained", "null_edits")
+    accepted = {mode: RunDir(run).synthesis(mode).manifest.read_bytes() for mode in modes}
     with pytest.raises(Exception, match="other inputs"):  # without --force a changed run is refused
         _audit(run, options)
     assert _records(run) == before
@@ -121,9 +124,9 @@ def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(copy_of, ph
     if expected is None:
         assert ran == set(before) - {"coverage"}
         return
-    for mode, arm in (("cars", "cars"), ("unconstrained", "unconstrained")):
+    for mode in modes:  # each arm is named after the synthesis it trains on
         if RunDir(run).synthesis(mode).manifest.read_bytes() != accepted[mode]:
-            expected = expected | {f"finetune_{arm}", f"evaluate_{arm}"}
+            expected = expected | {f"finetune_{mode}", f"evaluate_{mode}"}
     assert ran == expected
 
 

@@ -76,20 +76,32 @@ def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int =
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     bar = progress_bar(total=steps, desc="training classifier", unit="step", disable=not progress)
+
+    def after_step() -> None:
+        schedule.step()
+        bar.update()
+
     for _ in range(epochs):
-        net.train()
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=generator)
-            loss = masked_bce(net(x[batch] * gain), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update()
+        _train_epoch(net, optimizer, x, y, batch_size, generator, after_step)
     bar.close()
     return net.eval()
+
+
+def _train_epoch(net: SmallCXRNet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int, generator: torch.Generator, after_step=None) -> None:
+    """One pass over (x, y) in a seeded random order, with exposure jitter (the only augmentation: it keeps
+    the model from keying on global brightness)."""
+    net.train()
+    order = torch.randperm(len(x), generator=generator)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=generator)
+        loss = masked_bce(net(x[batch] * gain), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
 
 
 @dataclass
@@ -125,15 +137,7 @@ def train_to_convergence(images: np.ndarray, labels: np.ndarray, val_images: np.
     best_state, best_loss = copy.deepcopy(net.state_dict()), float("inf")
     bar = progress_bar(total=max_epochs, desc="training to convergence", unit="epoch", disable=not progress)
     for epoch in range(1, max_epochs + 1):
-        net.train()
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=generator)
-            loss = masked_bce(net(x[batch] * gain), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        _train_epoch(net, optimizer, x, y, batch_size, generator)
         net.eval()
         with torch.inference_mode():
             val_loss = float(masked_bce(torch.cat([net(x_val[i:i + 256]) for i in range(0, len(x_val), 256)]), y_val))
