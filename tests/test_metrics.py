@@ -144,3 +144,12 @@ def test_paired_bootstrap_detects_a_real_improvement_and_not_a_null_one():
     improved, null = diff(old, better), diff(old, same)
     assert improved.difference > 0 and improved.ci[0] > 0 and improved.p_value < 0.01
     assert null.ci[0] <= 0 <= null.ci[1] and null.p_value > 0.05
+
+
+def test_a_share_gets_a_wilson_interval_that_never_degenerates():
+    from cxr_audit.metrics.bootstrap import proportion_interval
+
+    assert proportion_interval(10, 20).ci == pytest.approx((0.2993, 0.7007), abs=1e-4)  # the textbook value
+    all_agree = proportion_interval(5, 5)
+    assert all_agree.value == 1.0 and all_agree.ci[0] == pytest.approx(0.5655, abs=1e-4) and all_agree.ci[1] == 1.0
+    assert proportion_interval(0, 0).value is None

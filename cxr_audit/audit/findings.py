@@ -130,6 +130,9 @@ def _statements(findings: MethodFindings) -> list[str]:
     if findings.gaps and not any(g.significant for g in findings.gaps):
         out.append("No coverage gap was shown to hurt the deployed model: every under-covered context's AUROC and "
                    "AUPRC gap interval includes 0.")
+    if not findings.probe:
+        out.append("Probe: no edit was shown to move the score of a concept it left alone the wrong way (each kind "
+                   "of side effect needs 8 pairs or more, and both intervals excluding chance).")
     for effect in findings.probe[:3]:
         state = "present" if effect.concept_present else "absent"
         share = effect.share_harmful
@@ -141,6 +144,11 @@ def _statements(findings: MethodFindings) -> list[str]:
     for comparison in findings.cars_vs_controls:
         by_cell.setdefault(comparison.cell_id, []).append(comparison)
     for cell_id, comparisons in by_cell.items():
-        parts = [f"vs {CONTROL_NAMES[c.control]}: {c.verdict}, AUPRC {_text(c.auprc)}" for c in comparisons]
-        out.append(f"CARS on {cell_id}: " + "; ".join(parts) + ".")
+        parts = []
+        for verdict in ("better", "worse", "no difference shown"):
+            controls = [CONTROL_NAMES[c.control] for c in comparisons if c.verdict == verdict]
+            if controls:
+                parts.append(f"{'no difference shown against' if verdict.startswith('no') else verdict + ' than'} "
+                             + ", ".join(controls))
+        out.append(f"CARS on {cell_id} (cell AUPRC): " + "; ".join(parts) + " (table below).")
     return out

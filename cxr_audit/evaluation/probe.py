@@ -7,7 +7,7 @@ not move (leakage). Side effects name where they move: for each edit and each co
 shift of that concept's score toward the wrong answer (down where the concept is present, up where it is
 absent). A model that learned a shortcut shows it here: deleting Support Devices lowers its Pleural Effusion
 score although the effusion is still there. A side effect is *harmful* when both the share of pairs moving
-the wrong way (> 50%) and the mean shift (> 0) exclude chance. The source goes through the same resize as the edit (down to the generator's size and
+the wrong way (Wilson interval above 50%) and the mean shift (bootstrap interval above 0) exclude chance. The source goes through the same resize as the edit (down to the generator's size and
 back up), so resolution is not mistaken for the concept. No weights change.
 """
 
@@ -20,11 +20,11 @@ from cxr_audit.data.images import load_resized
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.errors import UserInputError
 from cxr_audit.evaluation.documents import ProbeDocument
-from cxr_audit.metrics.bootstrap import bootstrap_mean
+from cxr_audit.metrics.bootstrap import bootstrap_mean, proportion_interval
 from cxr_audit.progress import progress_bar
 from cxr_audit.rundir import SynthesisLayout
 
-MIN_SIDE_EFFECT_PAIRS = 5  # fewer pairs of one (edit, concept, label) say nothing about a side effect
+MIN_SIDE_EFFECT_PAIRS = 8  # fewer pairs of one (edit, concept, label) say nothing about a side effect
 
 
 def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, thresholds: dict[str, float],
@@ -102,7 +102,7 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
         harm = np.array([p["harm"] for p in side_pairs if (p["edit"], p["concept"], p["label"]) == (edit, concept, label)])
         if harm.size < MIN_SIDE_EFFECT_PAIRS:
             continue
-        mean, share = bootstrap_mean(harm, replicates, rng), bootstrap_mean((harm > 0).astype(float), replicates, rng)
+        mean, share = bootstrap_mean(harm, replicates, rng), proportion_interval(int((harm > 0).sum()), harm.size)
         side_effects[f"{edit} -> {concept} ({'present' if label else 'absent'})"] = {
             "edit": edit, "concept": concept, "concept_present": bool(label), "pairs": int(harm.size),
             "mean_harm": mean.to_json(), "share_harmful": share.to_json(),

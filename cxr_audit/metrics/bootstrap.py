@@ -99,6 +99,20 @@ def paired_difference(point_old: float, point_new: float, replicates_old: np.nda
     return PairedDifference(point, (float(lo), float(hi)), p_value)
 
 
+def proportion_interval(successes: int, n: int, level: float = 0.95) -> Estimate:
+    """A share with its Wilson score interval. A percentile bootstrap of a share degenerates when every unit
+    agrees (5 of 5 gives [1, 1]); Wilson's interval stays honest (5 of 5: [0.57, 1])."""
+    if n == 0:
+        return Estimate(None, None)
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    share = successes / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Estimate(share, (max(0.0, centre - half), min(1.0, centre + half)))
+
+
 def bootstrap_mean(values: np.ndarray, replicates: int = DEFAULT_REPLICATES,
                    rng: np.random.Generator | None = None) -> Estimate:
     """The mean of independent units (e.g. probe pairs) with a percentile bootstrap interval; no interval for
