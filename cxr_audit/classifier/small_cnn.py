@@ -173,7 +173,7 @@ def small_cnn_from_state(state: dict[str, torch.Tensor], n_outputs: int) -> Smal
 
 
 def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], size: int,
-                    training: dict | None = None) -> None:
+                    training: dict | None = None, thresholds: dict[str, float] | None = None) -> None:
     """Save a trained SmallCXRNet as safetensors with its model card (`<path>.card.yaml`); `training`, how it
     was trained, goes into the card."""
     from safetensors.torch import save
@@ -185,4 +185,6 @@ def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], siz
             "normalization": "unit", "outputs": "logits", "output_names": list(concepts)}
     if training:
         card["training"] = training
+    if thresholds:
+        card["thresholds"] = thresholds
     atomic_write_text(path.with_name(path.name + ".card.yaml"), yaml.safe_dump(card, sort_keys=False))

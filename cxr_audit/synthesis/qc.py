@@ -13,7 +13,7 @@ from scipy import ndimage
 class QCThresholds:
     max_outside_mae: float = 0.002     # mean change outside the edit region (by construction ~0)
     min_outside_ssim: float = 0.98
-    min_alignment: float = 0.5         # checker probability after insertion (1 - p after deletion)
+    min_alignment: float = 0.5         # the checker's call when its card has no operating threshold
     texture_ratio: tuple[float, float] = (0.4, 2.5)  # edited / source high-frequency energy in the region
 
 
@@ -21,7 +21,7 @@ class QCThresholds:
 class QCResult:
     outside_mae: float
     outside_ssim: float
-    alignment: float | None            # None when no checker predicts the concept
+    alignment: float | None            # margin past the checker's call (>= 0 agrees); None without a checker
     checker_before: float | None
     checker_after: float | None
     texture_ratio: float
@@ -47,11 +47,15 @@ def _texture(image: np.ndarray, region: np.ndarray) -> float:
 def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft: np.ndarray,
                operations: list, checker_before: dict[str, float] | None,
                checker_after: dict[str, float] | None, ground_truth: np.ndarray | None = None,
-               thresholds: QCThresholds | None = None, require_fidelity: bool = True) -> QCResult:
+               thresholds: QCThresholds | None = None, require_fidelity: bool = True,
+               checker_thresholds: dict[str, float] | None = None) -> QCResult:
     """Score one edit. `checker_*` map concept -> probability from the independent checker model.
 
     `require_fidelity` false (the unconstrained ablation, which regenerates the whole image on purpose)
-    still measures the change outside the region but does not reject the edit for it."""
+    still measures the change outside the region but does not reject the edit for it. `checker_thresholds`
+    (concept -> the checker's operating threshold, from its card) decide whether the checker calls a concept;
+    `thresholds.min_alignment` stands in for a concept without one. `alignment` is the checker's probability
+    toward the target (1 - p for a deletion) minus what the call needs: >= 0 agrees."""
     thresholds = thresholds or QCThresholds()
     outside = soft < 1e-3  # untouched by the edit and its feathered rim
     outside_mae = float(np.abs(edited - source)[outside].mean()) if outside.any() else 0.0
@@ -62,7 +66,8 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
         for operation in operations:
             if operation.concept in checker_after:
                 p = checker_after[operation.concept]
-                scores.append(p if operation.op == "insert" else 1 - p)
+                cut = (checker_thresholds or {}).get(operation.concept, thresholds.min_alignment)
+                scores.append(p - cut if operation.op == "insert" else cut - p)
         if scores:
             alignment = float(min(scores))
             first = operations[0].concept
@@ -74,7 +79,7 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
         reasons.append("anatomy changed outside the edit region")
     if require_fidelity and ssim < thresholds.min_outside_ssim:
         reasons.append("structure changed outside the edit region (SSIM)")
-    if alignment is not None and alignment < thresholds.min_alignment:
+    if alignment is not None and alignment < 0:
         reasons.append("checker disagrees: concept not inserted/deleted")
     lo, hi = thresholds.texture_ratio
     if not lo <= texture <= hi:

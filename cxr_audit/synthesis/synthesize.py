@@ -111,7 +111,8 @@ def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, 
             # (to compare with CARS) but is no reason to reject it.
             qc = score_edit(sources[k], edited[k], hard[k], soft[k], planned.operations,
                             before[k] if before else None, after[k] if after else None, truth, options.thresholds,
-                            require_fidelity=not options.unconstrained)
+                            require_fidelity=not options.unconstrained,
+                            checker_thresholds=checker.card.thresholds if checker is not None else None)
             _write_outputs(layout, planned, item, edited[k], hard[k], qc, backend.sha256)
             bar.update()
     bar.close()
@@ -222,7 +223,7 @@ def _assemble(layout: SynthesisLayout, plan: PlanDocument, backend: EditBackend,
         rejected_by_reason=rejected,
         accepted_by_cell={str(k): int(v) for k, v in frame.groupby("cell_id").size().items()} if len(frame) else {},
         mean_outside_mae=float(np.mean([r.qc.outside_mae for r in records])) if records else None,
-        checker_agreement=float(np.mean([a >= options.thresholds.min_alignment for a in alignment]))
+        checker_agreement=float(np.mean([a >= 0 for a in alignment]))
         if alignment else None,
         mean_ground_truth_mae=float(np.mean(truth)) if truth else None)
     atomic_write_json(layout.summary, summary.model_dump(mode="json"))
