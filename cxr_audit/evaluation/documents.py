@@ -236,7 +236,7 @@ class ProbeSideEffect(Document):
     pairs: int
     mean_harm: Interval = Field(description="mean shift toward the wrong answer (down if present, up if absent)")
     share_harmful: Interval = Field(description="share of pairs whose score moved toward the wrong answer")
-    harmful: bool = Field(description="both intervals exclude chance: mean > 0 and share > 50%")
+    harmful: bool = Field(description="both intervals exclude chance (mean > 0, share > 50%) and the mean is >= 0.02")
 
 
 class ProbeDocument(Document):

@@ -7,7 +7,8 @@ not move (leakage). Side effects name where they move: for each edit and each co
 shift of that concept's score toward the wrong answer (down where the concept is present, up where it is
 absent). A model that learned a shortcut shows it here: deleting Support Devices lowers its Pleural Effusion
 score although the effusion is still there. A side effect is *harmful* when both the share of pairs moving
-the wrong way (Wilson interval above 50%) and the mean shift (bootstrap interval above 0) exclude chance. The source goes through the same resize as the edit (down to the generator's size and
+the wrong way (Wilson interval above 50%) and the mean shift (bootstrap interval above 0) exclude chance, and
+the mean shift is at least 0.02. The source goes through the same resize as the edit (down to the generator's size and
 back up), so resolution is not mistaken for the concept. No weights change.
 """
 
@@ -25,6 +26,7 @@ from cxr_audit.progress import progress_bar
 from cxr_audit.rundir import SynthesisLayout
 
 MIN_SIDE_EFFECT_PAIRS = 8  # fewer pairs of one (edit, concept, label) say nothing about a side effect
+MIN_SIDE_EFFECT_SHIFT = 0.02  # a consistent but tiny shift (0.002) is no clinical side effect
 
 
 def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, thresholds: dict[str, float],
@@ -106,7 +108,8 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
         side_effects[f"{edit} -> {concept} ({'present' if label else 'absent'})"] = {
             "edit": edit, "concept": concept, "concept_present": bool(label), "pairs": int(harm.size),
             "mean_harm": mean.to_json(), "share_harmful": share.to_json(),
-            "harmful": bool(mean.ci and share.ci and mean.ci[0] > 0 and share.ci[0] > 0.5)}
+            "harmful": bool(mean.ci and share.ci and mean.ci[0] > 0 and share.ci[0] > 0.5
+                            and mean.value >= MIN_SIDE_EFFECT_SHIFT)}
     return ProbeDocument(
         model={"path": model.path.name, "sha256": model.sha256},
         synthesis={"mode": summary.mode, "generator_sha256": summary.generator_sha256},
