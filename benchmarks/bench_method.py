@@ -28,6 +28,7 @@ from cxr_audit.audit.findings import CONTROLS
 from cxr_audit.demo import DEMO_TARGET_CELLS, SHIPPED_GENERATOR, demo_context
 from cxr_audit.evaluation.scoring import load_replicates
 from cxr_audit.rundir import RunDir
+from cxr_audit.stages.config import ARMS
 from cxr_audit.stages.pipeline import run_audit
 
 METRICS = ("auprc", "ece", "entropy")
@@ -50,8 +51,7 @@ def _ci(values: np.ndarray) -> list[float] | None:
 def collect(runs: dict[int, Path]) -> dict:
     """Everything the tables print, as one JSON-able dict."""
     result: dict = {"seeds": sorted(runs), "cells": {}, "gaps": {}, "probe": {}}
-    replicates = {seed: {arm: load_replicates(RunDir(path).evaluation(arm).replicates)
-                         for arm in ("baseline", "real_only", "cars", "unconstrained", "null_edits")}
+    replicates = {seed: {arm: load_replicates(RunDir(path).evaluation(arm).replicates) for arm in ARMS}
                   for seed, path in runs.items()}
     audits = {seed: load_audit(RunDir(path).audit) for seed, path in runs.items()}
     for cell in DEMO_TARGET_CELLS:

@@ -11,10 +11,16 @@ from typing import Any
 
 from pydantic import Field
 
-from cxr_audit.audit.findings import MethodFindings
 from cxr_audit.coverage import CoverageReport
 from cxr_audit.errors import UserInputError
-from cxr_audit.evaluation.documents import Bootstrap, Difference, MetricsDocument, ProbeDocument
+from cxr_audit.evaluation.documents import (
+    Bootstrap,
+    ContextGap,
+    Difference,
+    MetricsDocument,
+    ProbeDocument,
+    ProbeSideEffect,
+)
 from cxr_audit.provenance import Document, read_document, read_json
 from cxr_audit.report.gallery import GalleryItem
 from cxr_audit.synthesis.documents import SynthesisSummary
@@ -75,6 +81,34 @@ class Verdict(Document):
     strengths: list[str]
     thresholds: dict[str, float]
     note: str
+
+
+class GapFinding(ContextGap):
+    """The deployed model's context gap on an under-covered cell (audit/findings.py)."""
+
+    cell_id: str
+    finding: str
+    significant: bool = Field(description="the AUROC or AUPRC gap's interval lies below 0")
+
+
+class ControlComparison(Document):
+    cell_id: str
+    control: str
+    auprc: Difference | None = Field(None, description="CARS minus the control, on the cell")
+    ece: Difference | None = Field(None, description="CARS minus the control, on the cell (lower is better)")
+    gap_change: dict[str, Difference] = Field(
+        default_factory=dict, description="finding -> change of its AUROC context gap, CARS minus the control")
+    verdict: str = Field(description="'better', 'worse' or 'no difference shown' on cell AUPRC")
+
+
+class MethodFindings(Document):
+    """What the audit found about its coverage gaps; computed by audit/findings.py."""
+
+    target_cells: list[str] = Field(default_factory=list, description="under-covered cells with a context")
+    gaps: list[GapFinding] = Field(default_factory=list)
+    probe: list[ProbeSideEffect] = Field(default_factory=list, description="harmful side effects, worst first")
+    cars_vs_controls: list[ControlComparison] = Field(default_factory=list)
+    statements: list[str] = Field(default_factory=list, description="the findings as the report's first page says them")
 
 
 class AuditDocument(Document):

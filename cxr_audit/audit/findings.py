@@ -13,59 +13,17 @@ Computed once from the typed audit document; the PDF's first page states them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from pydantic import Field
-
-from cxr_audit.evaluation.documents import Difference, Interval
-from cxr_audit.provenance import Document
-
-if TYPE_CHECKING:
-    from cxr_audit.audit.document import AuditDocument
+from cxr_audit.audit.document import (
+    AuditDocument,
+    ControlComparison,
+    GapFinding,
+    MethodFindings,
+)
+from cxr_audit.evaluation.documents import Difference
 
 CONTROLS = ("real_only", "unconstrained", "null_edits", "baseline")
 CONTROL_NAMES = {"real_only": "real-only fine-tune (same budget)", "unconstrained": "unconstrained regeneration",
                  "null_edits": "null edits (texture control)", "baseline": "the deployed model"}
-
-
-class GapFinding(Document):
-    cell_id: str
-    finding: str
-    context: str
-    auroc_cell_context: Interval | None
-    auroc_covered: Interval | None
-    auroc_gap: Difference | None
-    auprc_cell_context: Interval | None
-    auprc_covered: Interval | None
-    auprc_gap: Difference | None
-    significant: bool = Field(description="the AUROC or AUPRC gap's interval lies below 0")
-
-
-class ProbeFinding(Document):
-    edit: str
-    concept: str
-    concept_present: bool
-    pairs: int
-    mean_harm: Interval
-    share_harmful: Interval
-
-
-class ControlComparison(Document):
-    cell_id: str
-    control: str
-    auprc: Difference | None = Field(None, description="CARS minus the control, on the cell")
-    ece: Difference | None = Field(None, description="CARS minus the control, on the cell (lower is better)")
-    gap_change: dict[str, Difference] = Field(
-        default_factory=dict, description="finding -> change of its AUROC context gap, CARS minus the control")
-    verdict: str = Field(description="'better', 'worse' or 'no difference shown' on cell AUPRC")
-
-
-class MethodFindings(Document):
-    target_cells: list[str] = Field(default_factory=list, description="under-covered cells with a context")
-    gaps: list[GapFinding] = Field(default_factory=list)
-    probe: list[ProbeFinding] = Field(default_factory=list, description="harmful side effects, worst first")
-    cars_vs_controls: list[ControlComparison] = Field(default_factory=list)
-    statements: list[str] = Field(default_factory=list, description="the findings as the report's first page says them")
 
 
 def _excludes_zero_below(difference: Difference | None) -> bool:
@@ -94,14 +52,10 @@ def method_findings(document: AuditDocument) -> MethodFindings:
             if gap.auroc_gap is None:
                 continue
             findings.gaps.append(GapFinding(
-                cell_id=cell_id, finding=finding, context=gap.context,
-                **{k: getattr(gap, k) for k in ("auroc_cell_context", "auroc_covered", "auroc_gap",
-                                                "auprc_cell_context", "auprc_covered", "auprc_gap")},
+                **gap.model_dump(), cell_id=cell_id, finding=finding,
                 significant=_excludes_zero_below(gap.auroc_gap) or _excludes_zero_below(gap.auprc_gap)))
     harmful = [e for e in document.probe.side_effects.values() if e.harmful]
-    harmful.sort(key=lambda e: -(e.mean_harm.value or 0))
-    findings.probe = [ProbeFinding(**e.model_dump(include={"edit", "concept", "concept_present", "pairs",
-                                                           "mean_harm", "share_harmful"})) for e in harmful]
+    findings.probe = sorted(harmful, key=lambda e: -(e.mean_harm.value or 0))
     for cell_id in targets:
         for control in CONTROLS:
             comparison = document.comparisons.get(f"cars vs {control}")

@@ -144,10 +144,11 @@ def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, sourc
         soft = np.maximum(soft, s)
     # The edit region is drawn the same way for a null edit (same seed, same side): only the target differs.
     target = np.array(source_labels.loc[planned.source_image_id].reindex(gen_concepts), dtype=np.float32)
-    for j, concept in enumerate(gen_concepts if not null_edit else []):
-        value = planned.target_vector.get(concept)
-        if value is not None:
-            target[j] = value
+    if not null_edit:
+        for j, concept in enumerate(gen_concepts):
+            value = planned.target_vector.get(concept)
+            if value is not None:
+                target[j] = value
     return {"source": source, "target": target, "hard": hard, "soft": soft,
             "source_sha256": image_sha256(manifest.resolve_image(row["path"])), "row": row}
 
