@@ -14,7 +14,8 @@ import copy
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,15 @@ import torch
 import yaml
 from torch import nn
 
-from cxr_audit.classifier.adapter import LoadedModel, default_device
+from cxr_audit import distributed
+from cxr_audit.classifier.adapter import LoadedModel
 from cxr_audit.classifier.loading import load_model
-from cxr_audit.classifier.small_cnn import masked_bce
+from cxr_audit.classifier.micro_batches import (
+    RunningStatsMerge,
+    dropout_seed,
+    effective_micro_batches,
+    masked_bce_sum,
+)
 from cxr_audit.errors import UserInputError
 from cxr_audit.metrics.discrimination import weighted_average_precision
 from cxr_audit.progress import progress_bar
@@ -42,6 +49,9 @@ class FinetuneConfig:
     patience: int = 4              # evaluations without validation improvement before stopping
     checkpoint_every: int = 50
     seed: int = 0
+    # The global batch is split into this many micro-batches (BatchNorm statistics and dropout per
+    # micro-batch); at least one per process. One process with N reproduces N processes.
+    micro_batches: int = 1
 
 
 @dataclass
@@ -109,10 +119,26 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
     """Fine-tune a copy of `model` into `layout` (a rundir.FinetuneLayout); returns the record written to
     its finetune.json.
 
+    Runs through `accelerate`: one process on the CPU or GPU when started plainly; data-parallel (DDP) over
+    GPUs and nodes under `torchrun` or `accelerate launch`, bf16 autocast on GPUs. The global batch is split
+    into micro-batches so that N processes give the weights of one process run with `micro_batches = N`
+    (classifier/micro_batches.py). The main process validates, checkpoints and saves.
+
     `stop_after` ends the call after that many steps in this call, leaving the checkpoint (used by tests to
     stand in for a killed process)."""
-    layout.folder.mkdir(parents=True, exist_ok=True)
-    device = default_device()
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    on_gpu = torch.cuda.is_available()
+    # Buffers are not broadcast from rank 0 each forward: RunningStatsMerge makes them equal after each step.
+    accelerator = Accelerator(mixed_precision="bf16" if on_gpu else "no", cpu=not on_gpu,
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    micro = effective_micro_batches(config.micro_batches, config.batch_size, world)
+    per_process, micro_size = micro // world, config.batch_size // micro
+    if main:
+        layout.folder.mkdir(parents=True, exist_ok=True)
     candidate = _trainable_copy(model).to(device)
     # Seeded after the copy is built: building a state-dict model draws random initial weights, and the dropout
     # masks must not depend on how the model's weights were stored.
@@ -120,49 +146,70 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
     net = candidate.module
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
-    sampler = torch.Generator().manual_seed(config.seed)
+    sampler = torch.Generator().manual_seed(config.seed)  # the same global batches on every process
     weights = torch.tensor(sample_weights(train.labels) if config.balanced else np.full(len(train.labels),
                                                                                           1 / len(train.labels)))
     x_train = torch.tensor(train.images)
     y_train = torch.tensor(train.labels)
-    x_val = torch.tensor(validation.images).to(device)
+    x_val = torch.tensor(validation.images).to(device) if main else None
     state = {"step": 0, "best_score": -1.0, "best_step": 0, "bad_evaluations": 0, "history": []}
     best_weights = copy.deepcopy(net.state_dict())
     checkpoint = layout.checkpoint
-    fingerprint = json.dumps({"config": asdict(config), "inputs": inputs_sha256}, sort_keys=True)
+    fingerprint = json.dumps({"config": asdict(config), "inputs": inputs_sha256, **({"micro_batches": micro}
+                                                                                    if micro > 1 else {})},
+                             sort_keys=True)
     if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        saved = torch.load(checkpoint, map_location="cpu" if device.type == "cpu" else device, weights_only=True)
         if saved["fingerprint"] != fingerprint:
-            raise UserInputError(f"{checkpoint} belongs to a fine-tune with other settings or inputs. Delete it "
-                                 "or choose another output folder.")
+            raise UserInputError(f"{checkpoint} belongs to a fine-tune with other settings, inputs or number of "
+                                 "processes (micro-batches). Resume with the same ones, delete it, or choose "
+                                 "another output folder.")
         net.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         sampler.set_state(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])  # dropout masks continue as if never interrupted
         best_weights = saved["best_model"]
         state = json.loads(saved["state"])
-    use_amp = device.type == "cuda"
+    trained, optimizer = accelerator.prepare(net, optimizer)
+    training_view = replace(candidate, module=trained)  # the DDP-wrapped network behind the model's preprocessing
+    running_stats = RunningStatsMerge(net, per_process) if world > 1 else None
     started = time.monotonic()
     bar = progress_bar(total=config.steps, initial=state["step"], desc=f"fine-tuning ({arm})", unit="step",
-               disable=not progress)
+                       disable=not (progress and main))
     steps_this_call = 0
     stopped_early = False
     while state["step"] < config.steps:
-        net.train()
+        trained.train()
         batch = torch.multinomial(weights, config.batch_size, replacement=True, generator=sampler)
         gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=sampler)  # exposure jitter, as in training
-        x, y = (x_train[batch] * gain).clamp(0, 1).to(device), y_train[batch].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss = masked_bce(_logits(candidate, x), y)
+        known = int((~torch.isnan(y_train[batch])).sum())
+        if running_stats:
+            running_stats.snapshot()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss = torch.zeros((), device=device)
+        for k in range(rank * per_process, (rank + 1) * per_process):
+            part = slice(k * micro_size, (k + 1) * micro_size)
+            x = (x_train[batch[part]] * gain[part]).clamp(0, 1).to(device)
+            y = y_train[batch[part]].to(device)
+            if micro > 1:  # the micro-batch's dropout masks, whichever process runs it
+                torch.manual_seed(dropout_seed(config.seed, state["step"], k, micro))
+            last = k == (rank + 1) * per_process - 1
+            with accelerator.autocast(), (nullcontext() if last else accelerator.no_sync(trained)):
+                # DDP averages gradients over processes: scaled by `world`, the sum over micro-batches is the
+                # global batch's mean-loss gradient
+                loss = masked_bce_sum(_logits(training_view, x), y) * (world / max(known, 1))
+                accelerator.backward(loss)
+            step_loss += loss.detach().float() / world
         optimizer.step()
+        if running_stats:
+            running_stats.merge()
         state["step"] += 1
         steps_this_call += 1
         bar.update()
         if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
-            score = _validation_auprc(candidate, x_val, validation.labels, config.batch_size * 2)
-            state["history"].append({"step": state["step"], "loss": round(loss.item(), 6),
+            score = _validation_auprc(candidate, x_val, validation.labels, config.batch_size * 2) if main else None
+            score = distributed.broadcast(score)  # every process takes the main process's early-stopping decision
+            state["history"].append({"step": state["step"], "loss": round(distributed.all_reduce_sum(step_loss).item(), 6),
                                      "val_mean_auprc": round(score, 6)})
             bar.set_postfix(val_auprc=f"{score:.3f}")
             if score > state["best_score"]:
@@ -172,29 +219,34 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
                 state["bad_evaluations"] += 1
                 stopped_early = state["bad_evaluations"] >= config.patience
         interrupted = stop_after is not None and steps_this_call >= stop_after
-        if state["step"] % config.checkpoint_every == 0 or stopped_early or interrupted:
+        if main and (state["step"] % config.checkpoint_every == 0 or stopped_early or interrupted):
             _save_checkpoint(checkpoint, net, optimizer, sampler, best_weights, state, fingerprint)
         if stopped_early or interrupted:
             break
     bar.close()
+    accelerator.wait_for_everyone()
     if stop_after is not None and state["step"] < config.steps and not stopped_early:
         return {"interrupted_at_step": state["step"]}
     net.load_state_dict(best_weights)
     net.eval()
-    candidate_path, card = _save_candidate(candidate, layout, device)
-    atomic_write_text(layout.card_for(candidate_path), yaml.safe_dump(card.model_dump(mode="json"), sort_keys=False))
     record = {
         "arm": arm, "inputs_sha256": inputs_sha256, "config": asdict(config),
         "base_model": {"path": str(model.path), "sha256": model.sha256, "format": model.format},
-        "candidate": {"path": candidate_path.name, "sha256": sha256_file(candidate_path)},
         "training_images": {"real": int((~train.synthetic).sum()), "synthetic": int(train.synthetic.sum())},
         "validation_images": int(len(validation.labels)),
         "steps_run": state["step"], "best_step": state["best_step"], "stopped_early": stopped_early,
         "best_val_mean_auprc": round(state["best_score"], 6), "history": state["history"],
-        "device": device.type, "seconds_this_call": round(time.monotonic() - started, 1),
+        "device": device.type, "processes": world, "micro_batches": micro,
+        "seconds_this_call": round(time.monotonic() - started, 1),
         "note": "thresholds are re-derived on the validation split (the fine-tune changes calibration)",
     }
-    atomic_write_json(layout.record, record)
+    if main:
+        candidate_path, card = _save_candidate(candidate, layout, device)
+        atomic_write_text(layout.card_for(candidate_path), yaml.safe_dump(card.model_dump(mode="json"),
+                                                                          sort_keys=False))
+        record["candidate"] = {"path": candidate_path.name, "sha256": sha256_file(candidate_path)}
+        atomic_write_json(layout.record, record)
+    accelerator.wait_for_everyone()
     return record
 
 

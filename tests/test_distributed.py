@@ -1,0 +1,133 @@
+"""Fine-tuning and inference on two CPU processes under torchrun (gloo), as on several GPUs or nodes: the
+results must be those of one process."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+SETUP = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import numpy as np
+    import torch
+    from cxr_audit.classifier.small_cnn import SmallCXRNet, save_classifier
+
+    def setup(folder: Path):
+        '''A small CNN (BatchNorm and dropout: what makes data-parallel training differ) and random images.'''
+        model = folder / "model.safetensors"
+        if not model.exists():
+            torch.manual_seed(0)
+            save_classifier(SmallCXRNet(2, width=4), model, ["Cardiomegaly", "Pleural Effusion"], 32)
+        rng = np.random.default_rng(0)
+        images = rng.random((40, 1, 32, 32)).astype(np.float32)
+        labels = (rng.random((40, 2)) < 0.3).astype(np.float32)
+        labels[::7, 1] = np.nan  # unknown labels: the loss's normaliser must be the global batch's
+        return model, images, labels
+""")
+
+FINETUNE = SETUP + textwrap.dedent("""
+    from cxr_audit.classifier.finetune import FinetuneConfig, TrainingImages, finetune
+    from cxr_audit.classifier.loading import load_model
+    from cxr_audit.rundir import FinetuneLayout
+
+    folder, micro_batches = Path(sys.argv[1]), int(sys.argv[2])
+    stop_after = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    model_path, images, labels = setup(folder.parent)
+    train = TrainingImages.real(images[:32], labels[:32])
+    validation = TrainingImages.real(images[32:], labels[32:])
+    config = FinetuneConfig(steps=6, batch_size=8, lr=1e-2, eval_every=3, checkpoint_every=2, patience=10,
+                            micro_batches=micro_batches)
+    finetune(load_model(model_path), train, validation, FinetuneLayout(folder), config, "real_only", {"x": "1"},
+             progress=False, stop_after=stop_after)
+""")
+
+
+def _launch(script_text: str, folder, *args, processes: int = 2) -> None:
+    script = folder / "script.py"
+    script.write_text(script_text)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    result = subprocess.run([sys.executable, *launcher, str(script), *map(str, args)], capture_output=True,
+                            text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-12000:]
+
+
+def _candidate_weights(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "candidate.safetensors")
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """The same fine-tune on one process (two micro-batches per step) and on two processes."""
+    root = tmp_path_factory.mktemp("distributed")
+    _launch(FINETUNE, root, root / "one", 2, processes=1)
+    _launch(FINETUNE, root, root / "two", 1, processes=2)
+    return root
+
+
+def test_two_processes_fine_tune_to_the_weights_of_one(finetuned):
+    import json
+
+    one, two = _candidate_weights(finetuned / "one"), _candidate_weights(finetuned / "two")
+    base = _candidate_weights_of_base(finetuned)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name].float(), two[name].float(), atol=1e-5, rtol=1e-4), name
+    # the BatchNorm running averages are merged as one process updates them, and training moved the weights
+    assert torch.equal(one["features.0.1.num_batches_tracked"], two["features.0.1.num_batches_tracked"])
+    assert not torch.allclose(one["features.0.1.running_mean"], base["features.0.1.running_mean"])
+    assert not torch.allclose(one["head.weight"], base["head.weight"])
+    record_one, record_two = (json.loads((finetuned / n / "finetune.json").read_text()) for n in ("one", "two"))
+    assert record_two["processes"] == 2 and record_two["micro_batches"] == 2 and record_one["processes"] == 1
+    for a, b in zip(record_one["history"], record_two["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["val_mean_auprc"] == pytest.approx(b["val_mean_auprc"], abs=1e-6)
+
+
+def _candidate_weights_of_base(root) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(root / "model.safetensors")
+
+
+def test_a_killed_two_process_fine_tune_resumes_exactly_and_only_with_two(finetuned):
+    root = finetuned
+    resumed = root / "resumed"
+    _launch(FINETUNE, root, resumed, 1, 3, processes=2)  # stops after 3 of 6 steps, checkpoint left
+    assert (resumed / "checkpoint.pt").exists() and not (resumed / "candidate.safetensors").exists()
+    with pytest.raises(AssertionError, match="number of\\s+processes"):  # one process, one micro-batch
+        _launch(FINETUNE, root, resumed, 1, processes=1)
+    _launch(FINETUNE, root, resumed, 1, processes=2)
+    whole, again = _candidate_weights(root / "two"), _candidate_weights(resumed)
+    assert all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+def test_micro_batches_must_split_the_batch_among_the_processes():
+    from cxr_audit.classifier.micro_batches import effective_micro_batches
+    from cxr_audit.errors import UserInputError
+
+    assert effective_micro_batches(1, 32, 1) == 1
+    assert effective_micro_batches(1, 32, 4) == 4      # at least one per process
+    assert effective_micro_batches(8, 32, 4) == 8
+    with pytest.raises(UserInputError, match="micro-batches"):
+        effective_micro_batches(1, 30, 4)
+    with pytest.raises(UserInputError, match="multiple of the 4"):
+        effective_micro_batches(6, 48, 4)
+
+
+def test_the_default_single_batch_step_is_unchanged(tmp_path):
+    """micro_batches=1 on one process is the plain step: a mean loss over the batch, dropout from the
+    process's stream (what every fine-tune before data-parallel training did)."""
+    from cxr_audit.classifier.micro_batches import masked_bce_sum
+    from cxr_audit.classifier.small_cnn import masked_bce
+
+    rng = np.random.default_rng(1)
+    logits = torch.tensor(rng.normal(size=(8, 3)), dtype=torch.float32)
+    targets = torch.tensor((rng.random((8, 3)) < 0.5).astype(np.float32))
+    targets[0, 1] = float("nan")
+    assert masked_bce_sum(logits, targets) / 23 == pytest.approx(masked_bce(logits, targets).item(), rel=1e-6)
