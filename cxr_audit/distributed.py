@@ -10,6 +10,7 @@ the work of the stages that split it (fine-tuning, inference) and wait at each s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -71,3 +72,23 @@ def all_reduce_sum(tensor):
 
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def on_main(work: Callable[[], Any]) -> Any:
+    """`work()` on the main process only (what reads and writes the run directory); the others wait. A user
+    error it raises is raised on every process, so none is left waiting for a step that will not come.
+    Returns `work()`'s result on the main process, None on the others."""
+    from cxr_audit.errors import UserInputError
+
+    result, failure = None, None
+    if is_main():
+        try:
+            result = work()
+        except UserInputError as error:
+            failure = error
+    message = broadcast(str(failure) if failure else None)
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise UserInputError(message)
+    return result

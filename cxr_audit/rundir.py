@@ -347,13 +347,22 @@ def _read_record(path: Path, name: str) -> dict:
 
 def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str], None] = print) -> bool:
     """Run `stage` unless it is finished with the same inputs; returns whether it ran."""
+    plan = plan_stage(run, stage, force, log)
+    if plan is not None:
+        execute_stage(run, stage, plan)
+    return plan is not None
+
+
+def plan_stage(run: RunDir, stage: Stage, force: bool, log: Callable[[str], None]) -> dict | None:
+    """Whether `stage` must run (None: finished with the same inputs, skipped), refusing to replace outputs
+    made from other inputs without `force`. Writes nothing."""
     declared = _normalise(stage.inputs())
     path = run.stage_record(stage.name)
     record = _read_record(path, stage.name) if path.exists() else None
     same_inputs = record is not None and record["inputs"] == declared
     if same_inputs and record["status"] == "done" and _outputs_intact(run, record):
         log(f"stage {stage.name}: inputs unchanged, skipped")
-        return False
+        return None
     resumable = same_inputs and record["status"] == "running"
     if not resumable and stage.folder.exists():
         if record is None:
@@ -367,14 +376,19 @@ def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str
                                  "overwrites results silently: pass --force to redo this stage, or choose a new "
                                  "--out folder.")
     log(f"stage {stage.name}" + (": resuming" if resumable else ""))
-    with _old_outputs_kept_until_done(stage, path, replace=not resumable and stage.folder.exists()):
+    return {"inputs": declared, "resumable": resumable}
+
+
+def execute_stage(run: RunDir, stage: Stage, plan: dict) -> None:
+    """Run a planned stage between its 'running' and 'done' records (old outputs kept until it succeeds)."""
+    path = run.stage_record(stage.name)
+    with _old_outputs_kept_until_done(stage, path, replace=not plan["resumable"] and stage.folder.exists()):
         started = time.monotonic()
-        atomic_write_json(path, {"stage": stage.name, "status": "running", "inputs": declared})
+        atomic_write_json(path, {"stage": stage.name, "status": "running", "inputs": plan["inputs"]})
         stage.run()
         outputs = {run.relative(p): sha256_file(p) for p in stage.outputs()}
-        atomic_write_json(path, {"stage": stage.name, "status": "done", "inputs": declared, "outputs": outputs,
-                                 "seconds": round(time.monotonic() - started, 1)})
-    return True
+        atomic_write_json(path, {"stage": stage.name, "status": "done", "inputs": plan["inputs"],
+                                 "outputs": outputs, "seconds": round(time.monotonic() - started, 1)})
 
 
 @contextmanager

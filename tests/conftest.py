@@ -14,6 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXR_AUDIT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Cached predictions and decoded images go to a folder of this test session, never the user's cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("CXR_AUDIT_CACHE")
+    os.environ["CXR_AUDIT_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("CXR_AUDIT_CACHE", None)
+    else:
+        os.environ["CXR_AUDIT_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

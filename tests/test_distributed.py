@@ -50,7 +50,7 @@ def _launch(script_text: str, folder, *args, processes: int = 2) -> None:
     script = folder / "script.py"
     script.write_text(script_text)
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
-    result = subprocess.run([sys.executable, *launcher, str(script), *map(str, args)], capture_output=True,
+    result = subprocess.run([sys.executable, *launcher, str(script), *map(str, args)], check=False, capture_output=True,
                             text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-12000:]
 
@@ -131,3 +131,61 @@ def test_the_default_single_batch_step_is_unchanged(tmp_path):
     targets = torch.tensor((rng.random((8, 3)) < 0.5).astype(np.float32))
     targets[0, 1] = float("nan")
     assert masked_bce_sum(logits, targets) / 23 == pytest.approx(masked_bce(logits, targets).item(), rel=1e-6)
+
+
+INFERENCE = SETUP + textwrap.dedent("""
+    from cxr_audit import distributed
+    from cxr_audit.classifier.inference import predict, stochastic_predictions
+    from cxr_audit.classifier.loading import load_model
+
+    out, cache = Path(sys.argv[1]), (None if sys.argv[2] == "-" else Path(sys.argv[2]))
+    images = sorted(Path(sys.argv[3]).glob("*.png"))[:37]  # 5 batches of 8, the last one short
+    model = load_model(setup(out.parent)[0])
+    probabilities = predict(model, images, batch_size=8, workers=1, cache_dir=cache, progress=False)
+    passes = stochastic_predictions(model, images, samples=3, batch_size=8, workers=1, seed=5, progress=False)
+    if distributed.is_main():
+        np.save(out.with_suffix(".predict.npy"), probabilities)
+        np.save(out.with_suffix(".mc.npy"), passes.samples)
+""")
+
+
+def test_sharded_inference_is_bit_identical_to_one_process(shared_data, tmp_path):
+    images = shared_data / "nih621" / "images"
+    _launch(INFERENCE, tmp_path, tmp_path / "one", "-", images, processes=1)
+    _launch(INFERENCE, tmp_path, tmp_path / "two", "-", images, processes=2)
+    for kind in ("predict", "mc"):
+        one, two = np.load(tmp_path / f"one.{kind}.npy"), np.load(tmp_path / f"two.{kind}.npy")
+        assert one.shape == two.shape and np.array_equal(one, two), kind
+    assert np.load(tmp_path / "one.mc.npy").shape == (3, 37, 2)
+    # the prediction cache is shared: written once by the main process, then every image comes from it
+    _launch(INFERENCE, tmp_path, tmp_path / "cached", tmp_path / "cache", images, processes=2)
+    assert len(list((tmp_path / "cache" / "predictions").glob("*.npz"))) == 1
+    assert np.array_equal(np.load(tmp_path / "cached.predict.npy"), np.load(tmp_path / "one.predict.npy"))
+    _launch(INFERENCE, tmp_path, tmp_path / "again", tmp_path / "cache", images, processes=2)
+    assert np.array_equal(np.load(tmp_path / "again.predict.npy"), np.load(tmp_path / "one.predict.npy"))
+
+
+def test_the_evaluate_command_on_two_processes_writes_what_one_process_writes(phantom_dataset, phantom_model,
+                                                                              tmp_path):
+    import json
+
+    from cxr_audit.rundir import RunDir
+
+    def evaluate(out, processes: int) -> dict:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command = [sys.executable, *(launcher if processes > 1 else []), "-m", "cxr_audit.cli", "evaluate",
+                   "--out", str(out), "--data", str(phantom_dataset / "labels.csv"), "--model", str(phantom_model),
+                   "--spec", "coverage_specs/phantom.yaml", "--bootstrap", "100", "--mc-samples", "3", "--no-cache",
+                   "--workers", "0"]
+        result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                                env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "CXR_AUDIT_CACHE": str(tmp_path)})
+        assert result.returncode == 0, result.stderr[-8000:]
+        return json.loads(RunDir(out).evaluation("baseline").metrics.read_text())
+
+    one, two = evaluate(tmp_path / "one", 1), evaluate(tmp_path / "two", 2)
+    assert one == two
+    assert np.array_equal(*(np.load(RunDir(tmp_path / run).evaluation("baseline").predictions)["probabilities"]
+                            for run in ("one", "two")))
+    # the main process alone recorded the stage
+    record = json.loads(RunDir(tmp_path / "two").stage_record("evaluate_baseline").read_text())
+    assert record["status"] == "done"

@@ -122,7 +122,7 @@ class LoadedModel:
         for m in self._dropout_modules():
             m.train(enabled)
 
-    def to(self, device: torch.device) -> "LoadedModel":
+    def to(self, device: torch.device) -> LoadedModel:
         if self.module is not None:
             self.module.to(device)
             if device.type == "cuda":

@@ -30,6 +30,7 @@ from cxr_audit.classifier.micro_batches import (
     RunningStatsMerge,
     dropout_seed,
     effective_micro_batches,
+    fingerprint_config,
     masked_bce_sum,
 )
 from cxr_audit.errors import UserInputError
@@ -63,11 +64,11 @@ class TrainingImages:
     synthetic: np.ndarray  # (N,) bool
 
     @staticmethod
-    def real(images: np.ndarray, labels: np.ndarray) -> "TrainingImages":
+    def real(images: np.ndarray, labels: np.ndarray) -> TrainingImages:
         return TrainingImages(images, labels.astype(np.float32), np.zeros(len(images), bool))
 
     @staticmethod
-    def concatenate(parts: list["TrainingImages"]) -> "TrainingImages":
+    def concatenate(parts: list[TrainingImages]) -> TrainingImages:
         return TrainingImages(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
                               np.concatenate([p.synthetic for p in parts]))
 
@@ -155,9 +156,7 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
     state = {"step": 0, "best_score": -1.0, "best_step": 0, "bad_evaluations": 0, "history": []}
     best_weights = copy.deepcopy(net.state_dict())
     checkpoint = layout.checkpoint
-    fingerprint = json.dumps({"config": asdict(config), "inputs": inputs_sha256, **({"micro_batches": micro}
-                                                                                    if micro > 1 else {})},
-                             sort_keys=True)
+    fingerprint = json.dumps({"config": fingerprint_config(config, world), "inputs": inputs_sha256}, sort_keys=True)
     if checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu" if device.type == "cpu" else device, weights_only=True)
         if saved["fingerprint"] != fingerprint:
@@ -233,7 +232,7 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
         "arm": arm, "inputs_sha256": inputs_sha256, "config": asdict(config),
         "base_model": {"path": str(model.path), "sha256": model.sha256, "format": model.format},
         "training_images": {"real": int((~train.synthetic).sum()), "synthetic": int(train.synthetic.sum())},
-        "validation_images": int(len(validation.labels)),
+        "validation_images": len(validation.labels),
         "steps_run": state["step"], "best_step": state["best_step"], "stopped_early": stopped_early,
         "best_val_mean_auprc": round(state["best_score"], 6), "history": state["history"],
         "device": device.type, "processes": world, "micro_batches": micro,

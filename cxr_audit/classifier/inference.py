@@ -1,23 +1,24 @@
 """Batched inference over a manifest, with a prediction cache and stochastic passes for uncertainty.
 
-Images are decoded in DataLoader workers, batched, and run under `torch.inference_mode`. Predictions are
-cached by (model SHA-256, preprocessing signature, image content SHA-256): a re-run, or another run on
-the same images, reuses them. Memory stays flat in the number of images: only one batch of pixels is held.
+Images are decoded in DataLoader workers (or read from the decoded-image store: data/decoded.py), batched,
+and run under `torch.inference_mode`. Predictions are cached by (model SHA-256, preprocessing signature,
+image content SHA-256): a re-run, or another run on the same images, reuses them. Under several processes
+(torchrun) the batches are shared out and the results gathered in the images' order, bit-identical to one
+process. Memory stays flat in the number of images: only one batch of pixels is held per process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
+from cxr_audit import distributed
 from cxr_audit.classifier.adapter import LoadedModel, default_device
-from cxr_audit.data.images import load_resized
+from cxr_audit.data.decoded import DecodedImageStore, decoded_batches, file_sha256, image_loader
 from cxr_audit.errors import UserInputError
 from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_bytes
@@ -27,48 +28,37 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CXR_AUDIT_CACHE", Path.home() / ".cache" / "cxr-audit"))
 
 
-def image_sha256(path: Path) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"Image {path} {'is a folder' if path.is_dir() else 'does not exist'}. Check the "
-                             "dataset root (--root) and the labels file's paths.")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+image_sha256 = file_sha256
 
 
-class ImageFiles(Dataset):
-    """Decoded, resized images in [0, 1] as (1, size, size) tensors, each with the error that stopped its
-    decoding ('' when none): an error travels back from a DataLoader worker as data, so the user sees the
-    message, not the worker's traceback."""
-
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        try:
-            return torch.from_numpy(load_resized(self.paths[index], self.size)).unsqueeze(0), ""
-        except UserInputError as error:
-            return torch.zeros(1, self.size, self.size), str(error)
-
-
-def _batches(loader: DataLoader, desc: str, progress: bool):
-    """(images, first index) per batch; an image that could not be decoded stops the run with its message."""
-    start = 0
-    for images, errors in progress_bar(loader, desc=desc, unit="batch", disable=not progress):
-        failed = [message for message in errors if message]
-        if failed:
-            raise UserInputError(failed[0])
-        yield images, start
-        start += len(images)
-
-
-def _loader(paths: list[Path], size: int, batch_size: int, workers: int | None) -> DataLoader:
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    return DataLoader(ImageFiles(paths, size), batch_size=batch_size, shuffle=False,
-                      num_workers=workers if len(paths) > batch_size else 0,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+def _sharded(paths: list[Path], size: int, batch_size: int, workers: int | None, cache_dir: Path | None,
+             desc: str, progress: bool, score, hashes: list[str] | None = None) -> np.ndarray:
+    """`score(images, batch_index)` -> (batch, ...) array for every batch of `paths`, concatenated in `paths`'
+    order. Under several processes, batch b is scored by process b mod N (the same batches as one process
+    makes, so the same numbers) and the results are gathered on every process."""
+    world, rank = distributed.world_size(), distributed.rank()
+    count = (len(paths) + batch_size - 1) // batch_size
+    mine = [b for b in range(count) if b % world == rank]
+    picked = [i for b in mine for i in range(b * batch_size, min((b + 1) * batch_size, len(paths)))]
+    store = DecodedImageStore(cache_dir, size) if cache_dir is not None else None
+    loader = image_loader([paths[i] for i in picked], size, batch_size, workers, store,
+                          [hashes[i] for i in picked] if hashes else None)
+    scored, error = {}, None
+    try:
+        batches = decoded_batches(loader)
+        bar = progress_bar(zip(mine, batches), total=len(mine), desc=desc, unit="batch",
+                           disable=not (progress and distributed.is_main()))
+        for b, images in bar:
+            scored[b] = score(images, b)
+    except UserInputError as stopped:  # every process must learn of it, or the others wait forever
+        error = str(stopped)
+    shares = distributed.gather((scored, error))
+    failed = [e for _, e in shares if e]
+    if failed:
+        raise UserInputError(failed[0])
+    for part, _ in shares:
+        scored.update(part)
+    return np.concatenate([scored[b] for b in range(count)]) if count else np.zeros((0,), np.float32)
 
 
 class PredictionCache:
@@ -95,28 +85,34 @@ class PredictionCache:
 @torch.inference_mode()
 def predict(model: LoadedModel, paths: list[Path], batch_size: int = 32, workers: int | None = None,
             cache_dir: Path | None = None, progress: bool = True) -> np.ndarray:
-    """Probabilities (N, len(model.concepts)) for images at `paths`, reusing cached predictions."""
-    hashes = [image_sha256(p) for p in paths]
-    cache = PredictionCache(cache_dir, model) if cache_dir is not None else None
-    todo = [i for i, h in enumerate(hashes) if cache is None or h not in cache.entries]
-    results: dict[int, np.ndarray] = {}
+    """Probabilities (N, len(model.concepts)) for images at `paths`, reusing cached predictions and decoded
+    images. Sharded over the processes of a multi-process run; the main process keeps the cache."""
+    cache, hashes, todo = None, [], []
+    if distributed.is_main():
+        hashes = [image_sha256(p) for p in paths]
+        cache = PredictionCache(cache_dir, model) if cache_dir is not None else None
+        todo = [i for i, h in enumerate(hashes) if cache is None or h not in cache.entries]
+    hashes, todo = distributed.broadcast((hashes, todo))  # every process scores the same images
+    probabilities = np.zeros((0, len(model.concepts)), np.float32)
     if todo:
         device = default_device()
         model.to(device)
         model.set_mc_dropout(False)
-        loader = _loader([paths[i] for i in todo], model.card.input_size, batch_size, workers)
-        for batch, start in _batches(loader, "inference", progress):
-            names = [str(paths[todo[start + k]]) for k in range(len(batch))]
-            probabilities = model.predict(batch.to(device, non_blocking=True), names).float().cpu().numpy()
-            for k, row in enumerate(probabilities):
-                results[todo[start + k]] = row
-    if cache is not None:
-        for i, row in results.items():
-            cache.entries[hashes[i]] = row
-        if results:
+
+        def score(images: torch.Tensor, b: int) -> np.ndarray:
+            names = [str(paths[i]) for i in todo[b * batch_size:(b + 1) * batch_size]]
+            return model.predict(images.to(device, non_blocking=True), names).float().cpu().numpy()
+
+        probabilities = _sharded([paths[i] for i in todo], model.card.input_size, batch_size, workers, cache_dir,
+                                 "inference", progress, score, [hashes[i] for i in todo])
+    if cache_dir is None:
+        return probabilities.astype(np.float32)
+    if distributed.is_main():
+        cache.entries.update({hashes[i]: row for i, row in zip(todo, probabilities)})
+        if todo:
             cache.save()
-        return np.stack([cache.entries[h] for h in hashes]).astype(np.float32)
-    return np.stack([results[i] for i in range(len(paths))]).astype(np.float32)
+        probabilities = np.stack([cache.entries[h] for h in hashes]).astype(np.float32)
+    return distributed.broadcast(probabilities)
 
 
 @dataclass
@@ -135,20 +131,24 @@ def _tta_view(batch: torch.Tensor, t: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def stochastic_predictions(model: LoadedModel, paths: list[Path], samples: int = 10, batch_size: int = 32,
-                           workers: int | None = None, seed: int = 0, progress: bool = True) -> StochasticPredictions:
-    """T stochastic passes: MC dropout where the model has dropout, test-time augmentation otherwise."""
-    torch.manual_seed(seed)
+                           workers: int | None = None, seed: int = 0, progress: bool = True,
+                           cache_dir: Path | None = None) -> StochasticPredictions:
+    """T stochastic passes: MC dropout where the model has dropout, test-time augmentation otherwise. Each
+    batch's dropout masks come from (seed, batch index), whichever process scores it."""
     device = default_device()
     model.to(device)
     method = "mc_dropout" if model.has_dropout else "tta"
     model.set_mc_dropout(method == "mc_dropout")
-    out = []
+
+    def score(images: torch.Tensor, b: int) -> np.ndarray:
+        torch.manual_seed(seed * 1_000_003 + b)
+        images = images.to(device)
+        views = [images if method == "mc_dropout" else _tta_view(images, t) for t in range(samples)]
+        return np.stack([model.predict(v).float().cpu().numpy() for v in views], axis=1)  # (batch, T, K)
+
     try:
-        loader = _loader(paths, model.card.input_size, batch_size, workers)
-        for batch, _ in _batches(loader, f"uncertainty ({method}, T={samples})", progress):
-            batch = batch.to(device)
-            views = [batch if method == "mc_dropout" else _tta_view(batch, t) for t in range(samples)]
-            out.append(np.stack([model.predict(v).float().cpu().numpy() for v in views]))
+        passes = _sharded(paths, model.card.input_size, batch_size, workers, cache_dir,
+                          f"uncertainty ({method}, T={samples})", progress, score)
     finally:
         model.set_mc_dropout(False)
-    return StochasticPredictions(method, np.concatenate(out, axis=1))
+    return StochasticPredictions(method, passes.transpose(1, 0, 2))

@@ -18,6 +18,8 @@ the gradient all-reduce); `micro_batches = 1` is the plain single-batch step.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 from torch import nn
 
@@ -33,6 +35,15 @@ def effective_micro_batches(requested: int, batch_size: int, world: int) -> int:
         raise UserInputError(f"The fine-tune batch ({batch_size}) must split into {count} equal micro-batches, a "
                              f"multiple of the {world} processes: change --batch-size or --micro-batches.")
     return count
+
+
+def fingerprint_config(config, world: int) -> dict:
+    """A fine-tune's settings as they decide its weights: the micro-batches actually used (a one-process run
+    with N reproduces N processes), named only when there are several, as before micro-batches existed."""
+    settings = asdict(config)
+    settings.pop("micro_batches")
+    count = effective_micro_batches(config.micro_batches, config.batch_size, world)
+    return settings if count == 1 else {**settings, "micro_batches": count}
 
 
 def dropout_seed(seed: int, step: int, micro_batch: int, count: int) -> int:

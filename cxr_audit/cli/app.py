@@ -51,6 +51,11 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
         def wrapper(*f_args: Any, **f_kwargs: Any) -> Any:
+            from cxr_audit import distributed
+
+            # under torchrun every process runs the command; the main process speaks for them (errors too: every
+            # process raises the same one)
+            console.quiet = error_console.quiet = distributed.launched() and not distributed.is_main()
             try:
                 return function(*f_args, **f_kwargs)
             except UserInputError as exc:
@@ -96,11 +101,15 @@ def dataset(data: Path | None, data_format: DataFormat | None, root: Path | None
 
 
 def open_run(out: Path, given: dict[str, Any], force: bool, **context: Any):
-    """The run at `out` with the options typed (`given`, None = not typed) merged into what it recorded."""
+    """The run at `out` with the options typed (`given`, None = not typed) merged into what it recorded.
+    Commands reuse cached predictions and decoded images ($CXR_AUDIT_CACHE, default ~/.cache/cxr-audit)
+    unless they say otherwise."""
+    from cxr_audit.classifier.inference import default_cache_dir
     from cxr_audit.rundir import RunDir
     from cxr_audit.stages.pipeline import open_run as open_stages
 
     given = {k: (v.value if isinstance(v, Enum) else v) for k, v in given.items()}
+    context.setdefault("cache_dir", default_cache_dir())
     return open_stages(RunDir(out), given, force, log=log, **context)
 
 

@@ -31,6 +31,16 @@ ArmsOption = Annotated[str | None, typer.Option("--arms", help="Comma-separated 
                                                 "unconstrained, null_edits (default: all).")]
 
 
+MicroBatchesOption = Annotated[int | None, typer.Option(
+    "--micro-batches", min=1, help="Split each fine-tune batch into this many micro-batches (at least one per "
+    "process under torchrun). One process with N reproduces an N-process run.")]
+
+
+def _finetune(steps: int | None, micro_batches: int | None) -> dict | None:
+    options = {k: v for k, v in {"steps": steps, "micro_batches": micro_batches}.items() if v is not None}
+    return options or None
+
+
 def _arms(text: str | None) -> list[str] | None:
     return None if text is None else [a.strip() for a in text.split(",") if a.strip()]
 
@@ -53,6 +63,7 @@ def audit_command(
     arms: ArmsOption = None,
     finetune_steps: Annotated[int | None, typer.Option("--finetune-steps", help="Optimizer steps per fine-tune arm "
                                                        "(default 300).")] = None,
+    micro_batches: MicroBatchesOption = None,
     generator_steps: Annotated[int | None, typer.Option("--generator-steps", help="Generator training steps "
                                                         "(default 1500).")] = None,
     generator_minutes: Annotated[float | None, typer.Option("--generator-minutes", help="Generator training time "
@@ -72,7 +83,7 @@ def audit_command(
     training = {k: v for k, v in {"steps": generator_steps, "minutes": generator_minutes}.items() if v is not None}
     ctx = open_run(out, {"models": [model] if model else None, "spec": spec,
                          **dataset(data, data_format, root, allow_duplicates), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
-                         "finetune": {"steps": finetune_steps} if finetune_steps is not None else None,
+                         "finetune": _finetune(finetune_steps, micro_batches),
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
                          "seed": seed, "intended_use": intended_use, "allow_pickle": allow_pickle or None,
                          # the audit's splits, also over what a stand-alone coverage or evaluate recorded
@@ -120,9 +131,11 @@ def finetune_command(
     model: Annotated[Path | None, typer.Option("--model", help="The deployed model, when the run records none.")] = None,
     card: Annotated[Path | None, typer.Option("--card", help="Its model card.")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Optimizer steps per arm (default 300).")] = None,
+    micro_batches: MicroBatchesOption = None,
     force: ForceOption = False,
 ) -> None:
-    """Fine-tune copies of the run's model (the given arms), resuming from checkpoints; then evaluate them."""
+    """Fine-tune copies of the run's model (the given arms), resuming from checkpoints; then evaluate them.
+    Under torchrun or accelerate launch the fine-tunes are data-parallel and the evaluation is sharded."""
     from cxr_audit.stages.config import FINETUNE_ARMS
     from cxr_audit.stages.evaluate import read_metrics
     from cxr_audit.stages.pipeline import run_stages, stages_for
@@ -132,7 +145,7 @@ def finetune_command(
         if arm not in FINETUNE_ARMS:
             raise UserInputError(f"--arms: {arm!r} is not a fine-tune arm ({', '.join(FINETUNE_ARMS)}).")
     ctx = open_run(run, {"models": [model] if model else None, "card": card,
-                         "finetune": {"steps": steps} if steps is not None else None}, force)
+                         "finetune": _finetune(steps, micro_batches)}, force)
     run_stages(ctx, stages_for(ctx, [f"evaluate_{arm}" for arm in chosen]), force)
     table = Table(title="Fine-tune arms", title_justify="left")
     for header in ("arm", "mean AUPRC (test)", "candidate"):

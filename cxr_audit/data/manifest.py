@@ -169,15 +169,13 @@ class Manifest:
                                  f"root {root} (a symbolic link?). Keep images under the root.")
         return full
 
-    def images(self, size: int, progress: bool = False) -> np.ndarray:
-        """Every image, in row order, as (N, 1, size, size) float32 in [0, 1]."""
-        from cxr_audit.data.images import load_resized
-        from cxr_audit.progress import progress_bar
+    def images(self, size: int, progress: bool = False, cache_dir: Path | None = None,
+               workers: int | None = None) -> np.ndarray:
+        """Every image, in row order, as (N, 1, size, size) float32 in [0, 1]: decoded in parallel, or read
+        from the decoded-image store under `cache_dir` (data/decoded.py)."""
+        from cxr_audit.data.decoded import load_images
 
-        paths = [self.resolve_image(p) for p in self.frame["path"]]
-        loaded = [load_resized(p, size) for p in progress_bar(paths, desc="loading images", unit="img", disable=not progress,
-                                                         leave=False)]
-        return np.stack(loaded)[:, None].astype(np.float32) if loaded else np.zeros((0, 1, size, size), np.float32)
+        return load_images([self.resolve_image(p) for p in self.frame["path"]], size, cache_dir, workers, progress)
 
 
 def check_integrity(manifest: Manifest, allow_duplicates: bool = False) -> Manifest:

@@ -119,7 +119,7 @@ class AssembleStage:
 
 
 def environment() -> dict:
-    import importlib.metadata as metadata
+    from importlib import metadata
 
     import torch
 

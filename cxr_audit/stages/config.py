@@ -123,10 +123,11 @@ class RunConfig(BaseModel):
     @classmethod
     def _finetune(cls, value: dict[str, Any]) -> dict[str, Any]:
         config = FinetuneConfig(**value)
-        positive = ("steps", "batch_size", "eval_every", "patience", "checkpoint_every")
+        positive = ("steps", "batch_size", "eval_every", "patience", "checkpoint_every", "micro_batches")
         if any(getattr(config, name) < 1 for name in positive) or not config.lr > 0 or config.weight_decay < 0:
-            raise ValueError(f"fine-tune options {value} need steps, batch_size, eval_every, patience and "
-                             "checkpoint_every of at least 1, lr above 0 and weight_decay of at least 0")
+            raise ValueError(f"fine-tune options {value} need steps, batch_size, eval_every, patience, "
+                             "checkpoint_every and micro_batches of at least 1, lr above 0 and weight_decay of at "
+                             "least 0")
         return _finetune_options(config)
 
     @property

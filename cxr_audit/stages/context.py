@@ -121,7 +121,7 @@ class RunContext:
     def images(self, split: str, size: int) -> np.ndarray:
         """A split's frontal images at `size`, decoded once for every stage that needs them."""
         if (split, size) not in self._images:
-            self._images[(split, size)] = self.frontal(split).images(size, self.progress)
+            self._images[(split, size)] = self.frontal(split).images(size, self.progress, self.cache_dir, self.workers)
         return self._images[(split, size)]
 
     def labels(self, split: str, names: list[str]) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_audit import __version__
+from cxr_audit import __version__, distributed
 from cxr_audit.classifier.card import card_path_for
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.data.splits import evaluation_split
@@ -20,6 +20,8 @@ from cxr_audit.stages.context import RunContext
 
 
 class EvaluateStage:
+    shares_work = True  # under several processes, inference is sharded over them (classifier/inference.py)
+
     def __init__(self, ctx: RunContext, arm: str = "baseline"):
         self.ctx, self.arm, self.requested_split = ctx, arm, ctx.config.evaluate_split
         self.name = f"evaluate_{arm}"
@@ -90,6 +92,8 @@ class EvaluateStage:
             predicted = _blackbox(ctx, test, notes)
         else:
             predicted = _model_predictions(ctx, self._models(), test, validation, notes)
+        if not distributed.is_main():  # the other processes scored their share; the main process goes on
+            return
         concepts, probabilities, model_info, stochastic, method, val_probabilities = predicted
         labels = test.labels(concepts, ctx.label_policy)
         validation_data = None
@@ -162,7 +166,8 @@ def _model_predictions(ctx: RunContext, models: list[tuple[Path, Path | None]], 
     if len(members) > 1:
         stochastic, method = member_probabilities[:, :, columns], "ensemble"
     elif ctx.config.mc_samples > 0:
-        sampled = stochastic_predictions(model, paths, ctx.config.mc_samples, seed=ctx.config.seed, **run)
+        sampled = stochastic_predictions(model, paths, ctx.config.mc_samples, seed=ctx.config.seed,
+                                         cache_dir=ctx.cache_dir, **run)
         stochastic, method = sampled.samples[:, :, columns], sampled.method
     return concepts, probabilities, info, stochastic, method, val_probabilities
 

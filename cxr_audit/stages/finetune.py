@@ -4,9 +4,10 @@ edits (the texture control: a gain from generator texture alone would show here 
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
+from cxr_audit import distributed
+from cxr_audit.classifier.micro_batches import fingerprint_config
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import sha256_file
 from cxr_audit.stages.context import RunContext
@@ -15,6 +16,8 @@ SYNTHETIC_SOURCE = {"cars": "cars", "unconstrained": "unconstrained", "null_edit
 
 
 class FinetuneStage:
+    shares_work = True  # under several processes, data-parallel (classifier/finetune.py)
+
     def __init__(self, ctx: RunContext, arm: str):
         self.ctx, self.arm = ctx, arm
         self.name = f"finetune_{arm}"
@@ -34,7 +37,7 @@ class FinetuneStage:
         ctx = self.ctx
         return {**ctx.model_identity(), "data": ctx.data_sha256, "format": ctx.manifest.format,
                 "spec": ctx.spec_sha256, "train": ctx.ids_sha256("train"), "val": ctx.ids_sha256("val"),
-                "config": asdict(ctx.config.finetune_config),
+                "config": fingerprint_config(ctx.config.finetune_config, distributed.world_size()),
                 "synthetic": sha256_file(self.synthesis.manifest) if self.synthesis else None}
 
     def run(self) -> None:

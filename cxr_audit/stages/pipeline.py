@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from cxr_audit import distributed
 from cxr_audit.errors import UserInputError
-from cxr_audit.rundir import RunDir, Stage, run_stage, stale_inputs
+from cxr_audit.rundir import RunDir, Stage, execute_stage, plan_stage, run_stage, stale_inputs
 from cxr_audit.stages.assemble import AssembleStage
 from cxr_audit.stages.checker import CheckerStage
 from cxr_audit.stages.config import ARMS, merge_config
@@ -89,7 +90,15 @@ def stages_for(ctx: RunContext, targets: Iterable[str]) -> list[Stage]:
 def open_run(run: RunDir, given: dict, force: bool, defaults: dict | None = None, **context) -> RunContext:
     """A command's view of a run: the options typed (`given`) merged into what the run recorded, checked
     against every stage the run has finished, then recorded. A configuration that would change a finished
-    stage's inputs is refused without --force, before anything is written."""
+    stage's inputs is refused without --force, before anything is written. Under several processes the main
+    process checks and records; the others then read the recorded configuration."""
+    ctx = distributed.on_main(lambda: _open_checked(run, given, force, defaults, context))
+    if ctx is None:
+        ctx = RunContext(run, merge_config(run, given, defaults), **{**context, "progress": False})
+    return ctx
+
+
+def _open_checked(run: RunDir, given: dict, force: bool, defaults: dict | None, context: dict) -> RunContext:
     run.check_writable()
     ctx = RunContext(run, merge_config(run, given, defaults), **context)
     ctx.created = not run.path.exists()
@@ -115,6 +124,9 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: bool = False) -> Non
     (its folder and record removed), and a run directory this command created is removed if nothing in it
     finished: a refused command leaves the disk as it found it."""
     for stage in stages:
+        if distributed.launched():
+            _run_stage_in_group(ctx, stage, force)
+            continue
         started_here = not ctx.run.stage_record(stage.name).exists()
         try:
             run_stage(ctx.run, stage, force, ctx.log)
@@ -122,6 +134,24 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: bool = False) -> Non
             if started_here:
                 _roll_back(ctx, stage)
             raise
+
+
+def _run_stage_in_group(ctx: RunContext, stage: Stage, force: bool) -> None:
+    """One stage on one of several processes (torchrun, accelerate launch): the main process decides, runs and
+    records it; a stage that shares its work (fine-tuning, inference: `shares_work`) also runs on the others,
+    which write nothing; every process waits for the stage's end before the next one reads its outputs."""
+    started_here = distributed.is_main() and not ctx.run.stage_record(stage.name).exists()
+    plan = distributed.broadcast(distributed.on_main(lambda: plan_stage(ctx.run, stage, force, ctx.log)))
+    if plan is None:
+        return
+    try:
+        if getattr(stage, "shares_work", False) and not distributed.is_main():
+            stage.run()
+        distributed.on_main(lambda: execute_stage(ctx.run, stage, plan))
+    except UserInputError:
+        if started_here:
+            _roll_back(ctx, stage)
+        raise
 
 
 def _roll_back(ctx: RunContext, stage: Stage) -> None:
