@@ -346,11 +346,17 @@ def _read_record(path: Path, name: str) -> dict:
 
 
 def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str], None] = print) -> bool:
-    """Run `stage` unless it is finished with the same inputs; returns whether it ran."""
-    plan = plan_stage(run, stage, force, log)
-    if plan is not None:
-        execute_stage(run, stage, plan)
-    return plan is not None
+    """Run `stage` unless it is finished with the same inputs; returns whether it ran. Under several processes
+    the main process runs it and the others wait (stages that share their work: stages/pipeline.py)."""
+    from cxr_audit import distributed
+
+    def run_here() -> bool:
+        plan = plan_stage(run, stage, force, log)
+        if plan is not None:
+            execute_stage(run, stage, plan)
+        return plan is not None
+
+    return bool(distributed.broadcast(distributed.on_main(run_here)))
 
 
 def plan_stage(run: RunDir, stage: Stage, force: bool, log: Callable[[str], None]) -> dict | None:

@@ -62,3 +62,13 @@ def test_an_undecodable_image_is_named(tmp_path):
     with pytest.raises(UserInputError, match="cut.png"):
         load_images([bad], 32, cache_dir=tmp_path / "cache", workers=0)
     assert not DecodedImageStore(tmp_path / "cache", 32).rows
+
+
+def test_a_cache_that_is_a_file_is_a_clear_error(phantom_dataset, phantom_model, tmp_path, monkeypatch, run_cli):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("CXR_AUDIT_CACHE", str(blocker))
+    result = run_cli("evaluate", "--out", tmp_path / "run", "--data", phantom_dataset / "labels.csv", "--model",
+                     phantom_model, "--spec", "coverage_specs/phantom.yaml")
+    assert result.exit_code == 2 and "cache-file" in result.stderr and "CXR_AUDIT_CACHE" in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -14,6 +14,7 @@ import copy
 import io
 import json
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -169,7 +170,9 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
         torch.set_rng_state(saved["torch_rng"])  # dropout masks continue as if never interrupted
         best_weights = saved["best_model"]
         state = json.loads(saved["state"])
-    trained, optimizer = accelerator.prepare(net, optimizer)
+    with warnings.catch_warnings():  # torch renamed the option accelerate passes; its meaning here is unchanged
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.* is deprecated", category=FutureWarning)
+        trained, optimizer = accelerator.prepare(net, optimizer)
     training_view = replace(candidate, module=trained)  # the DDP-wrapped network behind the model's preprocessing
     running_stats = RunningStatsMerge(net, per_process) if world > 1 else None
     started = time.monotonic()

@@ -25,7 +25,12 @@ from cxr_audit.provenance import atomic_write_bytes
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CXR_AUDIT_CACHE", Path.home() / ".cache" / "cxr-audit"))
+    """Where predictions and decoded images are cached: $CXR_AUDIT_CACHE, else ~/.cache/cxr-audit."""
+    folder = Path(os.environ.get("CXR_AUDIT_CACHE", Path.home() / ".cache" / "cxr-audit"))
+    if folder.exists() and not folder.is_dir():
+        raise UserInputError(f"The cache folder {folder} (CXR_AUDIT_CACHE) is a file. Point CXR_AUDIT_CACHE at a "
+                             "folder, or pass --no-cache.")
+    return folder
 
 
 image_sha256 = file_sha256

@@ -31,6 +31,8 @@ ArmsOption = Annotated[str | None, typer.Option("--arms", help="Comma-separated 
                                                 "unconstrained, null_edits (default: all).")]
 
 
+NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither reuse nor store cached predictions and "
+                                             "decoded images ($CXR_AUDIT_CACHE).")]
 MicroBatchesOption = Annotated[int | None, typer.Option(
     "--micro-batches", min=1, help="Split each fine-tune batch into this many micro-batches (at least one per "
     "process under torchrun). One process with N reproduces an N-process run.")]
@@ -76,6 +78,7 @@ def audit_command(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow a pickled model (runs code from the "
                                                "file; only for files you trust).")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Stop after audit.json.")] = False,
+    no_cache: NoCacheOption = False,
     force: ForceOption = False,
 ) -> None:
     """Run the whole audit into one run directory: coverage, evaluation, plan, synthesis, fine-tune arms,
@@ -87,7 +90,8 @@ def audit_command(
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
                          "seed": seed, "intended_use": intended_use, "allow_pickle": allow_pickle or None,
                          # the audit's splits, also over what a stand-alone coverage or evaluate recorded
-                         "coverage_split": "train", "evaluate_split": "test"}, force)
+                         "coverage_split": "train", "evaluate_split": "test"}, force,
+                   **({"cache_dir": None} if no_cache else {}))
     run_audit(ctx, force, report=not no_report)
 
 

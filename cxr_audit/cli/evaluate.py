@@ -60,7 +60,8 @@ def evaluate_command(
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader workers.")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow a pickled model (runs code from the "
                                                "file; only for files you trust).")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse or store cached predictions.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither reuse nor store cached predictions and decoded images "
+                                             "($CXR_AUDIT_CACHE).")] = False,
     force: ForceOption = False,
 ) -> None:
     """Evaluate a model (or its predictions) on real test images: metrics per concept and cell, with CIs."""

@@ -84,8 +84,13 @@ class DecodedImageStore:
 
     @contextmanager
     def _locked(self):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "lock", "w") as lock:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = open(self.folder / "lock", "w")  # noqa: SIM115 - closed below, after the unlock
+        except OSError as error:
+            raise UserInputError(f"The image cache {self.folder} cannot be written ({error.strerror}). Point "
+                                 "CXR_AUDIT_CACHE at a writable folder, or pass --no-cache.") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

@@ -145,9 +145,15 @@ def _run_stage_in_group(ctx: RunContext, stage: Stage, force: bool) -> None:
     if plan is None:
         return
     try:
+        stopped = None
         if getattr(stage, "shares_work", False) and not distributed.is_main():
-            stage.run()
+            try:
+                stage.run()
+            except UserInputError as error:  # raised after the main process has said how the stage ended
+                stopped = error
         distributed.on_main(lambda: execute_stage(ctx.run, stage, plan))
+        if stopped is not None:
+            raise stopped
     except UserInputError:
         if started_here:
             _roll_back(ctx, stage)
