@@ -151,7 +151,9 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
     sampler = torch.Generator().manual_seed(config.seed)  # the same global batches on every process
     weights = torch.tensor(sample_weights(train.labels) if config.balanced else np.full(len(train.labels),
                                                                                           1 / len(train.labels)))
-    x_train = torch.tensor(train.images)
+    # shared with the array, not copied: the training images are the fine-tune's largest memory (only batches
+    # are read from them, never written)
+    x_train = torch.from_numpy(np.require(train.images, np.float32, ["C", "W"]))
     y_train = torch.tensor(train.labels)
     x_val = torch.tensor(validation.images).to(device) if main else None
     state = {"step": 0, "best_score": -1.0, "best_step": 0, "bad_evaluations": 0, "history": []}
