@@ -189,3 +189,11 @@ def test_the_evaluate_command_on_two_processes_writes_what_one_process_writes(ph
     # the main process alone recorded the stage
     record = json.loads(RunDir(tmp_path / "two").stage_record("evaluate_baseline").read_text())
     assert record["status"] == "done"
+
+
+def test_micro_batches_that_do_not_split_the_batch_are_refused_before_any_work(phantom_dataset, phantom_model,
+                                                                               tmp_path, run_cli):
+    result = run_cli("audit", "--out", tmp_path / "run", "--model", phantom_model, "--data",
+                     phantom_dataset / "labels.csv", "--spec", "coverage_specs/phantom.yaml", "--micro-batches", "3")
+    assert result.exit_code == 2 and "micro-batches" in result.stderr and "(32)" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -128,6 +128,9 @@ class RunConfig(BaseModel):
             raise ValueError(f"fine-tune options {value} need steps, batch_size, eval_every, patience, "
                              "checkpoint_every and micro_batches of at least 1, lr above 0 and weight_decay of at "
                              "least 0")
+        if config.batch_size % config.micro_batches:
+            raise ValueError(f"the fine-tune batch ({config.batch_size}) does not split into {config.micro_batches} "
+                             "equal micro-batches: choose --micro-batches dividing it")
         return _finetune_options(config)
 
     @property

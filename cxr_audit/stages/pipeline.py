@@ -185,6 +185,11 @@ def preflight(ctx: RunContext) -> None:
     if len(ctx.config.models) != 1:
         raise UserInputError("The audit takes exactly one --model (the deployed model); `cxr-audit evaluate` scores "
                              "ensembles.")
+    if len(ctx.config.arms) > 1:  # the processes must share each fine-tune batch evenly
+        from cxr_audit.classifier.micro_batches import effective_micro_batches
+
+        finetune = ctx.config.finetune_config
+        effective_micro_batches(finetune.micro_batches, finetune.batch_size, distributed.world_size())
     model = ctx.model
     if len(ctx.config.arms) > 1 and model.module is None:
         raise UserInputError(f"Model {model.path} is {model.format}: the fine-tune arms ({', '.join(ctx.config.arms[1:])}) "
