@@ -101,3 +101,43 @@ def test_probe_names_a_side_effect_on_a_concept_the_edit_did_not_touch(phantom_d
     assert effect.share_harmful.ci[0] > 0.5 and effect.mean_harm.ci[0] > 0
     # Cardiomegaly was not touched by either change: no harmful side effect is claimed on it
     assert not any(e.harmful for key, e in document.side_effects.items() if e.concept == "Cardiomegaly")
+
+
+def _planted_with_null_edits(folder, manifest, null_change):
+    """The planted 'insert Nodule' pairs (which also lose the effusion) and, under the same edit ids, null edits
+    whose image is `null_change(source study)`."""
+    edits, nulls = SynthesisLayout(folder / "edits"), SynthesisLayout(folder / "nulls")
+    for layout in (edits, nulls):
+        layout.images.mkdir(parents=True)
+        layout.records.mkdir()
+    frame = manifest.frame
+    rows = frame[(frame["Pleural Effusion"] == 1) & (frame["Nodule"] == 0)].head(20)
+    names = list(phantom.PHANTOM_FINDINGS)
+    for k, (_, row) in enumerate(rows.iterrows()):
+        source = study_of(row)
+        edited = phantom.counterfactual(phantom.counterfactual(source, add="Nodule"), remove="Pleural Effusion")
+        target = {n: float(row[n]) for n in names} | {"Nodule": 1.0}
+        _save_pair(edits, f"p{k:03d}", edited, row, "insert", "Nodule", target)
+        _save_pair(nulls, f"p{k:03d}", null_change(source), row, "insert", "Nodule", {n: float(row[n]) for n in names})
+    for layout in (edits, nulls):
+        _save_summary(layout, len(rows))
+    return edits, nulls
+
+
+def test_side_effects_are_measured_against_the_null_edits(phantom_dataset, phantom_model, tmp_path):
+    """A shift that regenerating the region causes by itself (here: the null edit loses the effusion too) is
+    not the edit's side effect; against null edits that leave the image as it was, the planted one still is."""
+    manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
+    model = load_model(phantom_model)
+    key = "insert Nodule -> Pleural Effusion (present)"
+    edits, texture = _planted_with_null_edits(tmp_path / "a", manifest,
+                                              lambda study: phantom.counterfactual(study, remove="Pleural Effusion"))
+    netted = probe(model, edits, manifest, {}, replicates=200, progress=False, null_edits=texture)
+    assert netted.side_effects[key].baseline == "null edit" and not netted.side_effects[key].harmful
+    edits, unchanged = _planted_with_null_edits(tmp_path / "b", manifest, lambda study: study)
+    kept = probe(model, edits, manifest, {}, replicates=200, progress=False, null_edits=unchanged)
+    assert kept.side_effects[key].harmful and kept.side_effects[key].pairs == 20
+    raw = probe(model, edits, manifest, {}, replicates=200, progress=False)
+    assert raw.side_effects[key].baseline == "source"
+    # a null edit identical to its source changes nothing: the netted shift is the raw one
+    assert kept.side_effects[key].mean_harm.value == pytest.approx(raw.side_effects[key].mean_harm.value, abs=0.01)

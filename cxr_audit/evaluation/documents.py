@@ -234,8 +234,12 @@ class ProbeSideEffect(Document):
     concept: str
     concept_present: bool
     pairs: int
-    mean_harm: Interval = Field(description="mean shift toward the wrong answer (down if present, up if absent)")
-    share_harmful: Interval = Field(description="share of pairs whose score moved toward the wrong answer")
+    baseline: str = Field("source", description="what a shift is measured from: 'source' (the unedited image) or "
+                                                  "'null edit' (the same region regenerated without the change)")
+    mean_harm: Interval = Field(description="mean shift toward the wrong answer (down if present, up if absent), "
+                                            "beyond the null edit's when the baseline is 'null edit'")
+    share_harmful: Interval = Field(description="share of pairs whose score moved toward the wrong answer (further "
+                                                "than under the null edit, with that baseline)")
     harmful: bool = Field(description="both intervals exclude chance (mean > 0, share > 50%) and the mean is >= 0.02")
 
 

@@ -10,6 +10,11 @@ score although the effusion is still there. A side effect is *harmful* when both
 the wrong way (Wilson interval above 50%) and the mean shift (bootstrap interval above 0) exclude chance, and
 the mean shift is at least 0.02. The source goes through the same resize as the edit (down to the generator's size and
 back up), so resolution is not mistaken for the concept. No weights change.
+
+With the null edits of the same plan (the same regions regenerated under each source's own vector: the
+texture control), a side effect is measured against them: the edit's shift minus its null edit's shift on
+the same source. What regenerating a region does to any concept (texture, smoothing) then cancels, and what
+remains is what the inserted or deleted finding does.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ MIN_SIDE_EFFECT_SHIFT = 0.02  # a consistent but tiny shift (0.002) is no clinic
 
 def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, thresholds: dict[str, float],
           accepted_only: bool = True, replicates: int = 1000, seed: int = 0,
-          progress: bool = True) -> ProbeDocument:
-    """Score every (source, edit) pair of a synthesize run and summarise per concept/operation and per cell."""
+          progress: bool = True, null_edits: SynthesisLayout | None = None) -> ProbeDocument:
+    """Score every (source, edit) pair of a synthesize run and summarise per concept/operation and per cell;
+    side effects net of the null edits when they are given."""
     from cxr_audit.synthesis.documents import read_records, read_summary
 
     summary = read_summary(synthesis)
@@ -51,6 +57,7 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
     names = model.concepts
     before = model.predict_arrays(np.stack(sources)) if sources else np.zeros((0, len(names)))
     after = model.predict_arrays(np.stack(edits)) if edits else np.zeros((0, len(names)))
+    null_after = _null_edit_scores(model, null_edits, records, size) if null_edits is not None else None
     pairs, side_pairs = [], []
     for k, record in enumerate(records):
         touched = {o.concept for o in record.operations}
@@ -58,7 +65,12 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
             label = record.target_vector.get(other)
             if other in touched or other == "No Finding" or label not in (0.0, 1.0):
                 continue
-            harm = (before[k, j] - after[k, j]) if label == 1.0 else (after[k, j] - before[k, j])
+            toward_wrong = 1.0 if label == 0.0 else -1.0  # up is wrong where absent, down where present
+            harm = toward_wrong * (after[k, j] - before[k, j])
+            if null_after is not None:
+                if k not in null_after:  # no null edit of this plan entry: no baseline to measure against
+                    continue
+                harm -= toward_wrong * (null_after[k][j] - before[k, j])
             for operation in record.operations:
                 side_pairs.append({"edit": f"{operation.op} {operation.concept}", "concept": other,
                                    "label": int(label), "harm": float(harm)})
@@ -107,6 +119,7 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
         mean, share = bootstrap_mean(harm, replicates, rng), proportion_interval(int((harm > 0).sum()), harm.size)
         side_effects[f"{edit} -> {concept} ({'present' if label else 'absent'})"] = {
             "edit": edit, "concept": concept, "concept_present": bool(label), "pairs": int(harm.size),
+            "baseline": "null edit" if null_after is not None else "source",
             "mean_harm": mean.to_json(), "share_harmful": share.to_json(),
             "harmful": bool(mean.ci and share.ci and mean.ci[0] > 0 and share.ci[0] > 0.5
                             and mean.value >= MIN_SIDE_EFFECT_SHIFT)}
@@ -118,3 +131,15 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
         bootstrap={"unit": "pair", "replicates": replicates, "seed": seed, "interval": "percentile 95%"},
         by_concept=by_concept, by_cell=by_cell, side_effects=side_effects,
         pairs=[{k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()} for p in pairs])
+
+
+def _null_edit_scores(model: LoadedModel, null_edits: SynthesisLayout, records: list, size: int) -> dict[int, np.ndarray]:
+    """The model's scores on the null edit of each record's plan entry (same edit id), by record index."""
+    from cxr_audit.synthesis.documents import read_records
+
+    available = {r.edit_id for r in read_records(null_edits)}
+    found = [k for k, record in enumerate(records) if record.edit_id in available]
+    if not found:
+        return {}
+    images = np.stack([load_resized(null_edits.image(records[k].edit_id), size) for k in found])
+    return dict(zip(found, model.predict_arrays(images)))

@@ -84,6 +84,8 @@ def stages_for(ctx: RunContext, targets: Iterable[str]) -> list[Stage]:
         if name not in wanted:
             wanted.add(name)
             todo += _dependencies(name, present)
+            if name == "probe" and "null_edits" in ctx.config.arms:  # its side effects are measured against them
+                todo.append("null_edits")
     return [s for s in stages if s.name in wanted]
 
 
