@@ -84,20 +84,10 @@ def test_probe_names_a_side_effect_on_a_concept_the_edit_did_not_touch(phantom_d
     score falls although the label says the effusion is still there. The probe must name that side effect as
     harmful, and must not flag the untouched concepts of true counterfactuals."""
     manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
-    layout = SynthesisLayout(tmp_path / "planted")
-    layout.images.mkdir(parents=True)
-    layout.records.mkdir()
-    frame = manifest.frame
-    rows = frame[(frame["Pleural Effusion"] == 1) & (frame["Nodule"] == 0)].head(20)
-    names = list(phantom.PHANTOM_FINDINGS)
-    for k, (_, row) in enumerate(rows.iterrows()):
-        study = phantom.counterfactual(phantom.counterfactual(study_of(row), add="Nodule"), remove="Pleural Effusion")
-        target = {n: float(row[n]) for n in names} | {"Nodule": 1.0}  # the label still says: effusion present
-        _save_pair(layout, f"p{k:03d}", study, row, "insert", "Nodule", target)
-    _save_summary(layout, len(rows))
+    layout, _ = _planted_with_null_edits(tmp_path, manifest, lambda study: study)
     document = probe(load_model(phantom_model), layout, manifest, {}, replicates=200, progress=False)
     effect = document.side_effects["insert Nodule -> Pleural Effusion (present)"]
-    assert effect.pairs == len(rows) and effect.harmful
+    assert effect.pairs == 20 and effect.harmful
     assert effect.share_harmful.ci[0] > 0.5 and effect.mean_harm.ci[0] > 0
     # Cardiomegaly was not touched by either change: no harmful side effect is claimed on it
     assert not any(e.harmful for key, e in document.side_effects.items() if e.concept == "Cardiomegaly")
