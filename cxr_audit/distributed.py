@@ -42,11 +42,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def barrier() -> None:
-    if launched():
-        _state().wait_for_everyone()
-
-
 def broadcast(value: Any) -> Any:
     """The main process's `value` (any picklable object), on every process."""
     if not launched():

@@ -346,17 +346,26 @@ def _read_record(path: Path, name: str) -> dict:
 
 
 def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str], None] = print) -> bool:
-    """Run `stage` unless it is finished with the same inputs; returns whether it ran. Under several processes
-    the main process runs it and the others wait (stages that share their work: stages/pipeline.py)."""
+    """Run `stage` unless it is finished with the same inputs; returns whether it ran.
+
+    Under several processes (torchrun) the main process decides, runs and records the stage; a stage that
+    shares its work (`shares_work`: fine-tuning, inference) also runs on the others, which write nothing; every
+    process waits for the stage's end, and an error is raised on all of them. One process: plainly run."""
     from cxr_audit import distributed
 
-    def run_here() -> bool:
-        plan = plan_stage(run, stage, force, log)
-        if plan is not None:
-            execute_stage(run, stage, plan)
-        return plan is not None
-
-    return bool(distributed.broadcast(distributed.on_main(run_here)))
+    plan = distributed.broadcast(distributed.on_main(lambda: plan_stage(run, stage, force, log)))
+    if plan is None:
+        return False
+    stopped = None
+    if getattr(stage, "shares_work", False) and not distributed.is_main():
+        try:
+            stage.run()
+        except UserInputError as error:  # raised once the main process has said how the stage ended
+            stopped = error
+    distributed.on_main(lambda: execute_stage(run, stage, plan))
+    if stopped is not None:
+        raise stopped
+    return True
 
 
 def plan_stage(run: RunDir, stage: Stage, force: bool, log: Callable[[str], None]) -> dict | None:

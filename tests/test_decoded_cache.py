@@ -4,7 +4,7 @@ and is shared by processes and stages."""
 import numpy as np
 import pytest
 
-from cxr_audit.data.decoded import PREPROCESSING, DecodedImageStore, file_sha256, load_images
+from cxr_audit.data.decoded import PREPROCESSING, DecodedImageStore, image_sha256, load_images
 from cxr_audit.data.images import load_resized
 
 
@@ -21,14 +21,14 @@ def test_cached_images_are_bit_identical_to_decoding(real_images, tmp_path):
     again = load_images(real_images, 96, cache_dir=tmp_path, workers=0)  # every image from the store
     assert plain.dtype == np.float32 and plain.shape == (70, 1, 96, 96)
     assert np.array_equal(plain, first) and np.array_equal(plain, again)
-    assert np.array_equal(store.get(file_sha256(real_images[3])), load_resized(real_images[3], 96))
+    assert np.array_equal(store.get(image_sha256(real_images[3])), load_resized(real_images[3], 96))
     # another size is another entry, never a resized copy of this one
     assert not DecodedImageStore(tmp_path, 64).rows
 
 
 def test_the_store_never_serves_an_image_that_was_not_fully_written(real_images, tmp_path):
     store = DecodedImageStore(tmp_path, 32)
-    hashes = [file_sha256(p) for p in real_images[:3]]
+    hashes = [image_sha256(p) for p in real_images[:3]]
     store.add({h: load_resized(p, 32) for h, p in zip(hashes[:2], real_images)})
     # a writer killed mid-row (pixels half written, no index line) and a torn index line
     with open(store.pixels_path, "ab") as pixels:

@@ -120,17 +120,18 @@ def test_micro_batches_must_split_the_batch_among_the_processes():
         effective_micro_batches(6, 48, 4)
 
 
-def test_the_default_single_batch_step_is_unchanged(tmp_path):
-    """micro_batches=1 on one process is the plain step: a mean loss over the batch, dropout from the
-    process's stream (what every fine-tune before data-parallel training did)."""
-    from cxr_audit.classifier.micro_batches import masked_bce_sum
+def test_a_micro_batch_loss_summed_and_divided_by_the_batch_s_known_labels_is_the_mean_loss():
+    """What makes micro-batches add up to the global batch: each contributes its summed loss over the known
+    labels, divided by the known labels of the whole batch (here, one micro-batch per half)."""
     from cxr_audit.classifier.small_cnn import masked_bce
 
     rng = np.random.default_rng(1)
     logits = torch.tensor(rng.normal(size=(8, 3)), dtype=torch.float32)
     targets = torch.tensor((rng.random((8, 3)) < 0.5).astype(np.float32))
-    targets[0, 1] = float("nan")
-    assert masked_bce_sum(logits, targets) / 23 == pytest.approx(masked_bce(logits, targets).item(), rel=1e-6)
+    targets[0, 1] = targets[5, 2] = float("nan")
+    known = int((~torch.isnan(targets)).sum())
+    halves = sum(masked_bce(logits[part], targets[part], reduction="sum") for part in (slice(0, 4), slice(4, 8)))
+    assert known == 22 and (halves / known).item() == pytest.approx(masked_bce(logits, targets).item(), rel=1e-6)
 
 
 INFERENCE = SETUP + textwrap.dedent("""

@@ -32,8 +32,8 @@ from cxr_audit.classifier.micro_batches import (
     dropout_seed,
     effective_micro_batches,
     fingerprint_config,
-    masked_bce_sum,
 )
+from cxr_audit.classifier.small_cnn import masked_bce
 from cxr_audit.errors import UserInputError
 from cxr_audit.metrics.discrimination import weighted_average_precision
 from cxr_audit.progress import progress_bar
@@ -201,7 +201,7 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
             with accelerator.autocast(), (nullcontext() if last else accelerator.no_sync(trained)):
                 # DDP averages gradients over processes: scaled by `world`, the sum over micro-batches is the
                 # global batch's mean-loss gradient
-                loss = masked_bce_sum(_logits(training_view, x), y) * (world / max(known, 1))
+                loss = masked_bce(_logits(training_view, x), y, reduction="sum") * (world / max(known, 1))
                 accelerator.backward(loss)
             step_loss += loss.detach().float() / world
         optimizer.step()

@@ -18,7 +18,7 @@ import torch
 
 from cxr_audit import distributed
 from cxr_audit.classifier.adapter import LoadedModel, default_device
-from cxr_audit.data.decoded import DecodedImageStore, decoded_batches, file_sha256, image_loader
+from cxr_audit.data.decoded import DecodedImageStore, decoded_batches, image_loader, image_sha256
 from cxr_audit.errors import UserInputError
 from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_bytes
@@ -31,9 +31,6 @@ def default_cache_dir() -> Path:
         raise UserInputError(f"The cache folder {folder} (CXR_AUDIT_CACHE) is a file. Point CXR_AUDIT_CACHE at a "
                              "folder, or pass --no-cache.")
     return folder
-
-
-image_sha256 = file_sha256
 
 
 def _sharded(paths: list[Path], size: int, batch_size: int, workers: int | None, cache_dir: Path | None,
@@ -92,11 +89,11 @@ def predict(model: LoadedModel, paths: list[Path], batch_size: int = 32, workers
             cache_dir: Path | None = None, progress: bool = True) -> np.ndarray:
     """Probabilities (N, len(model.concepts)) for images at `paths`, reusing cached predictions and decoded
     images. Sharded over the processes of a multi-process run; the main process keeps the cache."""
-    cache, hashes, todo = None, [], []
-    if distributed.is_main():
+    cache, hashes, todo = None, None, list(range(len(paths)))
+    if cache_dir is not None and distributed.is_main():  # without a cache nothing is keyed by content
         hashes = [image_sha256(p) for p in paths]
-        cache = PredictionCache(cache_dir, model) if cache_dir is not None else None
-        todo = [i for i, h in enumerate(hashes) if cache is None or h not in cache.entries]
+        cache = PredictionCache(cache_dir, model)
+        todo = [i for i, h in enumerate(hashes) if h not in cache.entries]
     hashes, todo = distributed.broadcast((hashes, todo))  # every process scores the same images
     probabilities = np.zeros((0, len(model.concepts)), np.float32)
     if todo:
@@ -109,9 +106,9 @@ def predict(model: LoadedModel, paths: list[Path], batch_size: int = 32, workers
             return model.predict(images.to(device, non_blocking=True), names).float().cpu().numpy()
 
         probabilities = _sharded([paths[i] for i in todo], model.card.input_size, batch_size, workers, cache_dir,
-                                 "inference", progress, score, [hashes[i] for i in todo])
+                                 "inference", progress, score, [hashes[i] for i in todo] if hashes else None)
     if cache_dir is None:
-        return probabilities.astype(np.float32)
+        return probabilities
     if distributed.is_main():
         cache.entries.update({hashes[i]: row for i, row in zip(todo, probabilities)})
         if todo:

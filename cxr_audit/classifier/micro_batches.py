@@ -50,14 +50,6 @@ def dropout_seed(seed: int, step: int, micro_batch: int, count: int) -> int:
     return (seed * 1_000_003 + step * count + micro_batch) % 2**63
 
 
-def masked_bce_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed binary cross-entropy over the known (non-NaN) labels."""
-    known = ~torch.isnan(targets)
-    if not known.any():
-        return logits.sum() * 0.0
-    return nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known], reduction="sum")
-
-
 def _batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 

@@ -52,12 +52,13 @@ class SmallCXRNet(nn.Module):
         return self.head(self.dropout(x))
 
 
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy that ignores unknown (NaN) labels."""
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy that ignores unknown (NaN) labels: their mean, or their sum (`reduction="sum"`,
+    for micro-batches normalised by a larger batch)."""
     known = ~torch.isnan(targets)
     if not known.any():
         return logits.sum() * 0.0
-    return nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known])
+    return nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known], reduction=reduction)
 
 
 def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 6, batch_size: int = 32,

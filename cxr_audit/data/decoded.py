@@ -14,7 +14,6 @@ partial row, which the next writer truncates.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import re
 from contextlib import contextmanager
@@ -26,18 +25,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxr_audit.data.images import load_resized
 from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import sha256_file
 
 # Bump when load_resized's output changes (resampling, scaling, DICOM windowing): old entries are then unused.
 PREPROCESSING = "load_resized-v1"
 _INDEX_LINE = re.compile(r"^([0-9a-f]{64})\t(\d+)$")
 
 
-def file_sha256(path: Path) -> str:
+def image_sha256(path: Path) -> str:
+    """An image file's content hash (what caches key on); a missing file is a user error naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"Image {path} {'is a folder' if path.is_dir() else 'does not exist'}. Check the "
                              "dataset root (--root) and the labels file's paths.")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 class DecodedImageStore:
@@ -138,7 +139,7 @@ class ImageFiles(Dataset):
         try:
             sha = ""
             if self.store is not None:
-                sha = self.hashes[index] if self.hashes else file_sha256(self.paths[index])
+                sha = self.hashes[index] if self.hashes else image_sha256(self.paths[index])
                 if sha in self.store:
                     return torch.from_numpy(self.store.get(sha)).unsqueeze(0), "", sha, False
             pixels = np.require(load_resized(self.paths[index], self.size), requirements="W")  # torch wants writable

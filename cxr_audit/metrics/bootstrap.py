@@ -104,13 +104,10 @@ def proportion_interval(successes: int, n: int, level: float = 0.95) -> Estimate
     agrees (5 of 5 gives [1, 1]); Wilson's interval stays honest (5 of 5: [0.57, 1])."""
     if n == 0:
         return Estimate(None, None)
-    from scipy.stats import norm
+    from scipy.stats import binomtest
 
-    z = float(norm.ppf(1 - (1 - level) / 2))
-    share = successes / n
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Estimate(share, (max(0.0, centre - half), min(1.0, centre + half)))
+    interval = binomtest(successes, n).proportion_ci(level, method="wilson")
+    return Estimate(successes / n, (float(interval.low), float(interval.high)))
 
 
 def bootstrap_mean(values: np.ndarray, replicates: int = DEFAULT_REPLICATES,

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from cxr_audit import distributed
 from cxr_audit.errors import UserInputError
-from cxr_audit.rundir import RunDir, Stage, execute_stage, plan_stage, run_stage, stale_inputs
+from cxr_audit.rundir import RunDir, Stage, run_stage, stale_inputs
 from cxr_audit.stages.assemble import AssembleStage
 from cxr_audit.stages.checker import CheckerStage
 from cxr_audit.stages.config import ARMS, merge_config
@@ -126,40 +126,13 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: bool = False) -> Non
     (its folder and record removed), and a run directory this command created is removed if nothing in it
     finished: a refused command leaves the disk as it found it."""
     for stage in stages:
-        if distributed.launched():
-            _run_stage_in_group(ctx, stage, force)
-            continue
-        started_here = not ctx.run.stage_record(stage.name).exists()
+        started_here = distributed.is_main() and not ctx.run.stage_record(stage.name).exists()
         try:
             run_stage(ctx.run, stage, force, ctx.log)
         except UserInputError:
             if started_here:
                 _roll_back(ctx, stage)
             raise
-
-
-def _run_stage_in_group(ctx: RunContext, stage: Stage, force: bool) -> None:
-    """One stage on one of several processes (torchrun, accelerate launch): the main process decides, runs and
-    records it; a stage that shares its work (fine-tuning, inference: `shares_work`) also runs on the others,
-    which write nothing; every process waits for the stage's end before the next one reads its outputs."""
-    started_here = distributed.is_main() and not ctx.run.stage_record(stage.name).exists()
-    plan = distributed.broadcast(distributed.on_main(lambda: plan_stage(ctx.run, stage, force, ctx.log)))
-    if plan is None:
-        return
-    try:
-        stopped = None
-        if getattr(stage, "shares_work", False) and not distributed.is_main():
-            try:
-                stage.run()
-            except UserInputError as error:  # raised after the main process has said how the stage ended
-                stopped = error
-        distributed.on_main(lambda: execute_stage(ctx.run, stage, plan))
-        if stopped is not None:
-            raise stopped
-    except UserInputError:
-        if started_here:
-            _roll_back(ctx, stage)
-        raise
 
 
 def _roll_back(ctx: RunContext, stage: Stage) -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 from cxr_audit import concepts
 from cxr_audit.anatomy.masks import image_mask_folder, load_mask_folder
 from cxr_audit.anatomy.regions import edit_mask
-from cxr_audit.classifier.inference import image_sha256
+from cxr_audit.data.decoded import image_sha256
 from cxr_audit.data.images import load_resized
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.errors import UserInputError
