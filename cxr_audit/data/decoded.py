@@ -49,22 +49,29 @@ class DecodedImageStore:
         self.folder = Path(cache_dir) / "decoded" / f"{size}px-{PREPROCESSING}"
         self.pixels_path, self.index_path = self.folder / "pixels.f32", self.folder / "index.tsv"
         self._row_bytes = size * size * 4
-        self.rows = self._read_index()
+        self.rows: dict[str, int] = {}
+        self._index_read = 0  # bytes of the index already parsed into `rows`
+        self._read_new_index_lines()
         self._map: np.memmap | None = None
 
     def _complete_rows(self) -> int:
         return self.pixels_path.stat().st_size // self._row_bytes if self.pixels_path.exists() else 0
 
-    def _read_index(self) -> dict[str, int]:
+    def _read_new_index_lines(self) -> None:
+        """Add the index entries written since the last read (by any process): only the new bytes are parsed,
+        so adding batch after batch stays linear in the store's size."""
         if not self.index_path.exists():
-            return {}
+            return
+        with open(self.index_path, "rb") as index:
+            index.seek(self._index_read)
+            new = index.read()
+        end = new.rfind(b"\n") + 1  # a torn last line waits; the next writer ends it, and it parses as invalid
         complete = self._complete_rows()
-        rows = {}
-        for line in self.index_path.read_text().splitlines():
+        for line in new[:end].decode("utf-8", errors="replace").splitlines():
             match = _INDEX_LINE.match(line)
-            if match and int(match[2]) < complete:  # a torn last line, or a row never finished, is ignored
-                rows[match[1]] = int(match[2])
-        return rows
+            if match and int(match[2]) < complete:  # a torn line, or a row never finished, is ignored
+                self.rows[match[1]] = int(match[2])
+        self._index_read += end
 
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self.rows
@@ -104,7 +111,7 @@ class DecodedImageStore:
         if not entries:
             return
         with self._locked():
-            self.rows = self._read_index()
+            self._read_new_index_lines()
             new = [(sha, pixels) for sha, pixels in entries.items() if sha not in self.rows]
             if not new:
                 return
@@ -119,7 +126,7 @@ class DecodedImageStore:
                 index.write("\n" * torn + "".join(f"{sha}\t{first + k}\n" for k, (sha, _) in enumerate(new)))
                 index.flush()
                 os.fsync(index.fileno())
-            self.rows.update({sha: first + k for k, (sha, _) in enumerate(new)})
+            self._read_new_index_lines()  # what this call wrote
 
 
 class ImageFiles(Dataset):
