@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_audit.demo import DEMO_TARGET_CELLS, SHIPPED_GENERATOR, demo_context
 from cxr_audit.evaluation.scoring import load_replicates
 from cxr_audit.rundir import RunDir
+from cxr_audit.stages.demo import DEMO_TARGET_CELLS, SHIPPED_GENERATOR, demo_context
 
 MATCHED = "unconstrained_matched"
 
@@ -41,9 +41,9 @@ def matched_rows(run: RunDir, seed: int) -> np.ndarray:
 
 
 def run_matched_arm(out: Path, seed: int) -> dict:
-    from cxr_audit.classifier.finetune import TrainingImages, finetune, synthetic_training_images
+    from cxr_audit.classifier.finetune import TrainingImages
     from cxr_audit.stages.evaluate import EvaluateStage
-    from cxr_audit.stages.finetune import FinetuneStage
+    from cxr_audit.stages.finetune import FinetuneStage, finetune_into, read_synthetic_training_images
 
     ctx = demo_context(out, progress=False, log=lambda message: None, check_generator=False, seed=seed,
                        generator=str(SHIPPED_GENERATOR))
@@ -52,14 +52,14 @@ def run_matched_arm(out: Path, seed: int) -> dict:
         model = ctx.model
         outputs, size = model.concepts, model.card.input_size
         rows = matched_rows(run, seed)
-        synthetic = synthetic_training_images(run.synthesis("unconstrained"), outputs, size)
+        synthetic = read_synthetic_training_images(run.synthesis("unconstrained"), outputs, size)
         subsample = TrainingImages(synthetic.images[rows], synthetic.labels[rows], synthetic.synthetic[rows])
         train = TrainingImages.concatenate([TrainingImages.real(ctx.images("train", size),
                                                                 ctx.labels("train", outputs)), subsample])
         validation = TrainingImages.real(ctx.images("val", size), ctx.labels("val", outputs))
         inputs = {**FinetuneStage(ctx, "unconstrained").inputs(), "rows": ",".join(map(str, rows))}
-        finetune(model, train, validation, run.finetune(MATCHED), ctx.config.finetune_config, MATCHED,
-                 {k: str(v) for k, v in inputs.items()}, progress=False)
+        finetune_into(run.finetune(MATCHED), model, train, validation, ctx.config.finetune_config, MATCHED,
+                      {k: str(v) for k, v in inputs.items()}, progress=False)
         EvaluateStage(ctx, MATCHED).run()
     accepted = {mode: len(pd.read_csv(run.synthesis(mode).manifest)) for mode in ("cars", "unconstrained")}
     return {"accepted": {**accepted, MATCHED: len(matched_rows(run, seed))},

@@ -19,10 +19,11 @@ CHILD = r'''
 import json, resource, sys, time
 from pathlib import Path
 import numpy as np, torch
-from cxr_audit.classifier.finetune import FinetuneConfig, TrainingImages, finetune
+from cxr_audit.classifier.finetune import FinetuneConfig, TrainingImages
 from cxr_audit.classifier.loading import load_model
 from cxr_audit.classifier.small_cnn import SmallCXRNet, save_classifier
 from cxr_audit.rundir import FinetuneLayout
+from cxr_audit.stages.finetune import finetune_into
 
 n, size, steps, folder = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 torch.set_num_threads(2)
@@ -33,8 +34,8 @@ rng = np.random.default_rng(0)
 train = TrainingImages.real(rng.random((n, 1, size, size), dtype=np.float32), (rng.random((n, 8)) < 0.2).astype(np.float32))
 val = TrainingImages.real(rng.random((200, 1, size, size), dtype=np.float32), (rng.random((200, 8)) < 0.2).astype(np.float32))
 start = time.perf_counter()
-finetune(load_model(folder / "m.safetensors"), train, val, FinetuneLayout(folder / "ft"),
-         FinetuneConfig(steps=steps, batch_size=32, eval_every=steps, checkpoint_every=steps), "real_only", {}, progress=False)
+finetune_into(FinetuneLayout(folder / "ft"), load_model(folder / "m.safetensors"), train, val,
+              FinetuneConfig(steps=steps, batch_size=32, eval_every=steps, checkpoint_every=steps), "real_only", {}, progress=False)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 '''

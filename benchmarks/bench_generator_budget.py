@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr_audit import concepts, demo
+from cxr_audit import concepts
 from cxr_audit.anatomy.masks import dataset_anatomy
 from cxr_audit.anatomy.regions import edit_mask
 from cxr_audit.classifier.small_cnn import predict_probabilities, train_checker
@@ -28,8 +28,10 @@ from cxr_audit.data import phantom
 from cxr_audit.data.phantom.dataset import study_of
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.provenance import sha256_file
-from cxr_audit.rundir import RunDir, run_stage
+from cxr_audit.rundir import RunDir
 from cxr_audit.spec import load_spec
+from cxr_audit.stages import demo
+from cxr_audit.stages.runner import run_stage
 from cxr_audit.synthesis.editor import EditSettings, edit
 from cxr_audit.synthesis.generator.regions import RegionSampler
 from cxr_audit.synthesis.generator.store import load_generator

@@ -25,10 +25,10 @@ import numpy as np
 
 from cxr_audit.audit.document import load_audit
 from cxr_audit.audit.findings import CONTROLS
-from cxr_audit.demo import DEMO_TARGET_CELLS, SHIPPED_GENERATOR, demo_context
 from cxr_audit.evaluation.scoring import load_replicates
 from cxr_audit.rundir import RunDir
 from cxr_audit.stages.config import ARMS
+from cxr_audit.stages.demo import DEMO_TARGET_CELLS, SHIPPED_GENERATOR, demo_context
 from cxr_audit.stages.pipeline import run_audit
 
 METRICS = ("auprc", "ece", "entropy")

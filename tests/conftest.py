@@ -94,6 +94,24 @@ def phantom_model(phantom_dataset, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def phantom_checker(phantom_dataset, tmp_path_factory) -> Path:
+    """A QC checker for audits that are given one (they skip training their own): a SmallCXRNet of its own
+    weights, trained one epoch on the phantom's training split, saved as safetensors with its card."""
+    import numpy as np
+
+    from cxr_audit.classifier.small_cnn import save_classifier, train_small_classifier
+    from cxr_audit.data import phantom
+    from cxr_audit.data.readers import read_manifest
+
+    train = read_manifest(phantom_dataset / "labels.csv", "chexpert").split("train")
+    names = list(phantom.PHANTOM_FINDINGS)
+    net = train_small_classifier(train.images(64), train.frame[names].to_numpy(np.float32), epochs=1, seed=3, width=4)
+    path = tmp_path_factory.mktemp("checker") / "checker.safetensors"
+    save_classifier(net, path, names, 64)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_generator(phantom_dataset, tmp_path_factory) -> Path:
     """A concept-conditioned generator trained for 4 steps: real weights, no skill (for plumbing tests)."""
     import numpy as np

@@ -22,7 +22,6 @@ from cxr_audit.evaluation.documents import (
     ProbeSideEffect,
 )
 from cxr_audit.provenance import Document, read_document, read_json
-from cxr_audit.report.gallery import GalleryItem
 from cxr_audit.synthesis.documents import SynthesisSummary
 from cxr_audit.synthesis.planner import CellPlan, Rejection
 
@@ -111,6 +110,23 @@ class MethodFindings(Document):
     statements: list[str] = Field(default_factory=list, description="the findings as the report's first page says them")
 
 
+class GalleryItem(Document):
+    """One gallery panel as audit.json records it (the PNG lies in the run; its SHA-256 is checked)."""
+
+    edit_id: str
+    cell_id: str
+    operation: str
+    image: str
+    image_sha256: str
+    qc: dict[str, Any]
+
+
+class GalleryDocument(Document):
+    """gallery.json: the panels the gallery stage drew."""
+
+    items: list[GalleryItem]
+
+
 class AuditDocument(Document):
     schema_version: str = AUDIT_SCHEMA_VERSION
     tool_version: str
@@ -138,17 +154,9 @@ class AuditDocument(Document):
         return self.arms[arm].metrics
 
 
-def audit_path(path: str | Path) -> Path:
-    """audit.json given directly, or the run directory that holds it."""
-    from cxr_audit.rundir import RunDir
-
-    path = Path(path)
-    return RunDir(path).audit if path.is_dir() else path
-
-
 def load_audit(path: str | Path) -> AuditDocument:
-    """A validated audit.json (or the one in a run directory)."""
-    path = audit_path(path)
+    """A validated audit.json."""
+    path = Path(path)
     raw = read_json(path, "Pass the audit.json of a finished `cxr-audit audit` run (or its run directory).")
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != AUDIT_SCHEMA_VERSION:

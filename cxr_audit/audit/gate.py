@@ -9,7 +9,7 @@ runs on different test sets are refused, not compared.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -17,12 +17,11 @@ from typing import Annotated, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from cxr_audit.audit.document import AuditDocument, audit_path, load_audit
+from cxr_audit.audit.document import AuditDocument, load_audit
 from cxr_audit.errors import UserInputError
 from cxr_audit.evaluation.documents import MetricsDocument
 from cxr_audit.metrics.bootstrap import paired_difference
 from cxr_audit.provenance import sha256_file
-from cxr_audit.rundir import RunDir
 
 ConceptSelection = Union[Literal["all"], list[str]]
 
@@ -131,19 +130,20 @@ class Outcome:
 
 @dataclass
 class AuditRun:
-    """An audit.json and the run directory beside it (for the bootstrap replicates)."""
+    """An audit.json and where its arms' bootstrap replicates lie (`replicates_file`: arm -> the file, which the
+    run's layout knows)."""
     path: Path
     document: AuditDocument
+    replicates_file: Callable[[str], Path]
     _replicates: dict = field(default_factory=dict, repr=False)  # read once per arm, however many rules use them
 
     @staticmethod
-    def load(path: Path, arm: str) -> "AuditRun":
-        path = audit_path(path)
+    def load(path: Path, arm: str, replicates_file: Callable[[str], Path]) -> "AuditRun":
         document = load_audit(path)
         if arm not in document.arms:
             raise UserInputError(f"{path} has no arm {arm!r} (it has {', '.join(document.arms)}); set 'arm' in "
                                  "the policy.")
-        return AuditRun(path, document)
+        return AuditRun(path, document, replicates_file)
 
     def metrics(self, arm: str) -> MetricsDocument:
         return self.document.metrics(arm)
@@ -153,7 +153,7 @@ class AuditRun:
 
         if arm in self._replicates:
             return self._replicates[arm]
-        file = RunDir(self.path.parent).evaluation(arm).replicates
+        file = self.replicates_file(arm)
         if not file.exists():
             raise UserInputError(f"{file} is missing: the paired comparison needs the bootstrap replicates of "
                                  f"{self.path}. Keep the run directory together with its audit.json.")

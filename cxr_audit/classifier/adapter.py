@@ -1,16 +1,18 @@
 """The adapter that feeds a loaded classifier images and maps its outputs: one interface, whatever the format
-(images in [0, 1], (N, 1, H, W) -> probabilities per named concept)."""
+(images in [0, 1], (N, 1, H, W) -> probabilities per named concept). The format's own work (running a batch,
+stochastic inference, devices) is its backend's (classifier/backends/)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from cxr_audit.classifier.card import ModelCard, ModelFormat
+from cxr_audit.classifier.card import ModelCard
 from cxr_audit.errors import UserInputError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -27,10 +29,20 @@ class LoadedModel:
     path: Path
     sha256: str
     card: ModelCard
-    format: ModelFormat
-    module: nn.Module | None = None
-    onnx_session: object | None = None
-    notes: list[str] = field(default_factory=list)
+    backend: Any  # a classifier.backends.ClassifierBackend
+
+    @property
+    def format(self) -> str:
+        return self.backend.format
+
+    @property
+    def module(self) -> nn.Module | None:
+        """The torch module when the model can be fine-tuned, else None."""
+        return self.backend.module
+
+    @property
+    def notes(self) -> list[str]:
+        return self.backend.notes
 
     @property
     def concepts(self) -> list[str]:
@@ -41,17 +53,9 @@ class LoadedModel:
     def output_index(self) -> list[int]:
         return [i for i, n in enumerate(self.card.output_names) if n]
 
-    def _dropout_modules(self) -> list[nn.Module]:
-        """Dropout layers, eager or TorchScript (scripted modules keep their class name in original_name)."""
-        if self.module is None:
-            return []
-        return [m for m in self.module.modules()
-                if isinstance(m, nn.modules.dropout._DropoutNd)
-                or getattr(m, "original_name", "") in ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout")]
-
     @property
     def has_dropout(self) -> bool:
-        return bool(self._dropout_modules())
+        return self.backend.has_dropout()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] grayscale at the card's size -> the model's input (channels, normalisation)."""
@@ -68,15 +72,7 @@ class LoadedModel:
 
     def raw_outputs(self, images: torch.Tensor) -> torch.Tensor:
         """The model's own output for a batch: one (batch, outputs) tensor, or a user error saying what came."""
-        x = self.preprocess(images)
-        if self.onnx_session is not None:
-            name = self.onnx_session.get_inputs()[0].name
-            out = self.onnx_session.run(None, {name: x.cpu().numpy().astype(np.float32)})
-            out = torch.from_numpy(np.asarray(out[0])) if len(out) == 1 else out
-        else:
-            if x.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = self.module(x)
+        out = self.backend.forward(self.preprocess(images))
         if not isinstance(out, torch.Tensor):
             raise UserInputError(f"Model {self.path} returned a {type(out).__name__}, not one tensor of shape (batch, "
                                  "outputs). Export a model whose forward returns the logits (or probabilities) alone.")
@@ -116,15 +112,8 @@ class LoadedModel:
 
     def set_mc_dropout(self, enabled: bool) -> None:
         """Dropout on at inference (MC dropout) while batch norm stays in eval mode."""
-        if self.module is None:
-            return
-        self.module.eval()
-        for m in self._dropout_modules():
-            m.train(enabled)
+        self.backend.set_stochastic(enabled)
 
     def to(self, device: torch.device) -> LoadedModel:
-        if self.module is not None:
-            self.module.to(device)
-            if device.type == "cuda":
-                self.module.to(memory_format=torch.channels_last)
+        self.backend.to(device)
         return self

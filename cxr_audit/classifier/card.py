@@ -12,14 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from cxr_audit import concepts
 from cxr_audit.yamlio import load_yaml_model
 
-ModelFormat = Literal["torchscript", "onnx", "torchvision", "torchxrayvision", "pickle"]
-
 
 class ModelCard(BaseModel):
     """How to run a classifier and read its outputs."""
 
     model_config = ConfigDict(extra="forbid")
-    format: ModelFormat | None = Field(None, description="detected from the file when omitted")
+    format: str | None = Field(None, description="the model's format, a registered backend's (torchscript, onnx, "
+                                                 "torchvision, torchxrayvision, pickle, ...; checked when the model "
+                                                 "loads); detected when omitted")
     architecture: str | None = Field(None, description="torchvision model name for a state_dict")
     input_size: int = Field(224, ge=16)
     channels: Literal[1, 3] = 1
@@ -68,12 +68,17 @@ class ModelCard(BaseModel):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
 
+def card_file(model_path: Path) -> Path:
+    """Where a model's card is written: `<model>.card.yaml` beside it."""
+    return model_path.with_name(model_path.name + ".card.yaml")
+
+
 def card_path_for(path: str | Path | None, model_path: Path) -> Path | None:
     """The card file a model uses: `path` when given, else `<model>.card.yaml` or `<model stem>.card.yaml`
     beside the model, else None (the defaults)."""
     if path:
         return Path(path)
-    for candidate in (model_path.with_name(model_path.name + ".card.yaml"), model_path.with_suffix(".card.yaml")):
+    for candidate in (card_file(model_path), model_path.with_suffix(".card.yaml")):
         if candidate.exists():
             return candidate
     return None

@@ -2,10 +2,11 @@
 
 The deployed model is never changed: a fresh copy is loaded from its file, trained for a fixed budget of
 steps with class-balanced sampling, early-stopped on a real-only validation split (mean AUPRC), and saved
-beside a card that inherits the original's preprocessing: as a safetensors state dict when the original was
-weights for a known architecture (the bytes then depend only on the weights), as TorchScript otherwise. Every `checkpoint_every` steps the
-state (weights, optimizer, sampler RNG, early-stopping state) goes to `checkpoint.pt`, so a killed run
-resumes exactly where it stopped and ends with the same weights as an uninterrupted one.
+serialized with a card that inherits the original's preprocessing: as a safetensors state dict when the original
+was weights for a known architecture (the bytes then depend only on the weights), as TorchScript otherwise.
+Every `checkpoint_every` steps the state (weights, optimizer, sampler RNG, early-stopping state) goes to the
+`Checkpoints` the fine-tune stage gives, so a killed run resumes exactly where it stopped and ends with the
+same weights as an uninterrupted one. The stage writes every file.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import io
 import json
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from torch import nn
 
 from cxr_audit import distributed
 from cxr_audit.classifier.adapter import LoadedModel
@@ -37,7 +36,6 @@ from cxr_audit.classifier.small_cnn import masked_bce
 from cxr_audit.errors import UserInputError
 from cxr_audit.metrics.discrimination import weighted_average_precision
 from cxr_audit.progress import progress_bar
-from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 
 @dataclass
@@ -72,6 +70,26 @@ class TrainingImages:
     def concatenate(parts: list[TrainingImages]) -> TrainingImages:
         return TrainingImages(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
                               np.concatenate([p.synthetic for p in parts]))
+
+
+@dataclass
+class Checkpoints:
+    """Where a fine-tune keeps its resumable state (the stage says where): `load` gives the last saved state
+    or None, `save` keeps one (on the main process)."""
+
+    load: Callable[[], dict | None]
+    save: Callable[[dict], None]
+    where: str = "the checkpoint"  # how messages name it
+
+
+@dataclass
+class Candidate:
+    """A fine-tuned copy, serialized: the file's kind ('weights': a safetensors state dict; 'torchscript'), its
+    bytes, and its card."""
+
+    kind: str
+    content: bytes
+    card: object
 
 
 def sample_weights(labels: np.ndarray) -> np.ndarray:
@@ -115,124 +133,26 @@ def _validation_auprc(model: LoadedModel, images: torch.Tensor, labels: np.ndarr
     return float(np.mean(values)) if values else float("nan")
 
 
-def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImages, layout,
-             config: FinetuneConfig, arm: str, inputs_sha256: dict[str, str], progress: bool = True,
-             stop_after: int | None = None) -> dict:
-    """Fine-tune a copy of `model` into `layout` (a rundir.FinetuneLayout); returns the record written to
-    its finetune.json.
+def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImages, config: FinetuneConfig,
+             arm: str, inputs_sha256: dict[str, str], checkpoints: Checkpoints,
+             progress: bool = True) -> tuple[Candidate | None, dict]:
+    """Fine-tune a copy of `model`; returns the candidate (serialized, on the main process; None elsewhere)
+    and the record of the fine-tune (finetune.json less the candidate's file, which the stage names).
 
     Runs through `accelerate`: one process on the CPU or GPU when started plainly; data-parallel (DDP) over
     GPUs and nodes under `torchrun` or `accelerate launch`, bf16 autocast on GPUs. The global batch is split
     into micro-batches so that N processes give the weights of one process run with `micro_batches = N`
-    (classifier/micro_batches.py). The main process validates, checkpoints and saves.
-
-    `stop_after` ends the call after that many steps in this call, leaving the checkpoint (used by tests to
-    stand in for a killed process)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    on_gpu = torch.cuda.is_available()
-    # Buffers are not broadcast from rank 0 each forward: RunningStatsMerge makes them equal after each step.
-    accelerator = Accelerator(mixed_precision="bf16" if on_gpu else "no", cpu=not on_gpu,
-                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    main = accelerator.is_main_process
-    micro = effective_micro_batches(config.micro_batches, config.batch_size, world)
-    per_process, micro_size = micro // world, config.batch_size // micro
-    if main:
-        layout.folder.mkdir(parents=True, exist_ok=True)
-    candidate = _trainable_copy(model).to(device)
-    # Seeded after the copy is built: building a state-dict model draws random initial weights, and the dropout
-    # masks must not depend on how the model's weights were stored.
-    torch.manual_seed(config.seed)
-    net = candidate.module
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    sampler = torch.Generator().manual_seed(config.seed)  # the same global batches on every process
-    weights = torch.tensor(sample_weights(train.labels) if config.balanced else np.full(len(train.labels),
-                                                                                          1 / len(train.labels)))
-    # shared with the array, not copied: the training images are the fine-tune's largest memory (only batches
-    # are read from them, never written)
-    x_train = torch.from_numpy(np.require(train.images, np.float32, ["C", "W"]))
-    y_train = torch.tensor(train.labels)
-    x_val = torch.tensor(validation.images).to(device) if main else None
-    state = {"step": 0, "best_score": -1.0, "best_step": 0, "bad_evaluations": 0, "history": []}
-    best_weights = copy.deepcopy(net.state_dict())
-    checkpoint = layout.checkpoint
-    fingerprint = json.dumps({"config": fingerprint_config(config, world), "inputs": inputs_sha256}, sort_keys=True)
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu" if device.type == "cpu" else device, weights_only=True)
-        if saved["fingerprint"] != fingerprint:
-            raise UserInputError(f"{checkpoint} belongs to a fine-tune with other settings, inputs or number of "
-                                 "processes (micro-batches). Resume with the same ones, delete it, or choose "
-                                 "another output folder.")
-        net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        sampler.set_state(saved["sampler"])
-        torch.set_rng_state(saved["torch_rng"])  # dropout masks continue as if never interrupted
-        best_weights = saved["best_model"]
-        state = json.loads(saved["state"])
-    with warnings.catch_warnings():  # torch renamed the option accelerate passes; its meaning here is unchanged
-        warnings.filterwarnings("ignore", message=".*broadcast_buffers.* is deprecated", category=FutureWarning)
-        trained, optimizer = accelerator.prepare(net, optimizer)
-    training_view = replace(candidate, module=trained)  # the DDP-wrapped network behind the model's preprocessing
-    running_stats = RunningStatsMerge(net, per_process) if world > 1 else None
+    (classifier/micro_batches.py). The main process validates, checkpoints and serializes the candidate."""
+    # 1. Processes, the trainable copy, its optimizer and sampler, resumed from the last checkpoint.
+    run = _TrainingRun.prepare(model, train, validation, config, inputs_sha256, checkpoints)
+    # 2. The step loop, with evaluation, early stopping and checkpoints.
     started = time.monotonic()
-    bar = progress_bar(total=config.steps, initial=state["step"], desc=f"fine-tuning ({arm})", unit="step",
-                       disable=not (progress and main))
-    steps_this_call = 0
-    stopped_early = False
-    while state["step"] < config.steps:
-        trained.train()
-        batch = torch.multinomial(weights, config.batch_size, replacement=True, generator=sampler)
-        gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=sampler)  # exposure jitter, as in training
-        known = int((~torch.isnan(y_train[batch])).sum())
-        if running_stats:
-            running_stats.snapshot()
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = torch.zeros((), device=device)
-        for k in range(rank * per_process, (rank + 1) * per_process):
-            part = slice(k * micro_size, (k + 1) * micro_size)
-            x = (x_train[batch[part]] * gain[part]).clamp(0, 1).to(device)
-            y = y_train[batch[part]].to(device)
-            if micro > 1:  # the micro-batch's dropout masks, whichever process runs it
-                torch.manual_seed(dropout_seed(config.seed, state["step"], k, micro))
-            last = k == (rank + 1) * per_process - 1
-            with accelerator.autocast(), (nullcontext() if last else accelerator.no_sync(trained)):
-                # DDP averages gradients over processes: scaled by `world`, the sum over micro-batches is the
-                # global batch's mean-loss gradient
-                loss = masked_bce(_logits(training_view, x), y, reduction="sum") * (world / max(known, 1))
-                accelerator.backward(loss)
-            step_loss += loss.detach().float() / world
-        optimizer.step()
-        if running_stats:
-            running_stats.merge()
-        state["step"] += 1
-        steps_this_call += 1
-        bar.update()
-        if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
-            score = _validation_auprc(candidate, x_val, validation.labels, config.batch_size * 2) if main else None
-            score = distributed.broadcast(score)  # every process takes the main process's early-stopping decision
-            state["history"].append({"step": state["step"], "loss": round(distributed.all_reduce_sum(step_loss).item(), 6),
-                                     "val_mean_auprc": round(score, 6)})
-            bar.set_postfix(val_auprc=f"{score:.3f}")
-            if score > state["best_score"]:
-                state.update(best_score=score, best_step=state["step"], bad_evaluations=0)
-                best_weights = copy.deepcopy(net.state_dict())
-            else:
-                state["bad_evaluations"] += 1
-                stopped_early = state["bad_evaluations"] >= config.patience
-        interrupted = stop_after is not None and steps_this_call >= stop_after
-        if main and (state["step"] % config.checkpoint_every == 0 or stopped_early or interrupted):
-            _save_checkpoint(checkpoint, net, optimizer, sampler, best_weights, state, fingerprint)
-        if stopped_early or interrupted:
-            break
-    bar.close()
-    accelerator.wait_for_everyone()
-    if stop_after is not None and state["step"] < config.steps and not stopped_early:
-        return {"interrupted_at_step": state["step"]}
-    net.load_state_dict(best_weights)
-    net.eval()
+    stopped_early = run.loop(config, arm, progress)
+    # 3. The best weights, serialized by the main process.
+    run.accelerator.wait_for_everyone()
+    run.net.load_state_dict(run.best_weights)
+    run.net.eval()
+    state = run.state
     record = {
         "arm": arm, "inputs_sha256": inputs_sha256, "config": asdict(config),
         "base_model": {"path": str(model.path), "sha256": model.sha256, "format": model.format},
@@ -240,31 +160,150 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
         "validation_images": len(validation.labels),
         "steps_run": state["step"], "best_step": state["best_step"], "stopped_early": stopped_early,
         "best_val_mean_auprc": round(state["best_score"], 6), "history": state["history"],
-        "device": device.type, "processes": world, "micro_batches": micro,
+        "device": run.device.type, "processes": run.world, "micro_batches": run.micro,
         "seconds_this_call": round(time.monotonic() - started, 1),
         "note": "thresholds are re-derived on the validation split (the fine-tune changes calibration)",
     }
-    if main:
-        candidate_path, card = _save_candidate(candidate, layout, device)
-        atomic_write_text(layout.card_for(candidate_path), yaml.safe_dump(card.model_dump(mode="json"),
-                                                                          sort_keys=False))
-        record["candidate"] = {"path": candidate_path.name, "sha256": sha256_file(candidate_path)}
-        atomic_write_json(layout.record, record)
-    accelerator.wait_for_everyone()
-    return record
+    candidate = _serialize_candidate(run.candidate, run.device) if run.main else None
+    return candidate, record
 
 
-def _save_checkpoint(path: Path, net: nn.Module, optimizer, sampler: torch.Generator, best_weights: dict,
-                     state: dict, fingerprint: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "sampler": sampler.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "best_model": best_weights, "state": json.dumps(state), "fingerprint": fingerprint}, tmp)
-    tmp.replace(path)
+class _TrainingRun:
+    """The state of one fine-tune across its steps (what a checkpoint holds, and what it is made with)."""
+
+    @classmethod
+    def prepare(cls, model: LoadedModel, train: TrainingImages, validation: TrainingImages, config: FinetuneConfig,
+                inputs_sha256: dict[str, str], checkpoints: Checkpoints) -> _TrainingRun:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self = cls()
+        on_gpu = torch.cuda.is_available()
+        # Buffers are not broadcast from rank 0 each forward: RunningStatsMerge makes them equal after each step.
+        self.accelerator = Accelerator(mixed_precision="bf16" if on_gpu else "no", cpu=not on_gpu,
+                                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        accelerator = self.accelerator
+        self.device, self.world, self.rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+        self.main = accelerator.is_main_process
+        self.micro = effective_micro_batches(config.micro_batches, config.batch_size, self.world)
+        self.per_process, self.micro_size = self.micro // self.world, config.batch_size // self.micro
+        self.checkpoints, self.validation_labels = checkpoints, validation.labels
+        self.candidate = _trainable_copy(model).to(self.device)
+        # Seeded after the copy is built: building a state-dict model draws random initial weights, and the
+        # dropout masks must not depend on how the model's weights were stored.
+        torch.manual_seed(config.seed)
+        self.net = self.candidate.module
+        self.optimizer = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad], lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.sampler = torch.Generator().manual_seed(config.seed)  # the same global batches on every process
+        self.weights = torch.tensor(sample_weights(train.labels) if config.balanced
+                                    else np.full(len(train.labels), 1 / len(train.labels)))
+        # shared with the array, not copied: the training images are the fine-tune's largest memory (only
+        # batches are read from them, never written)
+        self.x_train = torch.from_numpy(np.require(train.images, np.float32, ["C", "W"]))
+        self.y_train = torch.tensor(train.labels)
+        self.x_val = torch.tensor(validation.images).to(self.device) if self.main else None
+        self.state = {"step": 0, "best_score": -1.0, "best_step": 0, "bad_evaluations": 0, "history": []}
+        self.best_weights = copy.deepcopy(self.net.state_dict())
+        self.fingerprint = json.dumps({"config": fingerprint_config(config, self.world), "inputs": inputs_sha256},
+                                      sort_keys=True)
+        self._resume()
+        with warnings.catch_warnings():  # torch renamed the option accelerate passes; its meaning is unchanged
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.* is deprecated", category=FutureWarning)
+            self.trained, self.optimizer = accelerator.prepare(self.net, self.optimizer)
+        # the DDP-wrapped network behind the model's preprocessing
+        view = copy.copy(self.candidate.backend)
+        view.module = self.trained
+        self.training_view = replace(self.candidate, backend=view)
+        self.running_stats = RunningStatsMerge(self.net, self.per_process) if self.world > 1 else None
+        return self
+
+    def _resume(self) -> None:
+        saved = self.checkpoints.load()
+        if saved is None:
+            return
+        if saved["fingerprint"] != self.fingerprint:
+            raise UserInputError(f"{self.checkpoints.where} belongs to a fine-tune with other settings, inputs or "
+                                 "number of processes (micro-batches). Resume with the same ones, delete it, or "
+                                 "choose another output folder.")
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.sampler.set_state(saved["sampler"])
+        torch.set_rng_state(saved["torch_rng"])  # dropout masks continue as if never interrupted
+        self.best_weights = saved["best_model"]
+        self.state = json.loads(saved["state"])
+
+    def loop(self, config: FinetuneConfig, arm: str, progress: bool) -> bool:
+        """Train to the step budget or an early stop; returns whether it stopped early."""
+        state = self.state
+        bar = progress_bar(total=config.steps, initial=state["step"], desc=f"fine-tuning ({arm})", unit="step",
+                           disable=not (progress and self.main))
+        stopped_early = False
+        while state["step"] < config.steps:
+            step_loss = self.step(config)
+            state["step"] += 1
+            bar.update()
+            if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
+                stopped_early = self.evaluate(config, step_loss, bar)
+            if self.main and (state["step"] % config.checkpoint_every == 0 or stopped_early):
+                self.checkpoints.save(self.checkpoint())
+            if stopped_early:
+                break
+        bar.close()
+        return stopped_early
+
+    def step(self, config: FinetuneConfig) -> torch.Tensor:
+        """One optimizer step on one global batch, this process's micro-batches of it; returns its loss share."""
+        self.trained.train()
+        batch = torch.multinomial(self.weights, config.batch_size, replacement=True, generator=self.sampler)
+        gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=self.sampler)  # exposure jitter, as in training
+        known = int((~torch.isnan(self.y_train[batch])).sum())
+        if self.running_stats:
+            self.running_stats.snapshot()
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=self.device)
+        first, last = self.rank * self.per_process, (self.rank + 1) * self.per_process - 1
+        for k in range(first, last + 1):
+            part = slice(k * self.micro_size, (k + 1) * self.micro_size)
+            x = (self.x_train[batch[part]] * gain[part]).clamp(0, 1).to(self.device)
+            y = self.y_train[batch[part]].to(self.device)
+            if self.micro > 1:  # the micro-batch's dropout masks, whichever process runs it
+                torch.manual_seed(dropout_seed(config.seed, self.state["step"], k, self.micro))
+            with self.accelerator.autocast(), (nullcontext() if k == last else self.accelerator.no_sync(self.trained)):
+                # DDP averages gradients over processes: scaled by `world`, the sum over micro-batches is the
+                # global batch's mean-loss gradient
+                loss = masked_bce(_logits(self.training_view, x), y, reduction="sum") * (self.world / max(known, 1))
+                self.accelerator.backward(loss)
+            step_loss += loss.detach().float() / self.world
+        self.optimizer.step()
+        if self.running_stats:
+            self.running_stats.merge()
+        return step_loss
+
+    def evaluate(self, config: FinetuneConfig, step_loss: torch.Tensor, bar) -> bool:
+        """Validation AUPRC on the main process, its early-stopping decision shared; returns whether to stop."""
+        state = self.state
+        score = _validation_auprc(self.candidate, self.x_val, self.validation_labels, config.batch_size * 2) \
+            if self.main else None
+        score = distributed.broadcast(score)  # every process takes the main process's early-stopping decision
+        state["history"].append({"step": state["step"], "loss": round(distributed.all_reduce_sum(step_loss).item(), 6),
+                                 "val_mean_auprc": round(score, 6)})
+        bar.set_postfix(val_auprc=f"{score:.3f}")
+        if score > state["best_score"]:
+            state.update(best_score=score, best_step=state["step"], bad_evaluations=0)
+            self.best_weights = copy.deepcopy(self.net.state_dict())
+            return False
+        state["bad_evaluations"] += 1
+        return state["bad_evaluations"] >= config.patience
+
+    def checkpoint(self) -> dict:
+        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "sampler": self.sampler.get_state(), "torch_rng": torch.get_rng_state(),
+                "best_model": self.best_weights, "state": json.dumps(self.state), "fingerprint": self.fingerprint}
 
 
-def _save_candidate(candidate: LoadedModel, layout, device: torch.device):
-    """Save the fine-tuned network in its base model's format; returns (path, card).
+def _serialize_candidate(candidate: LoadedModel, device: torch.device) -> Candidate:
+    """The fine-tuned network in its base model's format.
 
     Weights for a known architecture (torchvision, torchxrayvision, the project's small CNN) are saved as a
     safetensors state dict, whose bytes depend only on the weights. TorchScript and pickled models are saved
@@ -273,11 +312,11 @@ def _save_candidate(candidate: LoadedModel, layout, device: torch.device):
 
     net = candidate.module.to("cpu").eval()
     card = candidate.card.model_copy(update={"thresholds": {}, "training": None})  # finetune.json says how
-    if candidate.format in ("torchvision", "torchxrayvision"):
+    if candidate.backend.saves_weights:
         weights = {name: tensor.detach().contiguous() for name, tensor in net.state_dict().items()}
-        atomic_write_bytes(layout.candidate_weights, save(weights))
+        content = save(weights)
         net.to(device)
-        return layout.candidate_weights, card.model_copy(update={"format": candidate.format})
+        return Candidate("weights", content, card.model_copy(update={"format": candidate.format}))
     size = candidate.card.input_size
     channels = 3 if candidate.card.channels == 3 or candidate.card.normalization == "imagenet" else 1
     if not isinstance(net, torch.jit.ScriptModule):
@@ -288,25 +327,17 @@ def _save_candidate(candidate: LoadedModel, layout, device: torch.device):
                 net = torch.jit.trace(net, torch.zeros(1, channels, size, size), check_trace=False)
     buffer = io.BytesIO()
     torch.jit.save(net, buffer)
-    atomic_write_bytes(layout.candidate_torchscript, buffer.getvalue())
     net.to(device)
-    return layout.candidate_torchscript, card.model_copy(update={"format": "torchscript", "architecture": None})
+    return Candidate("torchscript", buffer.getvalue(),
+                     card.model_copy(update={"format": "torchscript", "architecture": None}))
 
 
-def synthetic_training_images(layout, concepts: list[str], size: int) -> TrainingImages:
-    """Accepted synthetic images of a synthesize run (a rundir.SynthesisLayout); concepts the edit's target
-    vector does not name are unknown (NaN), never assumed negative."""
-    import pandas as pd
-
-    from cxr_audit.data.images import load_resized
-
-    if not layout.manifest.exists():
-        raise UserInputError(f"{layout.manifest} does not exist: run `cxr-audit synthesize` first.")
-    if layout.manifest.stat().st_size < 5:  # nothing accepted: an empty CSV
+def synthetic_training_images(frame, images: np.ndarray, concepts: list[str], size: int) -> TrainingImages:
+    """Accepted synthetic images (`frame`: the synthetic manifest's rows, `images`: theirs, (N, S, S)); concepts
+    the edit's target vector does not name are unknown (NaN), never assumed negative."""
+    if not len(frame):
         return TrainingImages(np.zeros((0, 1, size, size), np.float32), np.zeros((0, len(concepts)), np.float32),
                               np.zeros(0, bool))
-    frame = pd.read_csv(layout.manifest)
-    images = np.stack([load_resized(layout.manifest_image(p), size) for p in frame["Path"]])[:, None]
     labels = np.stack([frame[c].to_numpy(np.float32) if c in frame else np.full(len(frame), np.nan, np.float32)
                        for c in concepts], axis=1)
-    return TrainingImages(images.astype(np.float32), labels, np.ones(len(frame), bool))
+    return TrainingImages(images[:, None].astype(np.float32), labels, np.ones(len(frame), bool))

@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+from cxr_audit.classifier.card import card_file
 from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_bytes, atomic_write_text
 
@@ -188,4 +189,4 @@ def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], siz
         card["training"] = training
     if thresholds:
         card["thresholds"] = thresholds
-    atomic_write_text(path.with_name(path.name + ".card.yaml"), yaml.safe_dump(card, sort_keys=False))
+    atomic_write_text(card_file(path), yaml.safe_dump(card, sort_keys=False))

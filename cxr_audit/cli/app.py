@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from cxr_audit import __version__
+from cxr_audit.data.readers import FORMATS
 from cxr_audit.errors import EXIT_BAD_INPUT, UserInputError
 
 app = typer.Typer(
@@ -67,12 +68,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
     return decorate
 
 
-class DataFormat(str, Enum):
-    auto = "auto"
-    nih = "nih"
-    chexpert = "chexpert"
-    mimic = "mimic"
-    csv = "csv"
+DataFormat = Enum("DataFormat", {name: name for name in ("auto", *FORMATS)}, type=str)  # the readers' formats
 
 
 # Options default to None: "what the run recorded, else the built-in default". A value typed on the command

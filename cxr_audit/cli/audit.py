@@ -70,6 +70,8 @@ def audit_command(
                                                         "(default 1500).")] = None,
     generator_minutes: Annotated[float | None, typer.Option("--generator-minutes", help="Generator training time "
                                                             "budget.")] = None,
+    edit_steps: Annotated[int | None, typer.Option("--edit-steps", help="DDIM steps of each edit, over the full "
+                                                   "schedule (default 30; fewer is faster and coarser).")] = None,
     bootstrap: Annotated[int | None, typer.Option("--bootstrap", help="Patient-level bootstrap replicates "
                                                   "(default 1000).")] = None,
     mc_samples: Annotated[int | None, typer.Option("--mc-samples", help="MC-dropout passes, 0 off (default 10).")] = None,
@@ -88,6 +90,7 @@ def audit_command(
                          **dataset(data, data_format, root, allow_duplicates), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
                          "finetune": _finetune(finetune_steps, micro_batches),
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
+                         "edit": None if edit_steps is None else {"steps": edit_steps},
                          "seed": seed, "intended_use": intended_use, "allow_pickle": allow_pickle or None,
                          # the audit's splits, also over what a stand-alone coverage or evaluate recorded
                          "coverage_split": "train", "evaluate_split": "test"}, force,
@@ -115,16 +118,16 @@ def report_command(
     force: ForceOption = False,
 ) -> None:
     """Render the PDF again from RUN/audit.json alone."""
-    from cxr_audit.report.render import render_report
-    from cxr_audit.rundir import RunDir, check_output_file, run_stage
-    from cxr_audit.stages.report import ReportStage
+    from cxr_audit.rundir import RunDir, check_output_file
+    from cxr_audit.stages.report import ReportStage, render_run_report
+    from cxr_audit.stages.runner import run_stage
 
     rundir = RunDir(run)
     if out is None:
         run_stage(rundir, ReportStage(rundir), force)
         out = rundir.report
     else:
-        render_report(rundir, check_output_file(out, [rundir.audit], "--pdf"))
+        render_run_report(rundir, check_output_file(out, [rundir.audit], "--pdf"))
     console.print(f"Wrote {out}", markup=False)
 
 
@@ -196,7 +199,7 @@ def demo_command(
 ) -> None:
     """The full audit on the embedded phantom: dataset with a rare cell, a small deployed classifier, the
     shipped generator, every stage, and report.pdf."""
-    from cxr_audit.demo import demo_context, rebuild_demo_generator
+    from cxr_audit.stages.demo import demo_context, rebuild_demo_generator
 
     ctx = demo_context(out, force, check_generator=not rebuild_generator)
     if rebuild_generator:

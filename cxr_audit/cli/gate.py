@@ -29,13 +29,14 @@ def gate_command(
                                          "this, such rules without --baseline are refused).")] = False,
 ) -> None:
     """Exit 0 when every policy rule passes, 1 when any fails, 2 for bad input; writes JUnit XML and Markdown."""
-    from cxr_audit.audit.gate import AuditRun, evaluate_policy, junit_xml, load_policy, markdown_summary
+    from cxr_audit.audit.gate import evaluate_policy, junit_xml, load_policy, markdown_summary
     from cxr_audit.provenance import atomic_write_bytes, atomic_write_text
     from cxr_audit.rundir import check_output_file
+    from cxr_audit.stages.assemble import open_audit
 
     rules = load_policy(policy)
-    new = AuditRun.load(candidate, rules.arm)
-    old = AuditRun.load(baseline, "baseline") if baseline else None
+    new = open_audit(candidate, rules.arm)
+    old = open_audit(baseline, "baseline") if baseline else None
     inputs = [policy, new.path, *([old.path] if old else [])]
     junit = check_output_file(junit or new.path.parent / "gate-junit.xml", inputs, "--junit")
     summary = check_output_file(summary or new.path.parent / "gate-summary.md", inputs, "--summary")
@@ -65,9 +66,9 @@ def compare_command(
 ) -> None:
     """Side-by-side metrics of two audits (paired differences when they share a test set); no gating."""
     from cxr_audit.audit.compare import compare_audits
-    from cxr_audit.audit.gate import AuditRun
+    from cxr_audit.stages.assemble import open_audit
 
-    a, b = AuditRun.load(old, "baseline"), AuditRun.load(new, "baseline")
+    a, b = open_audit(old, "baseline"), open_audit(new, "baseline")
     rows, why_unpaired = compare_audits(a, b)
     if why_unpaired:
         note(why_unpaired)

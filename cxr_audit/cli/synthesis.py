@@ -148,9 +148,9 @@ def synthesize_command(
     force: ForceOption = False,
 ) -> None:
     """Carry out the run's edit plan: masked, anatomy-preserving edits with QC; resumable."""
+    from cxr_audit.rundir import SYNTHESIS_FOLDERS
     from cxr_audit.stages.pipeline import run_stages, stages_for
-    from cxr_audit.stages.synthesize import STAGE_NAMES
-    from cxr_audit.synthesis.documents import read_summary
+    from cxr_audit.stages.synthesize import read_summary
 
     edit = {k: v for k, v in {"strength": strength, "guidance": guidance, "steps": steps}.items() if v is not None}
     ctx = open_run(run, {**dataset(data, data_format, root, allow_duplicates), "generator": generator,
@@ -160,7 +160,7 @@ def synthesize_command(
     if unconstrained and null_edits:
         raise UserInputError("--unconstrained and --null-edits are two different controls; run them one at a time.")
     mode = "unconstrained" if unconstrained else "null_edits" if null_edits else "cars"
-    run_stages(ctx, stages_for(ctx, [STAGE_NAMES[mode]]), force)
+    run_stages(ctx, stages_for(ctx, [SYNTHESIS_FOLDERS[mode]]), force)
     layout = ctx.run.synthesis(mode)
     summary = read_summary(layout)
     console.print(escape(f"{summary.accepted} of {summary.planned} edits accepted; rejected by reason: "

@@ -26,8 +26,6 @@ from cxr_audit.data.manifest import (
 )
 from cxr_audit.errors import UserInputError
 
-FORMATS = ("nih", "chexpert", "mimic", "csv")
-
 
 def read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
     if not path.exists():
@@ -413,6 +411,7 @@ READERS: dict[str, Callable[..., Manifest]] = {
     "mimic": read_mimic,
     "csv": read_generic_csv,
 }
+FORMATS = tuple(READERS)  # the data formats, stated once: the configuration and the command line read this
 
 
 def detect_format(data: Path) -> str:

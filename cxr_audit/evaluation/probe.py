@@ -19,98 +19,129 @@ remains is what the inserted or deleted finding does.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cxr_audit.classifier.adapter import LoadedModel
-from cxr_audit.data.images import load_resized
-from cxr_audit.data.manifest import Manifest
-from cxr_audit.errors import UserInputError
 from cxr_audit.evaluation.documents import ProbeDocument
 from cxr_audit.metrics.bootstrap import bootstrap_mean, proportion_interval
-from cxr_audit.progress import progress_bar
-from cxr_audit.rundir import SynthesisLayout
+from cxr_audit.synthesis.documents import EditRecord, SynthesisSummary
 
 MIN_SIDE_EFFECT_PAIRS = 8  # fewer pairs of one (edit, concept, label) say nothing about a side effect
 MIN_SIDE_EFFECT_SHIFT = 0.02  # a consistent but tiny shift (0.002) is no clinical side effect
 
 
-def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, thresholds: dict[str, float],
-          accepted_only: bool = True, replicates: int = 1000, seed: int = 0,
-          progress: bool = True, null_edits: SynthesisLayout | None = None) -> ProbeDocument:
-    """Score every (source, edit) pair of a synthesize run and summarise per concept/operation and per cell;
-    side effects net of the null edits when they are given."""
-    from cxr_audit.synthesis.documents import read_records, read_summary
+@dataclass
+class ProbePairs:
+    """The (source, edited) pairs of a synthesize run, as images at the generator's size."""
 
-    summary = read_summary(synthesis)
-    size = int(summary.generator["image_size"])
-    records = read_records(synthesis)
-    if accepted_only:
-        records = [r for r in records if r.qc.passed]
-    rows = manifest.frame.set_index("image_id", drop=False)
-    sources, edits = [], []
-    for record in progress_bar(records, desc="probe pairs", unit="pair", disable=not progress, leave=False):
-        if record.source_image_id not in rows.index:
-            raise UserInputError(f"probe: source {record.source_image_id!r} of edit {record.edit_id} is not "
-                                 "in the data. Was the synthesis made from another dataset?")
-        sources.append(load_resized(manifest.resolve_image(rows.loc[record.source_image_id, "path"]), size))
-        edits.append(load_resized(synthesis.image(record.edit_id), size))
+    records: list[EditRecord]
+    sources: np.ndarray                         # (N, S, S) in [0, 1]
+    edits: np.ndarray                           # (N, S, S)
+    null_edits: dict[int, np.ndarray] | None    # record index -> its null edit; None: the run has no null edits
+
+
+def probe(model: LoadedModel, pairs: ProbePairs, summary: SynthesisSummary, thresholds: dict[str, float],
+          accepted_only: bool = True, replicates: int = 1000, seed: int = 0) -> ProbeDocument:
+    """Score every (source, edit) pair and summarise per concept/operation and per cell; side effects net of
+    the null edits when the pairs have them."""
+    # 1. The model's scores on the sources, the edits and the null edits.
     names = model.concepts
-    before = model.predict_arrays(np.stack(sources)) if sources else np.zeros((0, len(names)))
-    after = model.predict_arrays(np.stack(edits)) if edits else np.zeros((0, len(names)))
-    null_after = _null_edit_scores(model, null_edits, records, size) if null_edits is not None else None
-    pairs, side_pairs = [], []
-    for k, record in enumerate(records):
-        touched = {o.concept for o in record.operations}
-        for j, other in enumerate(names):
-            label = record.target_vector.get(other)
-            if other in touched or other == "No Finding" or label not in (0.0, 1.0):
-                continue
-            toward_wrong = 1.0 if label == 0.0 else -1.0  # up is wrong where absent, down where present
-            harm = toward_wrong * (after[k, j] - before[k, j])
-            if null_after is not None:
-                if k not in null_after:  # no null edit of this plan entry: no baseline to measure against
-                    continue
-                harm -= toward_wrong * (null_after[k][j] - before[k, j])
-            for operation in record.operations:
-                side_pairs.append({"edit": f"{operation.op} {operation.concept}", "concept": other,
-                                   "label": int(label), "harm": float(harm)})
-        edited = [o.concept for o in record.operations]
-        for operation in record.operations:
-            concept = operation.concept
-            if concept not in names:
-                continue
-            j = names.index(concept)
-            sign = 1.0 if operation.op == "insert" else -1.0
-            threshold = thresholds.get(concept, 0.5)
-            was, now = before[k, j] >= threshold, after[k, j] >= threshold
-            others = [i for i, n in enumerate(names) if n not in edited]
-            pairs.append({
-                "edit_id": record.edit_id, "cell_id": record.cell_id, "concept": concept, "op": operation.op,
-                "score_before": float(before[k, j]), "score_after": float(after[k, j]),
-                "directional_change": sign * float(after[k, j] - before[k, j]),
-                "flipped": bool(now != was and now == (sign > 0)),
-                "leakage": float(np.abs(after[k, others] - before[k, others]).mean()) if others else 0.0,
-            })
+    before, after = _scores(model, pairs.sources), _scores(model, pairs.edits)
+    null_after = None
+    if pairs.null_edits is not None:
+        found = sorted(pairs.null_edits)
+        null_after = dict(zip(found, model.predict_arrays(np.stack([pairs.null_edits[k] for k in found])))) \
+            if found else {}
+    # 2. Each pair's change on the edited concepts, and the shift of every other concept toward the wrong answer.
+    targeted, side_pairs = [], []
+    for k, record in enumerate(pairs.records):
+        side_pairs += _side_effect_pairs(record, names, before[k], after[k],
+                                         None if null_after is None else null_after.get(k), null_after is not None)
+        targeted += _targeted_pairs(record, names, before[k], after[k], thresholds)
+    # 3. Summaries with bootstrap intervals (one generator, in this order: results depend on it).
     rng = np.random.default_rng(seed)
-
-    def summarise(group: list[dict]) -> dict:
-        change = np.array([p["directional_change"] for p in group])
-        return {
-            "pairs": len(group),
-            "mean_score_before": round(float(np.mean([p["score_before"] for p in group])), 6),
-            "mean_score_after": round(float(np.mean([p["score_after"] for p in group])), 6),
-            **{name: bootstrap_mean(values, replicates, rng).to_json() for name, values in (
-                ("directional_change", change), ("share_expected_direction", (change > 0).astype(float)),
-                ("flip_rate", np.array([p["flipped"] for p in group], float)),
-                ("leakage", np.array([p["leakage"] for p in group])))},
-        }
-
     by_concept: dict[str, dict] = {}
-    for key in sorted({(p["concept"], p["op"]) for p in pairs}):
-        by_concept[f"{key[1]} {key[0]}"] = {"concept": key[0], "op": key[1],
-                                            **summarise([p for p in pairs if (p["concept"], p["op"]) == key])}
-    by_cell = {cell: summarise([p for p in pairs if p["cell_id"] == cell])
-               for cell in sorted({p["cell_id"] for p in pairs})}
+    for key in sorted({(p["concept"], p["op"]) for p in targeted}):
+        by_concept[f"{key[1]} {key[0]}"] = {"concept": key[0], "op": key[1], **_summarise(
+            [p for p in targeted if (p["concept"], p["op"]) == key], replicates, rng)}
+    by_cell = {cell: _summarise([p for p in targeted if p["cell_id"] == cell], replicates, rng)
+               for cell in sorted({p["cell_id"] for p in targeted})}
+    side_effects = _side_effects(side_pairs, "null edit" if null_after is not None else "source", replicates, rng)
+    return ProbeDocument(
+        model={"path": model.path.name, "sha256": model.sha256},
+        synthesis={"mode": summary.mode, "generator_sha256": summary.generator_sha256},
+        pairs_scored=len(targeted), accepted_only=accepted_only,
+        thresholds={c: thresholds.get(c, 0.5) for c in names},
+        bootstrap={"unit": "pair", "replicates": replicates, "seed": seed, "interval": "percentile 95%"},
+        by_concept=by_concept, by_cell=by_cell, side_effects=side_effects,
+        pairs=[{k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()} for p in targeted])
+
+
+def _scores(model: LoadedModel, images: np.ndarray) -> np.ndarray:
+    return model.predict_arrays(images) if len(images) else np.zeros((0, len(model.concepts)))
+
+
+def _side_effect_pairs(record: EditRecord, names: list[str], before: np.ndarray, after: np.ndarray,
+                       null_after: np.ndarray | None, against_null: bool) -> list[dict]:
+    """For each concept the edit did not touch and whose label is known: its shift toward the wrong answer
+    (up where absent, down where present), minus the null edit's shift when measured against it."""
+    touched = {o.concept for o in record.operations}
+    found = []
+    for j, other in enumerate(names):
+        label = record.target_vector.get(other)
+        if other in touched or other == "No Finding" or label not in (0.0, 1.0):
+            continue
+        toward_wrong = 1.0 if label == 0.0 else -1.0
+        harm = toward_wrong * (after[j] - before[j])
+        if against_null:
+            if null_after is None:  # no null edit of this plan entry: no baseline to measure against
+                continue
+            harm -= toward_wrong * (null_after[j] - before[j])
+        for operation in record.operations:
+            found.append({"edit": operation.label, "concept": other, "label": int(label), "harm": float(harm)})
+    return found
+
+
+def _targeted_pairs(record: EditRecord, names: list[str], before: np.ndarray, after: np.ndarray,
+                    thresholds: dict[str, float]) -> list[dict]:
+    """The pair's change on each concept it edits, signed so that the operation's expected direction is positive."""
+    edited = [o.concept for o in record.operations]
+    others = [i for i, n in enumerate(names) if n not in edited]
+    found = []
+    for operation in record.operations:
+        if operation.concept not in names:
+            continue
+        j = names.index(operation.concept)
+        sign = float(operation.kind.expected_direction)
+        threshold = thresholds.get(operation.concept, 0.5)
+        was, now = before[j] >= threshold, after[j] >= threshold
+        found.append({
+            "edit_id": record.edit_id, "cell_id": record.cell_id, "concept": operation.concept, "op": operation.op,
+            "score_before": float(before[j]), "score_after": float(after[j]),
+            "directional_change": sign * float(after[j] - before[j]),
+            "flipped": bool(now != was and now == (sign > 0)),
+            "leakage": float(np.abs(after[others] - before[others]).mean()) if others else 0.0,
+        })
+    return found
+
+
+def _summarise(group: list[dict], replicates: int, rng: np.random.Generator) -> dict:
+    change = np.array([p["directional_change"] for p in group])
+    return {
+        "pairs": len(group),
+        "mean_score_before": round(float(np.mean([p["score_before"] for p in group])), 6),
+        "mean_score_after": round(float(np.mean([p["score_after"] for p in group])), 6),
+        **{name: bootstrap_mean(values, replicates, rng).to_json() for name, values in (
+            ("directional_change", change), ("share_expected_direction", (change > 0).astype(float)),
+            ("flip_rate", np.array([p["flipped"] for p in group], float)),
+            ("leakage", np.array([p["leakage"] for p in group])))},
+    }
+
+
+def _side_effects(side_pairs: list[dict], baseline: str, replicates: int, rng: np.random.Generator) -> dict:
+    """Side effects with enough pairs, each judged harmful when share, mean and size all exclude chance."""
     side_effects = {}
     for edit, concept, label in sorted({(p["edit"], p["concept"], p["label"]) for p in side_pairs}):
         harm = np.array([p["harm"] for p in side_pairs if (p["edit"], p["concept"], p["label"]) == (edit, concept, label)])
@@ -119,27 +150,7 @@ def probe(model: LoadedModel, synthesis: SynthesisLayout, manifest: Manifest, th
         mean, share = bootstrap_mean(harm, replicates, rng), proportion_interval(int((harm > 0).sum()), harm.size)
         side_effects[f"{edit} -> {concept} ({'present' if label else 'absent'})"] = {
             "edit": edit, "concept": concept, "concept_present": bool(label), "pairs": int(harm.size),
-            "baseline": "null edit" if null_after is not None else "source",
-            "mean_harm": mean.to_json(), "share_harmful": share.to_json(),
+            "baseline": baseline, "mean_harm": mean.to_json(), "share_harmful": share.to_json(),
             "harmful": bool(mean.ci and share.ci and mean.ci[0] > 0 and share.ci[0] > 0.5
                             and mean.value >= MIN_SIDE_EFFECT_SHIFT)}
-    return ProbeDocument(
-        model={"path": model.path.name, "sha256": model.sha256},
-        synthesis={"mode": summary.mode, "generator_sha256": summary.generator_sha256},
-        pairs_scored=len(pairs), accepted_only=accepted_only,
-        thresholds={c: thresholds.get(c, 0.5) for c in names},
-        bootstrap={"unit": "pair", "replicates": replicates, "seed": seed, "interval": "percentile 95%"},
-        by_concept=by_concept, by_cell=by_cell, side_effects=side_effects,
-        pairs=[{k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()} for p in pairs])
-
-
-def _null_edit_scores(model: LoadedModel, null_edits: SynthesisLayout, records: list, size: int) -> dict[int, np.ndarray]:
-    """The model's scores on the null edit of each record's plan entry (same edit id), by record index."""
-    from cxr_audit.synthesis.documents import read_records
-
-    available = {r.edit_id for r in read_records(null_edits)}
-    found = [k for k, record in enumerate(records) if record.edit_id in available]
-    if not found:
-        return {}
-    images = np.stack([load_resized(null_edits.image(records[k].edit_id), size) for k in found])
-    return dict(zip(found, model.predict_arrays(images)))
+    return side_effects

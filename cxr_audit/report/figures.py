@@ -1,46 +1,21 @@
 """Every chart the tool draws, in one place: the coverage stage saves some as PNG files, the report embeds
-them all in the PDF. Each function returns a matplotlib figure; `save_png` and `data_uri` turn it into bytes.
-PNG metadata carries no timestamp or version, so the same data gives the same bytes."""
+them all in the PDF. Each function returns a matplotlib figure; `save_png` and `data_uri` (cxr_audit/plots.py)
+turn it into bytes."""
 
 from __future__ import annotations
 
-import base64
-import io
 import math
-from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from cxr_audit.plots import data_uri, save_png  # noqa: F401 - how callers save and embed these figures
 
-from cxr_audit.provenance import atomic_write_bytes  # noqa: E402
-
-DPI = 150
 ARM_COLOURS = {"baseline": "#444444", "real_only": "#1f77b4", "cars": "#d62728", "unconstrained": "#9467bd",
                "null_edits": "#8c8c3c"}
 ARM_LABELS = {"baseline": "deployed", "real_only": "real-only FT", "cars": "CARS FT", "unconstrained": "unconstrained FT",
               "null_edits": "null-edit FT"}
-_PNG_METADATA = {"Software": None}
-plt.rcParams.update({"font.family": "DejaVu Sans", "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8,
-                     "legend.fontsize": 7, "figure.dpi": DPI})
-
-
-def _png_bytes(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata=_PNG_METADATA)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
-def save_png(figure, path: str | Path) -> None:
-    atomic_write_bytes(path, _png_bytes(figure))
-
-
-def data_uri(figure) -> str:
-    return "data:image/png;base64," + base64.b64encode(_png_bytes(figure)).decode()
 
 
 def _grid(n: int, columns: int = 4, panel: float = 1.75):

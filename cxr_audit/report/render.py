@@ -1,8 +1,8 @@
 """Render the audit PDF from audit.json (jinja2 + weasyprint).
 
 Every number in the PDF comes from audit.json; figures are drawn from it here; gallery panels are the PNG
-files the audit wrote into the run directory (their SHA-256 is checked). audit.json is embedded in the PDF
-as an attachment (PDF/A-3b). A weasyprint warning (a missing image, a CSS error) fails the render rather than
+files the audit wrote into the run directory, given by the report stage (which checks their SHA-256).
+audit.json is embedded in the PDF as an attachment (PDF/A-3b). A weasyprint warning (a missing image, a CSS error) fails the render rather than
 producing a report with holes.
 """
 
@@ -15,10 +15,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from cxr_audit.errors import UserInputError
-from cxr_audit.provenance import atomic_write_bytes, sha256_file
 from cxr_audit.report import figures
-from cxr_audit.rundir import RunDir
 
 LIMITATIONS = [
     "Synthetic images are used for training and probing only; every metric is computed on held-out real "
@@ -92,23 +89,8 @@ def _significance(entry, higher_is_better: bool = True) -> str:
     return "n.s."
 
 
-def _gallery_uri(run: RunDir, item) -> str:
-    """A gallery panel named in audit.json, read only from the run's gallery folder and only if its hash matches
-    (a document naming a file elsewhere is refused, never read)."""
-    name = Path(item.image).name
-    if item.image != run.gallery.relative_image(name.removesuffix(".png")):
-        raise UserInputError(f"{run.audit}: gallery image {item.image!r} is not inside the run's gallery folder; "
-                             "was audit.json edited?")
-    path = run.gallery.image(name.removesuffix(".png"))
-    if not path.exists():
-        raise UserInputError(f"gallery image {path} is missing; re-run the audit's gallery stage "
-                             f"(`cxr-audit audit --out {run.path} --force`).")
-    if sha256_file(path) != item.image_sha256:
-        raise UserInputError(f"gallery image {path} does not match the SHA-256 recorded in audit.json.")
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def build_html(document, run: RunDir) -> str:
+def build_html(document, gallery_panels: list[bytes]) -> str:
+    """The report's HTML; `gallery_panels` are the PNG bytes of `document.gallery`'s panels, in its order."""
     from cxr_audit.audit.findings import CONTROL_NAMES
 
     environment = Environment(loader=PackageLoader("cxr_audit.report", "templates"),
@@ -134,17 +116,18 @@ def build_html(document, run: RunDir) -> str:
         "probe": figures.data_uri(figures.probe_figure(probe)) if probe else None,
         "subgroups": figures.data_uri(figures.subgroup_figure(baseline, concepts)) if baseline.subgroups else None,
     }
-    gallery = [{**item.model_dump(), "uri": _gallery_uri(run, item)} for item in document.gallery]
+    gallery = [{**item.model_dump(), "uri": "data:image/png;base64," + base64.b64encode(png).decode()}
+               for item, png in zip(document.gallery, gallery_panels, strict=True)]
     template = environment.get_template("report.html.j2")
     return template.render(doc=document, arms=arms, arm_titles={a: e.title for a, e in document.arms.items()},
                            concepts=concepts, cells=cells, figures=figure_uris, gallery=gallery,
                            synthetic_by_cell=synthetic_by_cell, limitations=LIMITATIONS, control_names=CONTROL_NAMES)
 
 
-def weasyprint_attachment(path: Path):
+def weasyprint_attachment(content: bytes, name: str):
     import weasyprint
 
-    return weasyprint.Attachment(string=path.read_bytes(), name=path.name,
+    return weasyprint.Attachment(string=content, name=name,
                                  description="The audit document this report was rendered from", relationship="Source")
 
 
@@ -166,12 +149,8 @@ def html_to_pdf(html: str, base_url: Path, attachments: list, identifier: str = 
     return pdf
 
 
-def render_report(run: RunDir, output: Path) -> Path:
-    """Render RUN/audit.json to `output` (a PDF) with audit.json attached."""
-    from cxr_audit.audit.document import load_audit
-
-    document = load_audit(run.audit)
-    html = build_html(document, run)
-    pdf = html_to_pdf(html, run.path, [weasyprint_attachment(run.audit)], identifier=document.test_set.sha256[:32])
-    atomic_write_bytes(output, pdf)
-    return output
+def render_pdf(document, gallery_panels: list[bytes], audit_json: bytes, base_url: Path) -> bytes:
+    """The PDF of an audit document, with the audit.json it was read from (`audit_json`) attached."""
+    html = build_html(document, gallery_panels)
+    return html_to_pdf(html, base_url, [weasyprint_attachment(audit_json, "audit.json")],
+                       identifier=document.test_set.sha256[:32])

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from cxr_audit import __version__
 from cxr_audit.provenance import atomic_write_json, read_document, read_json, sha256_file
-from cxr_audit.rundir import stage_seconds
+from cxr_audit.rundir import SYNTHESIS_FOLDERS, RunDir
 from cxr_audit.stages.context import RunContext
+from cxr_audit.stages.runner import stage_seconds
 
 ARM_TITLES = {"baseline": "Deployed model (no fine-tune)", "real_only": "Fine-tuned on real only",
               "cars": "Fine-tuned on real + CARS edits", "unconstrained": "Fine-tuned on real + unconstrained regeneration",
@@ -19,7 +20,6 @@ ARM_TITLES = {"baseline": "Deployed model (no fine-tune)", "real_only": "Fine-tu
 # edits, for generator texture.
 COMPARISONS = (("cars", "real_only"), ("cars", "baseline"), ("real_only", "baseline"), ("unconstrained", "real_only"),
                ("cars", "unconstrained"), ("null_edits", "real_only"), ("cars", "null_edits"))
-MODES = ("cars", "unconstrained", "null_edits")
 
 
 class AssembleStage:
@@ -29,11 +29,19 @@ class AssembleStage:
         self.ctx, self.command_line = ctx, command_line
         self.folder = self.ctx.run.audit
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Every stage whose results audit.json holds."""
+        arms = self.ctx.config.arms
+        return ("coverage", "plan", "generator", "checker", "probe", "gallery",
+                *(SYNTHESIS_FOLDERS[mode] for mode in self._modes()), *(f"evaluate_{arm}" for arm in arms),
+                *(f"finetune_{arm}" for arm in arms if arm != "baseline"))
+
     def outputs(self) -> list[Path]:
         return [self.ctx.run.audit]
 
     def _modes(self) -> list[str]:
-        return [m for m in MODES if m == "cars" or m in self.ctx.config.arms]
+        return [m for m in SYNTHESIS_FOLDERS if m == "cars" or m in self.ctx.config.arms]
 
     def _upstream(self) -> list[Path]:
         run = self.ctx.run
@@ -52,19 +60,18 @@ class AssembleStage:
                 "tool_version": __version__}
 
     def run(self) -> None:
-        from cxr_audit.audit.document import AuditDocument
+        from cxr_audit.audit.document import AuditDocument, GalleryDocument
         from cxr_audit.audit.findings import method_findings
         from cxr_audit.audit.verdict import audit_verdict
         from cxr_audit.evaluation.scoring import compare, load_replicates, test_set_sha256
-        from cxr_audit.report.gallery import GalleryDocument
         from cxr_audit.stages.checker import checker_path
         from cxr_audit.stages.coverage import read_coverage
         from cxr_audit.stages.evaluate import read_metrics
         from cxr_audit.stages.generator import generator_folder
         from cxr_audit.stages.plan import read_plan
         from cxr_audit.stages.probe import read_probe
+        from cxr_audit.stages.synthesize import read_summary
         from cxr_audit.synthesis.backends import backend_sha256
-        from cxr_audit.synthesis.documents import read_summary
 
         ctx, run, config = self.ctx, self.ctx.run, self.ctx.config
         arms = {arm: read_metrics(ctx, arm) for arm in config.arms}
@@ -116,6 +123,16 @@ class AssembleStage:
         audit.findings = method_findings(audit)
         audit.verdict = audit.verdict.model_validate(audit_verdict(audit))
         atomic_write_json(run.audit, audit.model_dump(mode="json"))
+
+
+def open_audit(path: Path, arm: str):
+    """An audit for the gate or `compare`: audit.json given directly or as the run directory that holds it; its
+    arms' bootstrap replicates are read from the run beside it."""
+    from cxr_audit.audit.gate import AuditRun
+
+    path = Path(path)
+    audit = RunDir(path).audit if path.is_dir() else path
+    return AuditRun.load(audit, arm, replicates_file=lambda name: RunDir(audit.parent).evaluation(name).replicates)
 
 
 def environment() -> dict:

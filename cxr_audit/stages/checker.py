@@ -16,15 +16,16 @@ from cxr_audit.stages.context import RunContext
 
 class CheckerStage:
     name = "checker"
+    needs = ()
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.folder = self.ctx.run.checker.parent
 
     def outputs(self) -> list[Path]:
-        from cxr_audit.rundir import FinetuneLayout
+        from cxr_audit.classifier.card import card_file
 
-        return [self.ctx.run.checker, FinetuneLayout.card_for(self.ctx.run.checker)]
+        return [self.ctx.run.checker, card_file(self.ctx.run.checker)]
 
     def inputs(self) -> dict:
         ctx = self.ctx

@@ -15,19 +15,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxr_audit.classifier.finetune import FinetuneConfig
+from cxr_audit.data.readers import FORMATS as READ_FORMATS
 from cxr_audit.errors import UserInputError
 from cxr_audit.rundir import RunDir
 from cxr_audit.synthesis.editor import EditSettings
 
 ARMS = ("baseline", "real_only", "cars", "unconstrained", "null_edits")
 FINETUNE_ARMS = ARMS[1:]
-DATA_FORMATS = ("auto", "nih", "chexpert", "mimic", "csv")
+DATA_FORMATS = ("auto", *READ_FORMATS)
 DEFAULT_INTENDED_USE = ("Triage support: flag frontal chest radiographs of adults for the findings listed, for "
                         "review by a radiologist.")
 PATH_KEYS = ("data", "root", "spec", "card", "predictions", "generator", "checker")
-# Each input path's option and what it must be: a file, a folder, or either (the MIMIC layout is a folder).
+# Each input path's option and what it must be: a file, a folder, or either (the MIMIC layout is a folder; a
+# model may be a folder when a classifier backend stores it so).
 _PATH_KINDS = {"data": ("--data", "file or folder"), "root": ("--root", "folder"), "spec": ("--spec", "file"),
-               "models": ("--model", "file"), "card": ("--card", "file"), "predictions": ("--predictions", "file"),
+               "models": ("--model", "file or folder"), "card": ("--card", "file"), "predictions": ("--predictions", "file"),
                "generator": ("--generator", "folder"), "checker": ("--checker", "file")}
 
 
@@ -76,7 +78,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     data: str | None = None
-    format: Literal["auto", "nih", "chexpert", "mimic", "csv"] = "auto"
+    format: Literal[DATA_FORMATS] = "auto"  # type: ignore[valid-type] - the readers' formats
     root: str | None = None
     allow_duplicates: bool = Field(False, description="keep a repeated row (same image, same labels) once")
     spec: str | None = None

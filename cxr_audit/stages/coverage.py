@@ -13,6 +13,7 @@ from cxr_audit.stages.context import RunContext
 
 class CoverageStage:
     name = "coverage"
+    needs = ()
 
     def __init__(self, ctx: RunContext):
         self.ctx, self.requested_split = ctx, ctx.config.coverage_split

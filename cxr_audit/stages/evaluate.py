@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_audit import __version__, distributed
-from cxr_audit.classifier.card import card_path_for
+from cxr_audit.classifier.card import card_file, card_path_for
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.data.splits import evaluation_split
 from cxr_audit.errors import UserInputError
@@ -25,6 +25,7 @@ class EvaluateStage:
     def __init__(self, ctx: RunContext, arm: str = "baseline"):
         self.ctx, self.arm, self.requested_split = ctx, arm, ctx.config.evaluate_split
         self.name = f"evaluate_{arm}"
+        self.needs = () if arm == "baseline" else (f"finetune_{arm}",)  # a candidate scores its own model
         self.layout = ctx.run.evaluation(arm)
         self.folder = self.layout.folder
 
@@ -47,7 +48,7 @@ class EvaluateStage:
         if self.arm != "baseline":
             layout = ctx.run.finetune(self.arm)
             candidate = layout.candidate()
-            return [(candidate, layout.card_for(candidate))]
+            return [(candidate, card_file(candidate))]
         if ctx.config.predictions:
             return []
         paths = [ctx.run.resolve(m) for m in ctx.config.models]
@@ -62,13 +63,12 @@ class EvaluateStage:
         if self.arm == "baseline" and bool(ctx.config.models) == bool(ctx.config.predictions):
             raise UserInputError("Pass exactly one of --model (a model file; repeat it for an ensemble) or "
                                  "--predictions (a CSV of a model's outputs).")
+        from cxr_audit.classifier.loading import model_sha256
+
         models = self._models()
-        for path, _ in models:
-            if not path.is_file():
-                raise UserInputError(f"Model {path} does not exist or is not a file. Check --model.")
         split = self.split
         return {
-            "models": [sha256_file(path) for path, _ in models],
+            "models": [model_sha256(path, card) for path, card in models],
             "cards": [sha256_file(card) if card and card.is_file() else None for _, card in models],
             "predictions": sha256_file(ctx.path("predictions")) if not models else None,
             "data": ctx.data_sha256, "format": ctx.manifest.format, "spec": ctx.spec_sha256, "split": split,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxr_audit.provenance import atomic_write_json, sha256_file
+from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, sha256_file
 from cxr_audit.stages.context import RunContext
+from cxr_audit.stages.synthesize import read_records, read_summary
 
 
 class GalleryStage:
     name = "gallery"
+    needs = ("synthetic",)
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
@@ -25,9 +27,31 @@ class GalleryStage:
                 "size": ctx.config.gallery_size}
 
     def run(self) -> None:
-        from cxr_audit.report.gallery import build_gallery
+        import numpy as np
+        from PIL import Image
 
-        ctx = self.ctx
-        self.layout.folder.mkdir(parents=True, exist_ok=True)
-        document = build_gallery(ctx.run.synthesis("cars"), self.layout, ctx.frontal("all"), ctx.config.gallery_size)
-        atomic_write_json(self.layout.document, document.model_dump(mode="json"))
+        from cxr_audit.audit.document import GalleryDocument, GalleryItem
+        from cxr_audit.data.images import load_resized
+        from cxr_audit.report.gallery import gallery_strip, pick_edits
+
+        ctx, layout = self.ctx, self.layout
+        synthesis = ctx.run.synthesis("cars")
+        layout.folder.mkdir(parents=True, exist_ok=True)
+        size = int(read_summary(synthesis).generator["image_size"])
+        manifest = ctx.frontal("all")
+        rows = manifest.frame.set_index("image_id", drop=False)
+        items = []
+        for record in pick_edits(read_records(synthesis), ctx.config.gallery_size):
+            source = load_resized(manifest.resolve_image(rows.loc[record.source_image_id, "path"]), size)
+            edited = load_resized(synthesis.image(record.edit_id), size)
+            region = np.asarray(Image.open(synthesis.mask(record.edit_id))) > 127
+            path = layout.image(record.edit_id)
+            atomic_write_bytes(path, gallery_strip(source, edited, region))
+            qc = record.qc.model_dump()
+            items.append(GalleryItem(
+                edit_id=record.edit_id, cell_id=record.cell_id,
+                operation=", ".join(o.label for o in record.operations),
+                image=layout.relative_image(record.edit_id), image_sha256=sha256_file(path),
+                qc={k: qc[k] for k in ("passed", "outside_mae", "outside_ssim", "alignment", "ground_truth_mae",
+                                       "reasons")}))
+        atomic_write_json(layout.document, GalleryDocument(items=items).model_dump(mode="json"))

@@ -11,6 +11,7 @@ from cxr_audit.stages.context import RunContext
 
 class GeneratorStage:
     name = "generator"
+    needs = ()
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx

@@ -2,8 +2,9 @@
 
 Order: coverage, evaluate the deployed model, plan, generator and checker (unless given), the CARS edits
 the unconstrained ablation and the null edits, each fine-tune arm and its evaluation, probe, gallery, assemble, report.
-Every stage goes through `rundir.run_stage`: finished stages with unchanged inputs are skipped, a killed
-stage resumes, and results made from other inputs are refused without --force.
+Every stage goes through `runner.run_stage`: finished stages with unchanged inputs are skipped, a killed
+stage resumes, and results made from other inputs are refused without --force. Each stage names the stages it
+reads (`needs`); a command's stages and their order follow from that.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterable
 
 from cxr_audit import distributed
 from cxr_audit.errors import UserInputError
-from cxr_audit.rundir import RunDir, Stage, run_stage, stale_inputs
+from cxr_audit.rundir import RunDir
 from cxr_audit.stages.assemble import AssembleStage
 from cxr_audit.stages.checker import CheckerStage
 from cxr_audit.stages.config import ARMS, merge_config
@@ -25,17 +26,8 @@ from cxr_audit.stages.generator import GeneratorStage
 from cxr_audit.stages.plan import PlanStage
 from cxr_audit.stages.probe import ProbeStage
 from cxr_audit.stages.report import ReportStage
+from cxr_audit.stages.runner import Stage, run_stage, stale_inputs
 from cxr_audit.stages.synthesize import SynthesizeStage
-
-# What each stage reads from other stages (by name). Stages a run does not have (a generator given with
-# --generator) are simply absent.
-_FIXED_DEPENDENCIES = {
-    "plan": ("coverage",), "synthetic": ("plan", "generator", "checker"),
-    "unconstrained": ("plan", "generator", "checker"), "finetune_cars": ("synthetic",),
-    "null_edits": ("plan", "generator", "checker"), "finetune_unconstrained": ("unconstrained",),
-    "finetune_null_edits": ("null_edits",), "probe": ("synthetic", "evaluate_baseline"),
-    "gallery": ("synthetic",), "report": ("assemble",),
-}
 
 
 def audit_stages(ctx: RunContext, report: bool = True, command_line: str = "") -> list[Stage]:
@@ -62,30 +54,21 @@ def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = 
     return stages
 
 
-def _dependencies(name: str, present: set[str]) -> set[str]:
-    if name == "assemble":
-        return present - {"assemble", "report"}
-    if name.startswith("evaluate_") and name != "evaluate_baseline":
-        return {f"finetune_{name.removeprefix('evaluate_')}"}
-    return set(_FIXED_DEPENDENCIES.get(name, ())) & present
-
-
 def stages_for(ctx: RunContext, targets: Iterable[str]) -> list[Stage]:
     """The audit's stages that `targets` need (themselves included), in the audit's order: what a stand-alone
     command runs (finished ones are skipped)."""
     stages = _stages(ctx, list(ARMS), report=False)
-    present = {s.name for s in stages}
+    by_name = {s.name: s for s in stages}
     wanted: set[str] = set()
     todo = list(targets)
     while todo:
         name = todo.pop()
-        if name not in present:
+        if name not in by_name:
             raise ValueError(f"no stage {name!r} in this run")
         if name not in wanted:
             wanted.add(name)
-            todo += _dependencies(name, present)
-            if name == "probe" and "null_edits" in ctx.config.arms:  # its side effects are measured against them
-                todo.append("null_edits")
+            # a stage the run does not have (the generator, given with --generator) is simply absent
+            todo += [need for need in by_name[name].needs if need in by_name]
     return [s for s in stages if s.name in wanted]
 
 

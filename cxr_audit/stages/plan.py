@@ -13,6 +13,7 @@ from cxr_audit.synthesis.planner import PlanDocument, plan_edits
 
 class PlanStage:
     name = "plan"
+    needs = ("coverage",)
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx

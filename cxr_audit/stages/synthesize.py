@@ -4,23 +4,34 @@ texture control), each with QC by the independent checker."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
 from pathlib import Path
 
-from cxr_audit.provenance import sha256_file
-from cxr_audit.rundir import FinetuneLayout
+import numpy as np
+from PIL import Image
+
+from cxr_audit.classifier.card import card_file
+from cxr_audit.provenance import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_document,
+    sha256_file,
+)
+from cxr_audit.rundir import SYNTHESIS_FOLDERS, SynthesisLayout
 from cxr_audit.stages.checker import checker_path
 from cxr_audit.stages.context import RunContext
 from cxr_audit.stages.generator import generator_folder
 from cxr_audit.stages.plan import read_plan
-
-STAGE_NAMES = {"cars": "synthetic", "unconstrained": "unconstrained", "null_edits": "null_edits"}
+from cxr_audit.synthesis.documents import EditRecord, SynthesisSummary
 
 
 class SynthesizeStage:
     def __init__(self, ctx: RunContext, mode: str = "cars"):
         self.ctx, self.mode = ctx, mode
-        self.name = STAGE_NAMES[mode]
+        self.name = SYNTHESIS_FOLDERS[mode]
+        self.needs = ("plan", "generator", "checker")  # the run's own generator and checker, when it trains them
         self.layout = ctx.run.synthesis(mode)
         self.folder = self.layout.folder
 
@@ -33,7 +44,7 @@ class SynthesizeStage:
 
         ctx = self.ctx
         checker = checker_path(ctx)
-        card = FinetuneLayout.card_for(checker)
+        card = card_file(checker)
         return {"plan": sha256_file(ctx.run.plan), "data": ctx.data_sha256, "format": ctx.manifest.format,
                 "generator": backend_sha256(generator_folder(ctx)), "checker": sha256_file(checker),
                 "checker_card": sha256_file(card) if card.is_file() else None, "edit": ctx.config.edit,
@@ -42,11 +53,56 @@ class SynthesizeStage:
     def run(self) -> None:
         from cxr_audit.classifier.loading import load_model
         from cxr_audit.synthesis.backends import load_backend
-        from cxr_audit.synthesis.synthesize import SynthesisOptions, run_synthesis
+        from cxr_audit.synthesis.synthesize import SynthesisOptions
 
         ctx = self.ctx
-        run_synthesis(read_plan(ctx), ctx.frontal("all"), load_backend(generator_folder(ctx)), self.layout,
-                      load_model(checker_path(ctx), pickle_option=None),
-                      SynthesisOptions(settings=ctx.config.edit_settings, unconstrained=self.mode == "unconstrained",
-                                       null_edits=self.mode == "null_edits",
-                                       progress=ctx.progress))
+        options = SynthesisOptions(settings=ctx.config.edit_settings, unconstrained=self.mode == "unconstrained",
+                                   null_edits=self.mode == "null_edits", progress=ctx.progress)
+        synthesize_into(self.layout, read_plan(ctx), ctx.frontal("all"), load_backend(generator_folder(ctx)),
+                        load_model(checker_path(ctx), pickle_option=None), options)
+
+
+def synthesize_into(layout: SynthesisLayout, plan, manifest, backend, checker=None, options=None) -> SynthesisSummary:
+    """Carry out `plan` into `layout`: each edit saved as it finishes (a resumed run skips what is saved), then
+    the manifest of accepted edits and the summary."""
+    from cxr_audit.synthesis.synthesize import SynthesisOptions, run_synthesis, summarise
+
+    options = options or SynthesisOptions()
+    for folder in (layout.images, layout.masks, layout.records):
+        folder.mkdir(parents=True, exist_ok=True)
+    run_synthesis(plan, manifest, backend, save=lambda edit: write_edit(layout, edit),
+                  finished=lambda edit_id: layout.record(edit_id).exists(), checker=checker, options=options)
+    frame, summary = summarise(plan, read_records(layout), backend, options,
+                               image_path=lambda edit_id: f"{layout.images.name}/{edit_id}.png")
+    atomic_write_text(layout.manifest, frame.to_csv(index=False))
+    atomic_write_json(layout.summary, summary.model_dump(mode="json"))
+    return summary
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_edit(layout: SynthesisLayout, edit) -> None:
+    """One finished edit (synthesis.synthesize.FinishedEdit): its image (and a DICOM copy when the source was
+    DICOM, with no source PHI), its region, and its record last: a record says the edit is complete."""
+    edit_id = edit.record.edit_id
+    atomic_write_bytes(layout.image(edit_id), _png(edit.pixels))
+    if edit.source_is_dicom:
+        from cxr_audit.synthesis.dicom_out import write_synthetic_dicom
+
+        write_synthetic_dicom(layout.dicom(edit_id), edit.pixels, edit_id, edit.description, edit.view)
+    atomic_write_bytes(layout.mask(edit_id), _png((edit.region * 255).astype(np.uint8)))
+    atomic_write_json(layout.record(edit_id), edit.record.model_dump(mode="json"))
+
+
+def read_summary(layout: SynthesisLayout) -> SynthesisSummary:
+    return read_document(layout.summary, SynthesisSummary, "synthesis summary",
+                         "Run the synthesize stage first (`cxr-audit synthesize --run RUN`).")
+
+
+def read_records(layout: SynthesisLayout) -> list[EditRecord]:
+    """Every edit record of a synthesize run, in edit order."""
+    return [read_document(path, EditRecord, "edit record", "") for path in sorted(layout.records.glob("*.json"))]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from cxr_audit.provenance import Document, read_document
-from cxr_audit.rundir import SynthesisLayout
+from cxr_audit.provenance import Document
+from cxr_audit.synthesis.operations import OperationKind, operation_kind
 
 SYNTHESIS_SCHEMA_VERSION = "2.0"
 
@@ -15,6 +15,16 @@ SYNTHESIS_SCHEMA_VERSION = "2.0"
 class Operation(Document):
     op: Literal["insert", "delete"]
     concept: str
+
+    @property
+    def kind(self) -> OperationKind:
+        """What this edit does (synthesis/operations.py)."""
+        return operation_kind(self.op)
+
+    @property
+    def label(self) -> str:
+        """How reports and records name the edit: 'insert Pleural Effusion'."""
+        return f"{self.op} {self.concept}"
 
 
 class QCScores(Document):
@@ -60,14 +70,3 @@ class SynthesisSummary(Document):
     mean_outside_mae: float | None
     checker_agreement: float | None
     mean_ground_truth_mae: float | None
-
-
-def read_summary(layout: SynthesisLayout) -> SynthesisSummary:
-    return read_document(layout.summary, SynthesisSummary, "synthesis summary",
-                         "Run the synthesize stage first (`cxr-audit synthesize --run RUN`).")
-
-
-def read_records(layout: SynthesisLayout) -> list[EditRecord]:
-    """Every edit record of a synthesize run, in edit order."""
-    return [read_document(path, EditRecord, "edit record", "")
-            for path in sorted(layout.records.glob("*.json"))]

@@ -75,7 +75,7 @@ def derive_target(source: dict[str, float | None], operations: list[Operation],
     (CheXpert hierarchy), and No Finding is positive exactly when no pathology is (devices aside)."""
     target = dict(source)
     for operation in operations:
-        target[operation.concept] = 1.0 if operation.op == "insert" else 0.0
+        target[operation.concept] = operation.kind.target_value
     positives = {c for c, v in target.items() if v == 1.0}
     for parent in rules.implied_positives(positives) - positives:
         if parent in target:
@@ -158,12 +158,7 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
                                        candidates_two_edits=0, planned=0, status="rejected",
                                        reason="; ".join(cell_report.violations)))
             continue
-        in_subgroup = cell.subgroup_mask(train.frame)
-        by_distance: dict[int, list[tuple[int, list[Operation]]]] = {1: [], 2: []}
-        for i in np.flatnonzero(in_subgroup):
-            operations = _operations_for(cell, labels[i], index)
-            if operations is not None and 1 <= len(operations) <= 2:
-                by_distance[len(operations)].append((i, operations))
+        by_distance = _sources_by_distance(cell, train.frame, labels, index)
         chosen = by_distance[1] or by_distance[2]
         accepted = 0
         reasons: dict[str, int] = {}
@@ -189,17 +184,31 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
                 accepted += 1
         for reason, count in sorted(reasons.items()):
             plan.rejections.append(Rejection(cell_id=cell.id, reason=reason, sources_rejected=count))
-        if not chosen:
-            status, why = "no source", "no training image within two edits of this cell (in its subgroup)"
-        elif accepted == 0:
-            status, why = "rejected", "; ".join(sorted(reasons)) or "no usable source"
-        else:
-            status = "planned" if accepted >= budget else "partly planned"
-            why = f"{len(by_distance[1]) and 'one' or 'two'}-edit sources"
+        status, why = _cell_status(by_distance, accepted, budget, reasons)
         plan.cells.append(CellPlan(cell_id=cell.id, deficit=cell_report.deficit, budget=budget,
                                    candidates_one_edit=len(by_distance[1]), candidates_two_edits=len(by_distance[2]),
                                    planned=accepted, status=status, reason=why))
     return plan
+
+
+def _sources_by_distance(cell: Cell, frame: pd.DataFrame, labels: np.ndarray,
+                         index: dict[str, int]) -> dict[int, list[tuple[int, list[Operation]]]]:
+    """The training images (row numbers) of the cell's subgroup one and two edits away from it, with the edits."""
+    by_distance: dict[int, list[tuple[int, list[Operation]]]] = {1: [], 2: []}
+    for i in np.flatnonzero(cell.subgroup_mask(frame)):
+        operations = _operations_for(cell, labels[i], index)
+        if operations is not None and 1 <= len(operations) <= 2:
+            by_distance[len(operations)].append((i, operations))
+    return by_distance
+
+
+def _cell_status(by_distance: dict[int, list], accepted: int, budget: int, reasons: dict[str, int]) -> tuple[str, str]:
+    """How a cell's planning ended, and why."""
+    if not (by_distance[1] or by_distance[2]):
+        return "no source", "no training image within two edits of this cell (in its subgroup)"
+    if accepted == 0:
+        return "rejected", "; ".join(sorted(reasons)) or "no usable source"
+    return ("planned" if accepted >= budget else "partly planned"), f"{len(by_distance[1]) and 'one' or 'two'}-edit sources"
 
 
 def _outside_cell(target: dict[str, float | None], cell: Cell) -> str:

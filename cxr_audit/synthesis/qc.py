@@ -67,7 +67,7 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
             if operation.concept in checker_after:
                 p = checker_after[operation.concept]
                 cut = (checker_thresholds or {}).get(operation.concept, thresholds.min_alignment)
-                scores.append(p - cut if operation.op == "insert" else cut - p)
+                scores.append(operation.kind.checker_margin(p, cut))
         if scores:
             alignment = float(min(scores))
             first = operations[0].concept

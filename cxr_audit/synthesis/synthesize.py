@@ -1,24 +1,23 @@
 """Carry out an edit plan with an edit backend, score every edit, keep what passes QC.
 
-Outputs (a SynthesisLayout: RUN/synthetic, RUN/unconstrained for the ablation, RUN/null_edits for the
-texture control, whose edits change no concept: their records have no operations and the source's vector): `images/<edit>.png`,
-`masks/<edit>.png` (the edit region, usable as a weak segmentation label), `records/<edit>.json` (one per
-edit, written as it finishes, so an interrupted run resumes where it stopped), `synthetic_manifest.csv`
-(accepted edits, CheXpert columns plus provenance) and `synthesis.json` (counts, QC rejections by reason,
-settings, hashes).
+`run_synthesis` works on arrays and documents: it hands each finished edit (its pixels, region and record) to
+the `save` callback the synthesize stage gives it, and skips the batches whose edits the stage says are
+`finished`, so an interrupted run resumes where it stopped. `summarise` turns the records into the manifest
+of accepted edits (CheXpert columns plus provenance) and the summary document (counts, QC rejections by
+reason, settings, hashes). The null edits (the texture control) change no concept: their records have no
+operations and the source's vector.
 """
 
 from __future__ import annotations
 
-import io
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxr_audit import concepts
 from cxr_audit.anatomy.masks import image_mask_folder, load_mask_folder
 from cxr_audit.anatomy.regions import edit_mask
 from cxr_audit.data.decoded import image_sha256
@@ -26,11 +25,9 @@ from cxr_audit.data.images import load_resized
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.errors import UserInputError
 from cxr_audit.progress import progress_bar
-from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, atomic_write_text
-from cxr_audit.rundir import SynthesisLayout
 from cxr_audit.spec import LabelPolicy
 from cxr_audit.synthesis.backends import EditBackend
-from cxr_audit.synthesis.documents import EditRecord, Operation, SynthesisSummary, read_records
+from cxr_audit.synthesis.documents import EditRecord, Operation, SynthesisSummary
 from cxr_audit.synthesis.editor import EditSettings
 from cxr_audit.synthesis.planner import PlanDocument, PlannedEdit
 from cxr_audit.synthesis.qc import QCThresholds, score_edit
@@ -46,22 +43,6 @@ class SynthesisOptions:
     progress: bool = True
 
 
-def _side_for(concept: str, operation: str, finding_masks: dict, rng: np.random.Generator) -> str:
-    if not concepts.get(concept).lateral:
-        return "both"
-    if operation == "delete" and concept.lower().replace(" ", "_") in finding_masks:
-        mask = finding_masks[concept.lower().replace(" ", "_")]
-        cols = np.flatnonzero(mask.any(axis=0))
-        centre = mask.shape[1] / 2
-        if cols.size:
-            left_share = (cols > centre).mean()
-            return "both" if 0.2 < left_share < 0.8 else ("left" if left_share >= 0.8 else "right")
-        return "both"
-    if operation == "delete":
-        return "both"
-    return str(rng.choice(["right", "left"]))
-
-
 def _phantom_truth(row: pd.Series, operations: list[Operation], size: int) -> np.ndarray | None:
     if "study_seed" not in row or pd.isna(row.get("study_seed")):
         return None
@@ -72,27 +53,39 @@ def _phantom_truth(row: pd.Series, operations: list[Operation], size: int) -> np
     for operation in operations:
         if operation.concept not in phantom.PHANTOM_FINDINGS:
             return None
-        study = phantom.counterfactual(study, **{"add" if operation.op == "insert" else "remove": operation.concept})
+        study = operation.kind.counterfactual(study, operation.concept)
     return phantom.render(study, size).image
 
 
-def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, layout: SynthesisLayout,
-                  checker=None, options: SynthesisOptions | None = None) -> SynthesisSummary:
-    """Carry out `plan` on `manifest` (the images the plan's sources come from) into `layout`."""
+@dataclass
+class FinishedEdit:
+    """One edit as the synthesize stage saves it: the edited image, its region and its record."""
+
+    record: EditRecord
+    pixels: np.ndarray           # (S, S) uint8, the edited image
+    region: np.ndarray           # (S, S) bool, where the edit may change the image
+    source_is_dicom: bool        # DICOM in, DICOM out
+    description: str             # provenance for a DICOM copy: the edit, the source's hash, the generator's
+    view: str | None
+
+
+def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, save: Callable[[FinishedEdit], None],
+                  finished: Callable[[str], bool] = lambda edit_id: False, checker=None,
+                  options: SynthesisOptions | None = None) -> None:
+    """Carry out `plan` on `manifest` (the images the plan's sources come from), giving each edit to `save`.
+
+    Batches are fixed chunks of the plan (a batch's noise comes from its first edit's seed), and a batch with
+    any edit not `finished` is made again whole: a resumed run writes exactly what an uninterrupted one would."""
     options = options or SynthesisOptions()
-    for folder in (layout.images, layout.masks, layout.records):
-        folder.mkdir(parents=True, exist_ok=True)
     size = backend.image_size
     rows = manifest.frame.set_index("image_id", drop=False)
     named = [c for c in backend.concepts if c in manifest.concepts]
     policy = LabelPolicy.model_validate(plan.label_policy)
     source_labels = pd.DataFrame(manifest.labels(named, policy), columns=named, index=manifest.frame["image_id"])
-    # Batches are fixed chunks of the plan (a batch's noise comes from its first edit's seed), and a batch with
-    # any edit missing is made again whole: a resumed run writes exactly what an uninterrupted one would.
     batches = [plan.edits[k:k + options.batch_size] for k in range(0, len(plan.edits), options.batch_size)]
-    todo = [b for b in batches if not all(layout.record(e.edit_id).exists() for e in b)]
+    todo = [b for b in batches if not all(finished(e.edit_id) for e in b)]
     bar = progress_bar(total=len(plan.edits), initial=len(plan.edits) - sum(len(b) for b in todo), desc="synthesizing",
-               unit="edit", disable=not options.progress)
+                       unit="edit", disable=not options.progress)
     for batch in todo:
         prepared = [_prepare(e, rows, manifest, source_labels, backend.concepts, size, options.null_edits)
                     for e in batch]
@@ -113,10 +106,9 @@ def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, 
                             before[k] if before else None, after[k] if after else None, truth, options.thresholds,
                             require_fidelity=not options.unconstrained,
                             checker_thresholds=checker.card.thresholds if checker is not None else None)
-            _write_outputs(layout, planned, item, edited[k], hard[k], qc, backend.sha256)
+            save(_finished_edit(planned, item, edited[k], hard[k], qc, backend.sha256))
             bar.update()
     bar.close()
-    return _assemble(layout, plan, backend, options)
 
 
 def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, source_labels: pd.DataFrame,
@@ -138,7 +130,7 @@ def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, sourc
     hard = np.zeros((size, size), bool)
     soft = np.zeros((size, size), np.float32)
     for operation in planned.operations:
-        side = _side_for(operation.concept, operation.op, finding_masks, rng)
+        side = operation.kind.side(operation.concept, finding_masks, rng)
         h, s = edit_mask([operation.concept], anatomy, side=side)
         hard |= h
         soft = np.maximum(soft, s)
@@ -159,60 +151,34 @@ def _checker_scores(checker, images: np.ndarray) -> list[dict[str, float]] | Non
     return [dict(zip(checker.concepts, map(float, row))) for row in checker.predict_arrays(images)]
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _write_outputs(layout: SynthesisLayout, planned: PlannedEdit, item: dict, edited: np.ndarray, hard: np.ndarray,
-                   qc, generator_hash: str) -> None:
-    edit_id = planned.edit_id
-    pixels = np.round(edited * 255).astype(np.uint8)
-    atomic_write_bytes(layout.image(edit_id), _png(pixels))
-    if str(item["row"]["path"]).lower().endswith((".dcm", ".dicom")):  # DICOM in, DICOM out (no source PHI)
-        from cxr_audit.synthesis.dicom_out import write_synthetic_dicom
-
-        operation = ", ".join(f"{o.op} {o.concept}" for o in planned.operations)
-        write_synthetic_dicom(layout.dicom(edit_id), pixels, edit_id,
-                              f"cxr-audit CARS edit ({operation}) of source image sha256 {item['source_sha256']}; "
-                              f"generator sha256 {generator_hash}", item["row"].get("view"))
-    atomic_write_bytes(layout.mask(edit_id), _png((hard * 255).astype(np.uint8)))
+def _finished_edit(planned: PlannedEdit, item: dict, edited: np.ndarray, hard: np.ndarray, qc,
+                   generator_hash: str) -> FinishedEdit:
     row = item["row"]
     record = EditRecord(
         **planned.model_dump(include={"edit_id", "cell_id", "source_image_id", "patient_id", "operations",
                                       "target_vector", "seed"}),
         source_sha256=item["source_sha256"], generator_sha256=generator_hash, qc=qc.to_json(),
         sex=row.get("sex"), age=None if pd.isna(row.get("age")) else float(row.get("age")), view=row.get("view"))
-    atomic_write_json(layout.record(edit_id), record.model_dump(mode="json"))
+    operation = ", ".join(o.label for o in planned.operations)
+    return FinishedEdit(
+        record=record, pixels=np.round(edited * 255).astype(np.uint8), region=hard,
+        source_is_dicom=str(row["path"]).lower().endswith((".dcm", ".dicom")),
+        description=f"cxr-audit CARS edit ({operation}) of source image sha256 {item['source_sha256']}; "
+                    f"generator sha256 {generator_hash}", view=row.get("view"))
 
 
-def _assemble(layout: SynthesisLayout, plan: PlanDocument, backend: EditBackend,
-              options: SynthesisOptions) -> SynthesisSummary:
+def summarise(plan: PlanDocument, records: list[EditRecord], backend: EditBackend, options: SynthesisOptions,
+              image_path: Callable[[str], str]) -> tuple[pd.DataFrame, SynthesisSummary]:
+    """The manifest of accepted edits (`image_path`: how it names an edit's image) and the summary document,
+    from the records of the plan's edits."""
     planned_ids = {e.edit_id for e in plan.edits}
-    records = [r for r in read_records(layout) if r.edit_id in planned_ids]
+    records = [r for r in records if r.edit_id in planned_ids]
     accepted = [r for r in records if r.qc.passed]
     rejected: dict[str, int] = {}
     for record in records:
         for reason in record.qc.reasons:
             rejected[reason] = rejected.get(reason, 0) + 1
-    rows = []
-    for record in accepted:
-        labels = {c: (1.0 if v == 1 else 0.0 if v == 0 else None) for c, v in record.target_vector.items()}
-        rows.append({
-            "Path": f"{layout.images.name}/{record.edit_id}.png",
-            "Sex": {"M": "Male", "F": "Female"}.get(record.sex, ""), "Age": record.age,
-            "Frontal/Lateral": "Frontal", "AP/PA": record.view or "PA", **labels,
-            "patient_id": f"synthetic-{record.patient_id}", "split": "train",
-            "source_image_id": record.source_image_id, "source_sha256": record.source_sha256,
-            "operation": "+".join(o.op for o in record.operations) or "null",
-            "concept": "+".join(o.concept for o in record.operations), "cell_id": record.cell_id,
-            "target_vector": json.dumps(record.target_vector, sort_keys=True), "seed": record.seed,
-            "generator_sha256": backend.sha256, "synthetic": 1,
-            **{f"qc_{k}": v for k, v in record.qc.model_dump().items() if k not in ("reasons", "passed")},
-        })
-    frame = pd.DataFrame(rows)
-    atomic_write_text(layout.manifest, frame.to_csv(index=False))
+    frame = pd.DataFrame([_manifest_row(record, image_path(record.edit_id), backend.sha256) for record in accepted])
     alignment = [r.qc.alignment for r in records if r.qc.alignment is not None]
     truth = [r.qc.ground_truth_mae for r in records if r.qc.ground_truth_mae is not None]
     summary = SynthesisSummary(
@@ -227,5 +193,21 @@ def _assemble(layout: SynthesisLayout, plan: PlanDocument, backend: EditBackend,
         checker_agreement=float(np.mean([a >= 0 for a in alignment]))
         if alignment else None,
         mean_ground_truth_mae=float(np.mean(truth)) if truth else None)
-    atomic_write_json(layout.summary, summary.model_dump(mode="json"))
-    return summary
+    return frame, summary
+
+
+def _manifest_row(record: EditRecord, image: str, generator_sha256: str) -> dict:
+    """An accepted edit as a training image: CheXpert columns, then its provenance and QC scores."""
+    labels = {c: (1.0 if v == 1 else 0.0 if v == 0 else None) for c, v in record.target_vector.items()}
+    return {
+        "Path": image,
+        "Sex": {"M": "Male", "F": "Female"}.get(record.sex, ""), "Age": record.age,
+        "Frontal/Lateral": "Frontal", "AP/PA": record.view or "PA", **labels,
+        "patient_id": f"synthetic-{record.patient_id}", "split": "train",
+        "source_image_id": record.source_image_id, "source_sha256": record.source_sha256,
+        "operation": "+".join(o.op for o in record.operations) or "null",
+        "concept": "+".join(o.concept for o in record.operations), "cell_id": record.cell_id,
+        "target_vector": json.dumps(record.target_vector, sort_keys=True), "seed": record.seed,
+        "generator_sha256": generator_sha256, "synthetic": 1,
+        **{f"qc_{k}": v for k, v in record.qc.model_dump().items() if k not in ("reasons", "passed")},
+    }

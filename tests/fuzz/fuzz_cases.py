@@ -252,6 +252,8 @@ _model_case("garbage .onnx", "ONNX", lambda f, b: ((f / "model.onnx").write_byte
 _model_case("garbage .safetensors", "safetensors",
             lambda f, b: ((f / "model.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"garbage") and
                           f / "model.safetensors", _card(f, b, format="torchvision", architecture="small_cxr_net")))
+_model_case("a card naming an unknown format", "format", lambda f, b: (b.model, _card(f, b, format="keras")))
+_model_case("a folder named as a TorchScript model", "folder", lambda f, b: (f, _card(f, b, format="torchscript")))
 _model_case("truncated TorchScript", "model.pt",
             lambda f, b: ((f / "model.pt").write_bytes(b.model.read_bytes()[:3000]) and f / "model.pt", _card(f, b)))
 
@@ -410,6 +412,7 @@ _option_case("--format bogus", "--format", ["coverage", "--data", "DATA", "--spe
 _option_case("synthesize --steps 0", "steps", ["synthesize", "--run", "RUN", "--steps", "0"], needs="run")
 _option_case("synthesize --strength 2", "strength", ["synthesize", "--run", "RUN", "--strength", "2"], needs="run")
 _option_case("audit --finetune-steps 0", "steps", ["audit", "--out", "RUN", "--finetune-steps", "0"], needs="run")
+_option_case("audit --edit-steps 0", "steps", ["audit", "--out", "RUN", "--edit-steps", "0"], needs="run")
 _option_case("audit --arms bogus", "bogus", ["audit", "--out", "RUN", "--arms", "baseline,bogus"], needs="run")
 _option_case("finetune --arms baseline", "baseline", ["finetune", "--run", "RUN", "--arms", "baseline"], needs="run")
 _option_case("train-generator --steps 0", "steps", ["train-generator", "--out", "OUT", "--data", "DATA", "--spec",

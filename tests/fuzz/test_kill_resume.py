@@ -26,7 +26,7 @@ DIFFERS = ("created", "stage_seconds", "command_line")  # when, how long, and th
 
 
 @pytest.fixture(scope="module")
-def inputs(phantom_dataset, tiny_generator, tmp_path_factory):
+def inputs(phantom_dataset, tiny_generator, phantom_checker, tmp_path_factory):
     """A deployed model saved as safetensors (its fine-tuned copies then have reproducible bytes), a spec."""
     import numpy as np
 
@@ -42,28 +42,29 @@ def inputs(phantom_dataset, tiny_generator, tmp_path_factory):
     spec = folder / "spec.yaml"
     spec.write_text((REPO / "coverage_specs" / "phantom.yaml").read_text() + "synthesis: {budget_per_cell: 6}\n")
     return {"model": folder / "model.safetensors", "data": phantom_dataset / "labels.csv", "spec": spec,
-            "generator": tiny_generator, "folder": folder}
+            "generator": tiny_generator, "checker": phantom_checker, "folder": folder}
 
 
-def _command(inputs: dict, out: Path) -> list[str]:
+def _command(inputs: dict, out: Path, report: bool) -> list[str]:
+    """The audit; the PDF only where the kill is during the report (every result compared is in audit.json)."""
     return [sys.executable, "-m", "cxr_audit.cli", "audit", "--out", str(out), "--model", str(inputs["model"]),
             "--data", str(inputs["data"]), "--spec", str(inputs["spec"]), "--generator", str(inputs["generator"]),
-            "--arms", "baseline,real_only,cars", "--bootstrap", "100", "--mc-samples", "2",
-            "--finetune-steps", "60"]
+            "--checker", str(inputs["checker"]), "--arms", "baseline,real_only,cars", "--bootstrap", "100",
+            "--mc-samples", "2", "--finetune-steps", "20", "--edit-steps", "8", *([] if report else ["--no-report"])]
 
 
 def _environment(inputs: dict) -> dict:
     return {**os.environ, "CXR_AUDIT_CACHE": str(inputs["folder"] / "cache"), "PYTHONHASHSEED": "0"}
 
 
-def _audit(inputs: dict, out: Path) -> None:
-    result = subprocess.run(_command(inputs, out), capture_output=True, text=True, env=_environment(inputs),
+def _audit(inputs: dict, out: Path, report: bool = False) -> None:
+    result = subprocess.run(_command(inputs, out, report), capture_output=True, text=True, env=_environment(inputs),
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _kill_during(inputs: dict, out: Path, stage: str) -> None:
-    process = subprocess.Popen(_command(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(_command(inputs, out, report=stage == "report"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=_environment(inputs))
     record = RunDir(out).stage_record(stage)
     deadline = time.monotonic() + 600
@@ -104,5 +105,5 @@ def test_killed_audit_resumes_to_the_uninterrupted_result(inputs, uninterrupted,
     out = inputs["folder"] / f"killed-{point}"
     _kill_during(inputs, out, POINTS[point])
     assert json.loads(RunDir(out).stage_record(POINTS[point]).read_text())["status"] == "running"
-    _audit(inputs, out)  # the same command again
+    _audit(inputs, out, report=point == "report")  # the same command again
     assert _result(out) == uninterrupted

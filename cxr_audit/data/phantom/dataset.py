@@ -227,12 +227,9 @@ def write_phantom_dataset(out: str | Path, n_images: int, size: int = 128, seed:
 def save_samples_grid(path: str | Path, size: int = 128, seed: int = 0,
                       appearance: phantom.Appearance | None = None) -> None:
     """16 labelled samples: two normal studies, each finding alone, and six combinations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cxr_audit.report.figures import save_png
+    from cxr_audit.plots import save_png
 
     findings = phantom.PHANTOM_FINDINGS
     cases: list[set[str]] = [set(), set(), *({f} for f in findings),

@@ -1,6 +1,6 @@
 """The phantom's scenario: how often each finding and each combination occurs per split, findings that
 depend on another (a confounder), and how findings look (difficulty, the silhouette sign). Read from the
-`--prevalence` YAML of `cxr-audit phantom`; the demo's own scenario is `cxr_audit.demo.DEMO_SCENARIO`."""
+`--prevalence` YAML of `cxr-audit phantom`; the demo's own scenario is `cxr_audit.stages.demo.DEMO_SCENARIO`."""
 
 from __future__ import annotations
 

@@ -75,26 +75,8 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     scheduler = make_scheduler("ddpm", config.prediction_type)
     generator = torch.Generator().manual_seed(config.seed + 1_000_003 * rank)  # rank 0: the single-process stream
-    step = 0
     checkpoint = out / "checkpoint.pt"
-    if checkpoint.exists():  # resume: weights_only is enough, the checkpoint holds tensors and numbers
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        generators = state["generators"] if "generators" in state else [state["generator"]]  # single-process checkpoints
-        saved_world = len(generators)
-        if saved_world != world:
-            raise UserInputError(f"{checkpoint} was written by {saved_world} training process(es); this run has "
-                                 f"{world}. Resume with the same number of processes, or start in a new --out.")
-        saved_prediction = state.get("prediction_type", "epsilon")  # checkpoints written before v existed
-        if saved_prediction != config.prediction_type:
-            raise UserInputError(f"{checkpoint} was trained to predict {saved_prediction}; this run asks for "
-                                 f"{config.prediction_type}. Resume with --prediction-type {saved_prediction}, or "
-                                 "start in a new --out.")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        # a copy: set_state on a view into a larger storage crashes torch (seen with 2.14)
-        generator.set_state(generators[rank].clone())
-        step = int(state["step"])
+    step = _resume(checkpoint, model, ema, optimizer, generator, rank, world, config.prediction_type)
     model, optimizer = accelerator.prepare(model, optimizer)
     x_all = torch.tensor(images, dtype=torch.float32, device=device) * 2 - 1  # a few hundred MB at most
     c_all = encode_vectors(labels).to(device)
@@ -104,30 +86,8 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
                disable=not (progress and accelerator.is_local_main_process))
     while step < config.steps:
         batch = torch.randint(0, len(x_all), (config.batch_size,), generator=generator)
-        on_device = batch.to(device)
-        x0, vectors = x_all[on_device], c_all[on_device]
-        # The noise is drawn where it is used (on a GPU, drawing it on the CPU costs more than the step),
-        # from a per-step seed, so the CPU generator's state alone makes a resume exact.
-        noise_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        noise = torch.randn(x0.shape, generator=noise_generator, device=device)
-        t = _draw_timesteps(len(batch), scheduler.config.num_train_timesteps, config.timestep_exponent,
-                            generator).to(device)
-        drop = (torch.rand(len(batch), generator=generator) < config.p_uncond).to(device)
-        context, weight = None, None
-        if regions is not None:
-            region = regions.sample(batch.numpy(), labels, generator).to(device)
-            context = inpainting_context(x0, region)
-            weight = region + 0.1 * (1 - region)  # outside, the context gives the answer: a little weight
-        with accelerator.autocast():
-            prediction = model(scheduler.add_noise(x0, noise, t), t, ConceptConditionedUNet.condition(vectors, drop),
-                               context)
-            target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
-            error = (prediction.float() - target) ** 2
-            loss = error.mean() if weight is None else (error * weight).sum() / weight.sum()
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = _train_step(accelerator, model, optimizer, scheduler, x_all, c_all, batch, labels, regions, config,
+                           generator, noise_generator)
         with torch.no_grad():
             decay = min(config.ema_decay, (1 + step) / (10 + step))  # warm-up: EMA follows early weights
             for p_ema, p in zip(ema.parameters(), accelerator.unwrap_model(model).parameters()):
@@ -154,6 +114,64 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
         save_generator(ema, card, out)
     accelerator.wait_for_everyone()
     return card
+
+
+def _resume(checkpoint: Path, model, ema, optimizer, generator: torch.Generator, rank: int, world: int,
+            prediction_type: str) -> int:
+    """Load a checkpoint into the training state (weights_only: it holds tensors and numbers); returns its step
+    (0 without one). One of another process count or prediction type is refused."""
+    if not checkpoint.exists():
+        return 0
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    generators = state["generators"] if "generators" in state else [state["generator"]]  # single-process checkpoints
+    saved_world = len(generators)
+    if saved_world != world:
+        raise UserInputError(f"{checkpoint} was written by {saved_world} training process(es); this run has "
+                             f"{world}. Resume with the same number of processes, or start in a new --out.")
+    saved_prediction = state.get("prediction_type", "epsilon")  # checkpoints written before v existed
+    if saved_prediction != prediction_type:
+        raise UserInputError(f"{checkpoint} was trained to predict {saved_prediction}; this run asks for "
+                             f"{prediction_type}. Resume with --prediction-type {saved_prediction}, or "
+                             "start in a new --out.")
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    # a copy: set_state on a view into a larger storage crashes torch (seen with 2.14)
+    generator.set_state(generators[rank].clone())
+    return int(state["step"])
+
+
+def _train_step(accelerator, model, optimizer, scheduler, x_all: torch.Tensor, c_all: torch.Tensor, batch: torch.Tensor,
+                labels: np.ndarray, regions, config: TrainConfig, generator: torch.Generator,
+                noise_generator: torch.Generator) -> torch.Tensor:
+    """One denoising step on `batch` (noise, timesteps, dropped conditions and regions drawn from `generator`
+    in a fixed order, so a resumed run draws what an uninterrupted one would); returns the loss."""
+    device = x_all.device
+    on_device = batch.to(device)
+    x0, vectors = x_all[on_device], c_all[on_device]
+    # The noise is drawn where it is used (on a GPU, drawing it on the CPU costs more than the step), from a
+    # per-step seed, so the CPU generator's state alone makes a resume exact.
+    noise_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    noise = torch.randn(x0.shape, generator=noise_generator, device=device)
+    t = _draw_timesteps(len(batch), scheduler.config.num_train_timesteps, config.timestep_exponent,
+                        generator).to(device)
+    drop = (torch.rand(len(batch), generator=generator) < config.p_uncond).to(device)
+    context, weight = None, None
+    if regions is not None:
+        region = regions.sample(batch.numpy(), labels, generator).to(device)
+        context = inpainting_context(x0, region)
+        weight = region + 0.1 * (1 - region)  # outside, the context gives the answer: a little weight
+    with accelerator.autocast():
+        prediction = model(scheduler.add_noise(x0, noise, t), t, ConceptConditionedUNet.condition(vectors, drop),
+                           context)
+        target = noise if config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        error = (prediction.float() - target) ** 2
+        loss = error.mean() if weight is None else (error * weight).sum() / weight.sum()
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss
 
 
 def _draw_timesteps(count: int, total: int, exponent: float, generator: torch.Generator) -> torch.Tensor:

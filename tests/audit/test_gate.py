@@ -18,7 +18,7 @@ from cxr_audit.spec import Cell
 
 CONCEPTS = ["Cardiomegaly", "Pleural Effusion"]
 CELL = Cell(id="HF", all_of=CONCEPTS, min_count=10)
-JUNIT_XSD = Path(__file__).parent / "data" / "junit.xsd"
+JUNIT_XSD = Path(__file__).parent / "junit.xsd"
 
 
 def _labels_and_scores(seed: int = 0, n: int = 400):

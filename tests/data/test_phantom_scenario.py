@@ -17,7 +17,7 @@ from cxr_audit.data.phantom.dataset import (
     study_of,
     write_phantom_dataset,
 )
-from cxr_audit.demo import DEMO_SCENARIO
+from cxr_audit.stages.demo import DEMO_SCENARIO
 
 SILHOUETTE = phantom.Appearance(silhouette=True)
 

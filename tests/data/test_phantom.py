@@ -155,9 +155,10 @@ def test_shipped_demo_generator_was_trained_on_the_demo_dataset(tmp_path):
     """`make demo` refuses a generator trained on other data: this catches a renderer change early."""
     import json
 
-    from cxr_audit import demo
     from cxr_audit.provenance import sha256_file
-    from cxr_audit.rundir import RunDir, run_stage
+    from cxr_audit.rundir import RunDir
+    from cxr_audit.stages import demo
+    from cxr_audit.stages.runner import run_stage
 
     stage = demo.PhantomStage(RunDir(tmp_path))
     run_stage(stage.rundir, stage, log=lambda message: None)
@@ -166,11 +167,12 @@ def test_shipped_demo_generator_was_trained_on_the_demo_dataset(tmp_path):
     assert card["training_data_sha256"] == sha256_file(labels)
     assert card["inpainting"] and card["image_size"] == demo.DEMO_SIZE
     # the generator's training focus is exactly what the demo's plan edits
+    from collections import Counter
+
     from cxr_audit.coverage import analyse_coverage
     from cxr_audit.data.readers import read_manifest
     from cxr_audit.spec import load_spec
     from cxr_audit.synthesis.planner import plan_edits
-    from collections import Counter
 
     spec = load_spec(demo.DEMO_SPEC)
     train = read_manifest(labels, "chexpert").frontal().split("train")

@@ -11,8 +11,8 @@ from cxr_audit.data import phantom
 from cxr_audit.data.phantom.dataset import study_of
 from cxr_audit.data.readers import read_manifest
 from cxr_audit.errors import UserInputError
-from cxr_audit.evaluation.probe import probe
 from cxr_audit.rundir import SynthesisLayout
+from cxr_audit.stages.probe import probe_synthesis
 from cxr_audit.synthesis.documents import EditRecord, SynthesisSummary
 
 QC = {"outside_mae": 0.0, "outside_ssim": 1.0, "alignment": None, "checker_before": None, "checker_after": None,
@@ -54,7 +54,7 @@ def _save_summary(layout, n):
 def test_probe_follows_true_counterfactuals(phantom_dataset, phantom_model, tmp_path, op):
     manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
     n = _write_pairs(tmp_path, manifest, "Cardiomegaly", op, 20)
-    document = probe(load_model(phantom_model), SynthesisLayout(tmp_path), manifest, {"Cardiomegaly": 0.5},
+    document = probe_synthesis(load_model(phantom_model), SynthesisLayout(tmp_path), manifest, {"Cardiomegaly": 0.5},
                      replicates=200, progress=False).model_dump(mode="json")
     entry = document["by_concept"][f"{op} Cardiomegaly"]
     assert entry["pairs"] == n == document["pairs_scored"]
@@ -76,7 +76,7 @@ def test_probe_of_a_foreign_synthesis_is_refused(phantom_dataset, phantom_model,
     data["source_image_id"] = "not-in-this-dataset"
     record.write_text(json.dumps(data))
     with pytest.raises(UserInputError, match="not in the data"):
-        probe(load_model(phantom_model), SynthesisLayout(tmp_path), manifest, {}, progress=False)
+        probe_synthesis(load_model(phantom_model), SynthesisLayout(tmp_path), manifest, {}, progress=False)
 
 
 def test_probe_names_a_side_effect_on_a_concept_the_edit_did_not_touch(phantom_dataset, phantom_model, tmp_path):
@@ -85,7 +85,7 @@ def test_probe_names_a_side_effect_on_a_concept_the_edit_did_not_touch(phantom_d
     harmful, and must not flag the untouched concepts of true counterfactuals."""
     manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
     layout, _ = _planted_with_null_edits(tmp_path, manifest, lambda study: study)
-    document = probe(load_model(phantom_model), layout, manifest, {}, replicates=200, progress=False)
+    document = probe_synthesis(load_model(phantom_model), layout, manifest, {}, replicates=200, progress=False)
     effect = document.side_effects["insert Nodule -> Pleural Effusion (present)"]
     assert effect.pairs == 20 and effect.harmful
     assert effect.share_harmful.ci[0] > 0.5 and effect.mean_harm.ci[0] > 0
@@ -122,12 +122,12 @@ def test_side_effects_are_measured_against_the_null_edits(phantom_dataset, phant
     key = "insert Nodule -> Pleural Effusion (present)"
     edits, texture = _planted_with_null_edits(tmp_path / "a", manifest,
                                               lambda study: phantom.counterfactual(study, remove="Pleural Effusion"))
-    netted = probe(model, edits, manifest, {}, replicates=200, progress=False, null_edits=texture)
+    netted = probe_synthesis(model, edits, manifest, {}, replicates=200, progress=False, null_edits=texture)
     assert netted.side_effects[key].baseline == "null edit" and not netted.side_effects[key].harmful
     edits, unchanged = _planted_with_null_edits(tmp_path / "b", manifest, lambda study: study)
-    kept = probe(model, edits, manifest, {}, replicates=200, progress=False, null_edits=unchanged)
+    kept = probe_synthesis(model, edits, manifest, {}, replicates=200, progress=False, null_edits=unchanged)
     assert kept.side_effects[key].harmful and kept.side_effects[key].pairs == 20
-    raw = probe(model, edits, manifest, {}, replicates=200, progress=False)
+    raw = probe_synthesis(model, edits, manifest, {}, replicates=200, progress=False)
     assert raw.side_effects[key].baseline == "source"
     # a null edit identical to its source changes nothing: the netted shift is the raw one
     assert kept.side_effects[key].mean_harm.value == pytest.approx(raw.side_effects[key].mean_harm.value, abs=0.01)

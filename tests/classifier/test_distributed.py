@@ -10,6 +10,8 @@ import pytest
 import torch
 
 SETUP = textwrap.dedent("""
+    import json
+    import os
     import sys
     from pathlib import Path
     import numpy as np
@@ -30,28 +32,40 @@ SETUP = textwrap.dedent("""
 """)
 
 FINETUNE = SETUP + textwrap.dedent("""
-    from cxr_audit.classifier.finetune import FinetuneConfig, TrainingImages, finetune
+    from cxr_audit.classifier.finetune import Checkpoints, FinetuneConfig, TrainingImages
     from cxr_audit.classifier.loading import load_model
     from cxr_audit.rundir import FinetuneLayout
+    from cxr_audit.stages.finetune import file_checkpoints, finetune_into
 
     folder, micro_batches = Path(sys.argv[1]), int(sys.argv[2])
-    stop_after = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    killed_after = int(sys.argv[3]) if len(sys.argv) > 3 else None
     model_path, images, labels = setup(folder.parent)
     train = TrainingImages.real(images[:32], labels[:32])
     validation = TrainingImages.real(images[32:], labels[32:])
     config = FinetuneConfig(steps=6, batch_size=8, lr=1e-2, eval_every=3, checkpoint_every=2, patience=10,
                             micro_batches=micro_batches)
-    finetune(load_model(model_path), train, validation, FinetuneLayout(folder), config, "real_only", {"x": "1"},
-             progress=False, stop_after=stop_after)
+    layout = FinetuneLayout(folder)
+    kept = file_checkpoints(layout.checkpoint)
+
+    def save(state):  # the main process dies right after the checkpoint of step `killed_after`
+        kept.save(state)
+        if killed_after is not None and json.loads(state["state"])["step"] >= killed_after:
+            os._exit(3)
+
+    finetune_into(layout, load_model(model_path), train, validation, config, "real_only", {"x": "1"},
+                  progress=False, checkpoints=Checkpoints(load=kept.load, save=save))
 """)
 
 
-def _launch(script_text: str, folder, *args, processes: int = 2) -> None:
+def _launch(script_text: str, folder, *args, processes: int = 2, killed: bool = False) -> None:
     script = folder / "script.py"
     script.write_text(script_text)
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
     result = subprocess.run([sys.executable, *launcher, str(script), *map(str, args)], check=False, capture_output=True,
                             text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    if killed:  # the main process died on purpose (exit 3); the launcher ends the others
+        assert result.returncode != 0 and "exitcode  : 3" in result.stderr, result.stderr[-12000:]
+        return
     assert result.returncode == 0, result.stderr[-12000:]
 
 
@@ -98,7 +112,7 @@ def _candidate_weights_of_base(root) -> dict[str, torch.Tensor]:
 def test_a_killed_two_process_fine_tune_resumes_exactly_and_only_with_two(finetuned):
     root = finetuned
     resumed = root / "resumed"
-    _launch(FINETUNE, root, resumed, 1, 3, processes=2)  # stops after 3 of 6 steps, checkpoint left
+    _launch(FINETUNE, root, resumed, 1, 2, processes=2, killed=True)  # killed after 2 of 6 steps, checkpoint left
     assert (resumed / "checkpoint.pt").exists() and not (resumed / "candidate.safetensors").exists()
     with pytest.raises(AssertionError, match="number of\\s+processes"):  # one process, one micro-batch
         _launch(FINETUNE, root, resumed, 1, processes=1)

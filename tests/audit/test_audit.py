@@ -14,10 +14,11 @@ from cxr_audit.stages.pipeline import open_run, run_audit
 SPEC = Path("coverage_specs/phantom.yaml")
 
 
-def audit_options(phantom_dataset, phantom_model, tiny_generator, spec, **changes) -> dict:
-    """Small budgets keep the test fast; the flow is the real one."""
+def audit_options(phantom_dataset, phantom_model, tiny_generator, spec, checker, **changes) -> dict:
+    """Small budgets keep the test fast; the flow is the real one (the checker is given: the stage contract's
+    tests train one in the run)."""
     return {"models": [phantom_model], "data": phantom_dataset / "labels.csv", "spec": spec,
-            "generator": tiny_generator, "edit": {"steps": 4, "strength": 0.5, "guidance": 2.0}, "bootstrap": 100,
+            "generator": tiny_generator, "checker": checker, "edit": {"steps": 4, "strength": 0.5, "guidance": 2.0}, "bootstrap": 100,
             "mc_samples": 2, "finetune": {"steps": 6, "batch_size": 16, "eval_every": 3, "checkpoint_every": 3},
             **changes}
 
@@ -28,12 +29,12 @@ def audit(out, options: dict, force: bool = False):
 
 
 @pytest.fixture(scope="module")
-def audit_run(phantom_dataset, phantom_model, tiny_generator, tmp_path_factory):
+def audit_run(phantom_dataset, phantom_model, tiny_generator, phantom_checker, tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit")
     spec = folder / "spec.yaml"  # small synthesis budgets keep the test fast
     spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 3}\n")
     out = folder / "run"
-    document = audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec))
+    document = audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec, phantom_checker))
     return out, spec, document
 
 
@@ -100,10 +101,10 @@ def test_pdf_embeds_audit_json_and_rerenders_the_same(audit_run, run_cli):
     assert _pdf_text(out / "report.pdf") == before
 
 
-def test_rerun_skips_finished_stages(audit_run, phantom_dataset, phantom_model, tiny_generator):
+def test_rerun_skips_finished_stages(audit_run, phantom_dataset, phantom_model, tiny_generator, phantom_checker):
     out, spec, _ = audit_run
     stamps = {p.name: p.stat().st_mtime_ns for p in RunDir(out).stages.glob("*.json")}
-    audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec))
+    audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec, phantom_checker))
     assert {p.name: p.stat().st_mtime_ns for p in RunDir(out).stages.glob("*.json")} == stamps
 
 
@@ -150,10 +151,13 @@ def test_every_table_of_the_report_fits_the_page(audit_run):
 
     from cxr_audit.audit.document import load_audit
     from cxr_audit.report.render import build_html
+    from cxr_audit.stages.report import gallery_panel
 
     out, _, _ = audit_run
     run = RunDir(out)
-    document = weasyprint.HTML(string=build_html(load_audit(run.audit), run), base_url=str(out)).render()
+    audit = load_audit(run.audit)
+    html = build_html(audit, [gallery_panel(run, item) for item in audit.gallery])
+    document = weasyprint.HTML(string=html, base_url=str(out)).render()
     tables = 0
     for number, page in enumerate(document.pages, 1):
         box = page._page_box

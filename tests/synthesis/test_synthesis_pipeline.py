@@ -9,10 +9,11 @@ import pytest
 from cxr_audit.classifier.loading import load_model
 from cxr_audit.data.images import load_image
 from cxr_audit.rundir import RunDir, SynthesisLayout
+from cxr_audit.stages.synthesize import synthesize_into
 from cxr_audit.synthesis.backends import load_backend
 from cxr_audit.synthesis.editor import EditSettings
 from cxr_audit.synthesis.planner import PlanDocument
-from cxr_audit.synthesis.synthesize import SynthesisOptions, run_synthesis
+from cxr_audit.synthesis.synthesize import SynthesisOptions
 
 SPEC = Path("coverage_specs/phantom.yaml")
 
@@ -55,7 +56,7 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
     options = SynthesisOptions(settings=EditSettings(steps=8, strength=0.5), progress=False, batch_size=4)
     checker = load_model(phantom_model)
     out = SynthesisLayout(tmp_path / "synthetic")
-    summary = run_synthesis(plan, manifest, backend, out, checker, options)
+    summary = synthesize_into(out, plan, manifest, backend, checker, options)
     n = len(plan.edits)
     assert summary.planned == n == len(list(out.records.glob("*.json")))
     assert summary.accepted + summary.rejected == n
@@ -76,21 +77,21 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
     stamp = untouched.stat().st_mtime_ns
     image = out.image(first).read_bytes()
     out.record(first).unlink()
-    again = run_synthesis(plan, manifest, backend, out, checker, options)
+    again = synthesize_into(out, plan, manifest, backend, checker, options)
     assert again.planned == n and untouched.stat().st_mtime_ns == stamp
     assert out.image(first).read_bytes() == image and out.record(first).exists()
 
     # the unconstrained ablation changes anatomy outside the edit region measurably more, and is not rejected
     # for it (its fidelity is measured, not required)
     options.unconstrained = True
-    ablation = run_synthesis(plan, manifest, backend, SynthesisLayout(tmp_path / "abl"), checker, options)
+    ablation = synthesize_into(SynthesisLayout(tmp_path / "abl"), plan, manifest, backend, checker, options)
     assert ablation.mean_outside_mae > 10 * max(summary.mean_outside_mae, 1e-4)
     assert not any("outside the edit region" in reason for reason in ablation.rejected_by_reason)
 
     # the null edits (texture control): the same regions regenerated under each source's own vector
     options.unconstrained, options.null_edits = False, True
     null_layout = SynthesisLayout(tmp_path / "null")
-    null = run_synthesis(plan, manifest, backend, null_layout, checker, options)
+    null = synthesize_into(null_layout, plan, manifest, backend, checker, options)
     assert null.mode == "null edits (texture control)" and null.planned == n
     assert null.mean_outside_mae < 1e-3  # anatomy outside the region kept, as in CARS
     by_id = {e.edit_id: e for e in plan.edits}
@@ -125,7 +126,7 @@ def test_dicom_sources_give_dicom_edits_without_source_phi(tiny_generator, tmp_p
     plan = plan_edits(train, spec, analyse_coverage(train, spec, spec_path, {}), 0)
     plan.edits = plan.edits[:2]
     out = SynthesisLayout(tmp_path / "synthetic")
-    run_synthesis(plan, manifest, load_backend(tiny_generator), out, None,
+    synthesize_into(out, plan, manifest, load_backend(tiny_generator), None,
                   SynthesisOptions(settings=EditSettings(steps=4, strength=0.5), progress=False))
     for edit in plan.edits:
         path = out.dicom(edit.edit_id)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from cxr_audit.classifier.card import card_file
 from cxr_audit.classifier.finetune import FinetuneConfig
 from cxr_audit.data.phantom.dataset import (
     PHANTOM_VERSION,
@@ -38,15 +39,16 @@ from cxr_audit.data.phantom.dataset import (
 )
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import sha256_file
-from cxr_audit.rundir import FinetuneLayout, RunDir, run_stage
+from cxr_audit.rundir import RunDir
 from cxr_audit.stages.context import RunContext
+from cxr_audit.stages.runner import run_stage
 
 DEMO_IMAGES = 1600
 DEMO_SIZE = 64
 DEMO_SEED = 0
-ASSETS = Path(__file__).parent / "demo_assets"
+ASSETS = Path(__file__).parents[1] / "demo_assets"
 SHIPPED_GENERATOR = ASSETS / "generator"
-DEMO_SPEC = Path(__file__).resolve().parents[1] / "coverage_specs" / "phantom.yaml"
+DEMO_SPEC = Path(__file__).resolve().parents[2] / "coverage_specs" / "phantom.yaml"
 DEMO_SCENARIO = Prevalence(
     combinations=[Combination(all_of=["Cardiomegaly", "Pleural Effusion"],
                               probability={"train": 0.01, "val": 0.12, "test": 0.12})],
@@ -67,6 +69,7 @@ class PhantomStage:
     """The demo's dataset: the phantom with its rare cell."""
 
     name = "demo_phantom"
+    needs = ()
 
     def __init__(self, run: RunDir, images: int = DEMO_IMAGES, seed: int = DEMO_SEED):
         self.rundir, self.images, self.seed = run, images, seed
@@ -88,13 +91,14 @@ class DeployedModelStage:
     (early stopping on the validation split); its card records the training."""
 
     name = "demo_model"
+    needs = ("demo_phantom",)
 
     def __init__(self, ctx: RunContext, seed: int = DEMO_SEED):
         self.ctx, self.seed = ctx, seed
         self.folder = self.ctx.run.made_model.parent
 
     def outputs(self) -> list[Path]:
-        return [self.ctx.run.made_model, FinetuneLayout.card_for(self.ctx.run.made_model)]
+        return [self.ctx.run.made_model, card_file(self.ctx.run.made_model)]
 
     def inputs(self) -> dict:
         return {"data": sha256_file(self.ctx.run.made_dataset), "seed": self.seed, "size": DEMO_SIZE,
