@@ -10,21 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import (
-    AllowDuplicatesOption,
-    DataOption,
-    ForceOption,
-    FormatOption,
-    OutOption,
-    RootOption,
-    RunOption,
-    SeedOption,
-    SpecOption,
-    command,
-    console,
-    dataset,
-    open_run,
-)
+from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, ForceOption, FormatOption, OutOption
+from cxr_audit.cli.app import RootOption, RunOption, SeedOption, SpecOption, command, console, dataset
+from cxr_audit.cli.app import open_run
 from cxr_audit.errors import UserInputError
 
 ArmsOption = Annotated[str | None, typer.Option("--arms", help="Comma-separated arms: baseline, real_only, cars, "

@@ -10,21 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import (
-    AllowDuplicatesOption,
-    DataOption,
-    ForceOption,
-    FormatOption,
-    OutOption,
-    RootOption,
-    SeedOption,
-    SpecOption,
-    command,
-    console,
-    dataset,
-    note,
-    open_run,
-)
+from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, ForceOption, FormatOption, OutOption
+from cxr_audit.cli.app import RootOption, SeedOption, SpecOption, command, console, dataset, note, open_run
 
 
 class CoverageSplit(str, Enum):

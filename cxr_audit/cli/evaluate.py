@@ -10,20 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import (
-    AllowDuplicatesOption,
-    DataOption,
-    ForceOption,
-    FormatOption,
-    OutOption,
-    RootOption,
-    SeedOption,
-    command,
-    console,
-    dataset,
-    note,
-    open_run,
-)
+from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, ForceOption, FormatOption, OutOption
+from cxr_audit.cli.app import RootOption, SeedOption, command, console, dataset, note, open_run
 
 
 class EvaluateSplit(str, Enum):

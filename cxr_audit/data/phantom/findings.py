@@ -21,6 +21,11 @@ def _point_in_lung_box(body: Body, side: str, relative_xy: tuple[float, float]) 
 SILHOUETTE_REACH = (0.04, 0.10)
 
 
+def _severity_and_side(f: FindingParams, name: str) -> tuple[float, str]:
+    """How severe a one-sided finding is, and on which side."""
+    return f.severity[name], f.side[name]
+
+
 def _efface_heart_border(body: Body, change: np.ndarray, band: np.ndarray, side: str) -> np.ndarray:
     """The silhouette sign: the opacity lying against the heart border (`band`, in [0, 1]) is as dense as the
     heart, so the border there disappears and the heart's edge cannot be told from the opacity."""
@@ -62,7 +67,7 @@ def _effusion(body: Body, f: FindingParams, texture: np.ndarray, rng: np.random.
 def _pneumothorax(body: Body, f: FindingParams, texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The lung collapsed toward its hilum: a lucent space without markings and a visible pleural line."""
     g, look = body.grid, f.appearance
-    severity, side = f.severity["Pneumothorax"], f.side["Pneumothorax"]
+    severity, side = _severity_and_side(f, "Pneumothorax")
     lung = body.lung(side)
     x0, y0, x1, y1 = body.lung_box[side]
     cx, cy = body.hila[side]
@@ -83,7 +88,7 @@ def _pneumothorax(body: Body, f: FindingParams, texture: np.ndarray, rng: np.ran
 def _consolidation(body: Body, f: FindingParams, texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A textured airspace blob in one lung; next to the heart it effaces the border."""
     g, look = body.grid, f.appearance
-    severity, side = f.severity["Consolidation"], f.side["Consolidation"]
+    severity, side = _severity_and_side(f, "Consolidation")
     cx, cy = _point_in_lung_box(body, side, f.consolidation_xy)
     radius = 0.05 + 0.07 * severity
     blob = smoothstep_inside(ellipse_distance(g, cx, cy, radius * 1.2, radius) + 0.02 * texture, 0.03)
@@ -110,7 +115,7 @@ def _edema(body: Body, f: FindingParams, texture: np.ndarray, rng: np.random.Gen
 def _atelectasis(body: Body, f: FindingParams, texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Plate-like (discoid) bands in the lower zone of one lung, more with severity."""
     g, look = body.grid, f.appearance
-    severity, side = f.severity["Atelectasis"], f.side["Atelectasis"]
+    severity, side = _severity_and_side(f, "Atelectasis")
     x0, y0, x1, y1 = body.lung_box[side]
     lines = []
     for k in range(1 + int(severity * 2.5)):
@@ -125,9 +130,8 @@ def _atelectasis(body: Body, f: FindingParams, texture: np.ndarray, rng: np.rand
 
 def _nodule(body: Body, f: FindingParams, texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A round, sharp-edged density in one lung."""
-    g, look = body.grid, f.appearance
-    severity, side = f.severity["Nodule"], f.side["Nodule"]
-    cx, cy = _point_in_lung_box(body, side, f.nodule_xy)
+    severity, side = _severity_and_side(f, "Nodule")
+    g, look, (cx, cy) = body.grid, f.appearance, _point_in_lung_box(body, side, f.nodule_xy)
     radius = 0.018 + 0.022 * severity
     disc = smoothstep_inside(ellipse_distance(g, cx, cy, radius, radius), 2 * g.px)
     change = 0.30 * disc * np.clip(body.lung(side) + 0.3, 0, 1)
