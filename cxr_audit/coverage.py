@@ -42,7 +42,8 @@ class CellCoverage(BaseModel):
     plausible: bool = Field(description="false when the combination breaks a clinical rule")
     violations: list[str] = Field(description="the rules broken, empty when plausible")
     by_sex: dict[str, int] = Field(description="count split by sex (M, F, unknown)")
-    by_view: dict[str, int] = Field(description="count split by view (PA, AP, LAT, unknown)")
+    by_view: dict[str, int] = Field(description="count split by view (PA, AP, LAT, unknown: none given, or a "
+                                    "frontal film of unknown orientation)")
     by_age_band: dict[str, int] = Field(description="count split by age band 'lo-hi' (lo <= age < hi)")
 
 
@@ -77,9 +78,11 @@ class CoverageReport(BaseModel):
 
 
 def _breakdown(values: pd.Series, mask: np.ndarray, keys: list[str]) -> dict[str, int]:
+    """Counts per key; every other value (none, or one the breakdown does not name, such as a frontal film of
+    unknown orientation) is 'unknown', so the parts add up to the cell's count."""
     selected = values[mask].fillna("unknown").astype(str).value_counts()
     out = {key: int(selected.get(key, 0)) for key in keys}
-    out["unknown"] = int(selected.get("unknown", 0))
+    out["unknown"] = int(selected.sum()) - sum(out.values())
     return out
 
 

@@ -59,11 +59,20 @@ def read_json(path: str | Path, missing_hint: str) -> Any:
         raise UserInputError(f"{path} is not valid JSON (line {error.lineno}): {error.msg}.") from None
 
 
+def _new_file_mode() -> int:
+    """The mode the umask gives a new file (mkstemp makes 0600, which other users, CI artefact steps and web
+    servers could not read)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -226,7 +226,11 @@ def test_an_interval_from_too_few_usable_replicates_is_not_estimable_and_never_p
                                                                "cells": ["HF"]}]}))
     result = run_cli("gate", "--candidate", run.path, "--policy", policy)
     assert result.exit_code == 1 and "not estimable" in result.output
-    policy.write_text(yaml.safe_dump({"version": 1, "not_estimable": "skip", "rules": [
-        {"type": "cell_metric", "metric": "auroc", "min": 0.5, "cells": ["HF"]}]}))
+    skipping = {"version": 1, "not_estimable": "skip", "rules": [
+        {"type": "cell_metric", "metric": "auroc", "min": 0.5, "cells": ["HF"]}]}
+    policy.write_text(yaml.safe_dump(skipping))
+    result = run_cli("gate", "--candidate", run.path, "--policy", policy)  # its one rule skipped: judged nothing
+    assert result.exit_code == 1 and "judged nothing" in result.output.replace("\n", " ")
+    policy.write_text(yaml.safe_dump({**skipping, "allow_empty": True}))
     result = run_cli("gate", "--candidate", run.path, "--policy", policy)
     assert result.exit_code == 0 and "skipped" in result.output

@@ -9,7 +9,6 @@ derived from the lungs by `anatomy.regions_from_anatomy`.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from cxr_audit.anatomy.regions import regions_from_anatomy
 from cxr_audit.data.images import load_resized
 from cxr_audit.errors import UserInputError
 from cxr_audit.progress import progress_bar
-from cxr_audit.provenance import atomic_write_json, sha256_file
+from cxr_audit.provenance import atomic_write_json, read_json, sha256_file
 
 SEG_SIZE = 128
 SHIPPED_SEGMENTER = Path(__file__).parents[1] / "demo_assets" / "lung_seg.pt"
@@ -153,10 +152,18 @@ class LungSegmenter:
         if not path.exists() or not card_path.exists():
             raise UserInputError(f"No lung segmenter at {path}. Train one: `cxr-audit train-lung-seg --data "
                                  "../shared/data/covid_lungs --out PATH`.")
-        self.card = json.loads(card_path.read_text())
+        self.card = read_json(card_path, "")
+        if not isinstance(self.card, dict) or "weights_sha256" not in self.card:
+            raise UserInputError(f"{card_path} is not a lung segmenter card (no 'weights_sha256'). Train the "
+                                 "segmenter again with `cxr-audit train-lung-seg`.")
         if sha256_file(path) != self.card["weights_sha256"]:
             raise UserInputError(f"{path} does not match the SHA-256 in {card_path}; retrain or restore it.")
-        self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        try:  # TorchScript only: a pickled file is never unpickled here
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        except RuntimeError as error:
+            raise UserInputError(f"Lung segmenter {path} is not a TorchScript file ({str(error).splitlines()[0][:120]}); "
+                                 "the segmenter is loaded as TorchScript only, never unpickled. Train it again "
+                                 "with `cxr-audit train-lung-seg`.") from None
 
     @torch.inference_mode()
     def lungs(self, image: np.ndarray) -> np.ndarray:

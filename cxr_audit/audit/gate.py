@@ -109,6 +109,8 @@ class GatePolicy(BaseModel):
                             "its check, or is skipped; it never passes")
     arm: str = Field("baseline", description="which arm of the candidate audit is gated (baseline: the model "
                                              "as submitted)")
+    allow_empty: bool = Field(False, description="a gate whose every rule was skipped (nothing estimable) passes; "
+                                                 "by default it fails, never passing having judged nothing")
     rules: list[Rule] = Field(min_length=1)
 
 
@@ -254,6 +256,10 @@ def evaluate_policy(policy: GatePolicy, candidate: AuditRun, baseline: AuditRun 
         else:
             status, message = "skipped", f"no check could be estimated: {'; '.join(details[:3])}"
         outcomes.append(Outcome(rule_id, rule.type, status, message, details))
+    if all(outcome.status == "skipped" for outcome in outcomes) and not policy.allow_empty:
+        outcomes.append(Outcome("gate", "judged nothing", "failed", "every rule was skipped, so the gate judged "
+                                "nothing; a model is never passed that way. Add rules that can be estimated on this "
+                                "audit, or set 'allow_empty: true' in the policy to accept it knowingly."))
     return outcomes
 
 

@@ -71,8 +71,26 @@ class PredictionCache:
         self.path = Path(directory) / "predictions" / f"{key}.npz"
         self.entries: dict[str, np.ndarray] = {}
         if self.path.exists():
-            with np.load(self.path) as stored:
-                self.entries = dict(zip(stored["image_sha256"].tolist(), stored["probabilities"]))
+            self.entries = self._read(len(model.concepts))
+
+    def _read(self, outputs: int) -> dict[str, np.ndarray]:
+        """The stored entries; a damaged file (a torn write, a full disk, an edit) is only a cache: it is set
+        aside with a note on stderr, its images are scored again, and the next save replaces it."""
+        import sys
+        import zipfile
+
+        try:
+            with np.load(self.path, allow_pickle=False) as stored:
+                hashes, values = stored["image_sha256"], stored["probabilities"]
+                if hashes.size == 0:
+                    return {}
+                if hashes.ndim != 1 or values.shape != (len(hashes), outputs) or not np.isfinite(values).all():
+                    raise ValueError(f"arrays of shape {hashes.shape} and {values.shape}")
+                return dict(zip(hashes.tolist(), values))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            print(f"note: the prediction cache {self.path} is damaged ({type(error).__name__}: {str(error)[:80]}); "
+                  "its images are scored again and the cache is rewritten.", file=sys.stderr)
+            return {}
 
     def save(self) -> None:
         import io

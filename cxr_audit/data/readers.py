@@ -77,13 +77,32 @@ def _label_column(values: pd.Series, source: Path, column: str) -> np.ndarray:
 
 
 def _concept_columns(columns: list[str]) -> dict[str, str]:
-    """{csv column: canonical concept} for every column whose name is a concept or alias."""
-    found: dict[str, str] = {}
-    for column in columns:
-        canonical = concepts.try_resolve(column)
-        if canonical is not None and canonical not in found.values():
-            found[column] = canonical
-    return found
+    """{csv column: canonical concept} for every column whose name is a concept or alias (two columns may name
+    one concept: 'Effusion' and 'Pleural Effusion'; `_labels` checks that they agree)."""
+    return {column: canonical for column in columns if (canonical := concepts.try_resolve(column)) is not None}
+
+
+def _labels(frame: pd.DataFrame, columns: dict[str, str], source: Path, notes: list[str]) -> dict[str, np.ndarray]:
+    """{concept: labels} from the concept columns. Two columns of one concept must agree on every row (else
+    which one counts would be a silent choice): disagreeing ones are refused, naming both and the row."""
+    labels: dict[str, np.ndarray] = {}
+    first_column: dict[str, str] = {}
+    for column, canonical in columns.items():
+        values = _label_column(frame[column], source, column)
+        if canonical not in labels:
+            labels[canonical], first_column[canonical] = values, column
+            continue
+        kept = labels[canonical]
+        differ = ~((kept == values) | (np.isnan(kept) & np.isnan(values)))
+        if differ.any():
+            row = int(np.flatnonzero(differ)[0])
+            raise UserInputError(
+                f"{source}: columns {first_column[canonical]!r} and {column!r} both name {canonical} and disagree, "
+                f"e.g. row {row + 2} ({shown(frame[first_column[canonical]].iloc[row])} against "
+                f"{shown(frame[column].iloc[row])}). Keep one of them, or make them agree.")
+        notes.append(f"{source.name}: columns {first_column[canonical]!r} and {column!r} both name {canonical}; "
+                     "they agree on every row, so they are read as one")
+    return labels
 
 
 # Columns the phantom writes so that any row can be rendered again (ground truth for synthetic edits).
@@ -194,7 +213,7 @@ def read_chexpert(csv_path: Path, root: Path | None = None) -> Manifest:
     label_columns = _concept_columns([c for c in raw.columns if c not in (*CHEXPERT_COLUMNS, *PHANTOM_COLUMNS)])
     if not label_columns:
         raise UserInputError(f"{source} has no concept columns (e.g. 'Cardiomegaly', 'Pleural Effusion').")
-    labels = {canon: _label_column(raw[col], source, col) for col, canon in label_columns.items()}
+    labels = _labels(raw, label_columns, source, notes)
 
     if "patient_id" in raw.columns:
         patients = raw["patient_id"].astype(str)
@@ -303,7 +322,7 @@ def read_mimic(data: Path, root: Path | None = None) -> Manifest:
         notes.append("no MIMIC-IV patients file: sex and age unknown, subgroup cells by sex/age count nothing")
 
     label_columns = _concept_columns([c for c in label_raw.columns if c not in ("subject_id", "study_id")])
-    labels = {canon: _label_column(merged[col], labels_path, col) for col, canon in label_columns.items()}
+    labels = _labels(merged, label_columns, labels_path, notes)
     subject = merged["subject_id"].astype(int).astype(str)
     paths = ("files/p" + subject.str[:2] + "/p" + subject + "/s" + merged["study_id"].astype(int).astype(str)
              + "/" + merged["dicom_id"].astype(str) + ".jpg")
@@ -400,7 +419,7 @@ def read_generic_csv(csv_path: Path, root: Path | None = None) -> Manifest:
     if not found["view"]:
         notes.append(f"{source.name}: no view column; all images taken as frontal (PA)")
         meta["view"] = "PA"
-    labels = {canon: _label_column(raw[col], source, col) for col, canon in label_columns.items()}
+    labels = _labels(raw, label_columns, source, notes)
     return _assemble(meta, labels, Path(root) if root else source.parent, source, "csv", notes)
 
 

@@ -51,11 +51,25 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def stale_inputs(run: RunDir, stage: Stage) -> list[str] | None:
     """For a stage the run has a record of: the inputs that differ from what it declares now (empty when
-    none); None when the run has no record of it."""
+    none); None when the run has no record of it, or when an output it reads is missing (the stage that makes
+    that output runs again first, and this one is judged when its turn comes)."""
     path = run.stage_record(stage.name)
     if not path.exists():
         return None
-    return _differences(_read_record(path, stage.name)["inputs"], _normalise(stage.inputs()))
+    try:
+        declared = stage.inputs()
+    except FileNotFoundError:
+        return None
+    return _differences(_read_record(path, stage.name)["inputs"], _normalise(declared))
+
+
+def _declared_inputs(stage: Stage) -> dict[str, Any]:
+    try:
+        return _normalise(stage.inputs())
+    except FileNotFoundError as error:
+        raise UserInputError(f"The '{stage.name}' stage reads {error.filename}, which is missing. Run the command "
+                             f"that makes it again (its stage among: {', '.join(stage.needs) or 'none'}), or pass "
+                             "--force to redo the run's stages.") from None
 
 
 def _read_record(path: Path, name: str) -> dict:
@@ -92,7 +106,7 @@ def run_stage(run: RunDir, stage: Stage, force: bool = False, log: Callable[[str
 def plan_stage(run: RunDir, stage: Stage, force: bool, log: Callable[[str], None]) -> dict | None:
     """Whether `stage` must run (None: finished with the same inputs, skipped), refusing to replace outputs
     made from other inputs without `force`. Writes nothing."""
-    declared = _normalise(stage.inputs())
+    declared = _declared_inputs(stage)
     path = run.stage_record(stage.name)
     record = _read_record(path, stage.name) if path.exists() else None
     same_inputs = record is not None and record["inputs"] == declared

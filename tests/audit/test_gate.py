@@ -241,3 +241,19 @@ def test_schema_prints_each_documents_json_schema(run_cli, name):
     assert result.exit_code == 0
     schema = json.loads(result.output)
     assert schema["type"] == "object" and schema["properties"]
+
+
+def test_a_gate_that_judged_nothing_does_not_pass(audits, tmp_path, run_cli):
+    """Subgroup rules on an audit without subgroups, not-estimable checks skipped: every rule is skipped, and a
+    gate that judged nothing fails unless the policy accepts that knowingly (allow_empty)."""
+    import yaml
+
+    policy = {"version": 1, "not_estimable": "skip", "rules": [{"type": "max_subgroup_gap", "max": 0.1}]}
+    path = tmp_path / "gates.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    result = _gate(run_cli, audits["old"], path)
+    assert result.exit_code == 1, result.output
+    assert "judged nothing" in result.output.replace("\n", " ")
+    path.write_text(yaml.safe_dump({**policy, "allow_empty": True}))
+    result = _gate(run_cli, audits["old"], path)
+    assert result.exit_code == 0, result.output

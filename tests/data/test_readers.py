@@ -147,3 +147,16 @@ def test_impossible_ages_become_unknown_with_a_note(tmp_path):
     manifest = read_manifest(csv, "csv")
     assert manifest.frame["age"].iloc[0] == 61 and manifest.frame["age"].iloc[1:].isna().all()
     assert any("2 ages outside 0-120" in note for note in manifest.notes)
+
+
+def test_two_columns_of_one_concept_are_read_as_one_when_they_agree_and_refused_when_not(tmp_path):
+    header = "path,patient_id,Cardiomegaly,Effusion,Pleural Effusion\n"
+    path = tmp_path / "labels.csv"
+    path.write_text(header + "a.png,p1,1,0,0\nb.png,p2,0,1,1\nc.png,p3,0,,\n")
+    manifest = read_manifest(path, "csv")
+    assert manifest.frame["Pleural Effusion"].tolist()[:2] == [0.0, 1.0]
+    assert any("'Effusion' and 'Pleural Effusion' both name Pleural Effusion" in n for n in manifest.notes)
+    path.write_text(header + "a.png,p1,1,0,0\nb.png,p2,0,1,0\n")
+    with pytest.raises(UserInputError, match=r"'Effusion' and 'Pleural Effusion' both name Pleural Effusion and "
+                                             r"disagree, e.g. row 3"):
+        read_manifest(path, "csv")

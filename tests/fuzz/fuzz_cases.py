@@ -77,6 +77,11 @@ damage("empty file", "labels.csv")(lambda f: _write(f, ""))
 damage("header only", "labels.csv")(lambda f: _write(f, _rows(CSV)[0] + "\n"))
 damage("binary garbage", "labels.csv")(lambda f: (f / "labels.csv").write_bytes(bytes(range(256)) * 8) and f / "labels.csv")
 damage("label 'yes'", "row 3")(lambda f: _write(f, CSV.replace("b.png,p2,train,PA,0,1", "b.png,p2,train,PA,yes,1")))
+damage("two columns of one concept that disagree", "'Effusion'")(
+    lambda f: _write(f, CSV.replace("Pleural Effusion\n", "Pleural Effusion,Effusion\n").replace(
+        "a.png,p1,train,PA,1,0\n", "a.png,p1,train,PA,1,0,1\n").replace("b.png,p2,train,PA,0,1\n",
+        "b.png,p2,train,PA,0,1,1\n").replace("c.png,p3,test,PA,1,1\n", "c.png,p3,test,PA,1,1,1\n").replace(
+        "d.png,p4,val,AP,0,0\n", "d.png,p4,val,AP,0,0,0\n")))
 damage("label 2", "row 2")(lambda f: _write(f, CSV.replace("a.png,p1,train,PA,1,0", "a.png,p1,train,PA,2,0")))
 damage("label 1.7", "1.7")(lambda f: _write(f, CSV.replace("a.png,p1,train,PA,1,0", "a.png,p1,train,PA,1.7,0")))
 damage("blank path", "row 3")(lambda f: _write(f, CSV.replace("b.png,p2", ",p2")))
@@ -268,6 +273,31 @@ def _pickled(folder: Path, base):
 
 
 _model_case("pickled module", "pickle", _pickled)
+
+
+@case("model", "--allow-pickle with a payload that is no model")
+def _pickled_payload(folder: Path, base) -> tuple[list, str]:
+    import torch
+
+    torch.save({"not": "a model"}, folder / "model.pt")
+    args = ["evaluate", "--data", base.data, "--spec", base.spec, "--model", folder / "model.pt", "--out",
+            folder / "run", "--bootstrap", 100, "--mc-samples", 0, "--workers", 0, "--no-cache", "--allow-pickle",
+            "--card", _card(folder, base, format="pickle")]
+    return args, "not a torch module"
+
+
+@case("model", "segmenter weights that are a pickle")
+def _pickled_segmenter(folder: Path, base) -> tuple[list, str]:
+    import hashlib
+
+    import torch
+
+    from cxr_audit.classifier.small_cnn import SmallCXRNet
+
+    weights = folder / "lung_seg.pt"
+    torch.save(SmallCXRNet(2, width=4), weights)  # a pickled module, with a card that vouches for its hash
+    (folder / "lung_seg.pt.json").write_text(json.dumps({"weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}))
+    return ["segment", "--data", base.data, "--out", folder / "out", "--model", weights], "TorchScript"
 
 
 def _state_dict(folder: Path, base, architecture: str | None):

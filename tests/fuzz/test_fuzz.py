@@ -78,3 +78,51 @@ def test_hostile_input_is_refused_cleanly(case, base, tmp_path, monkeypatch):
     after = _hashes(folder, base.run, base.data.parent)
     changed = [path for path, digest in before.items() if after.get(path) != digest]
     assert not changed, f"{case.id} changed or removed {changed[:3]}"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an npz", "wrong shape"])
+def test_a_damaged_prediction_cache_is_scored_again_with_a_note(base, tmp_path, monkeypatch, damage):
+    """The prediction cache is only a cache: a torn write, a full disk or a foreign file in it is set aside with
+    a note, the images are scored again, and the result is the one an undamaged cache gives."""
+    import io
+    import json
+
+    import numpy as np
+
+    monkeypatch.setenv("CXR_AUDIT_CACHE", str(tmp_path / "cache"))
+    args = ["evaluate", "--data", base.data, "--spec", base.spec, "--model", base.model, "--bootstrap", 100,
+            "--mc-samples", 0, "--workers", 0]
+    first = CliRunner().invoke(app, [str(a) for a in args + ["--out", tmp_path / "first"]])
+    assert first.exit_code == 0, first.output
+    (cache,) = (tmp_path / "cache" / "predictions").glob("*.npz")
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:100])
+    elif damage == "not an npz":
+        cache.write_text("garbage")
+    else:
+        buffer = io.BytesIO()
+        np.savez(buffer, image_sha256=np.array(["a", "b"]), probabilities=np.zeros((2, 3)))
+        cache.write_bytes(buffer.getvalue())
+    again = CliRunner().invoke(app, [str(a) for a in args + ["--out", tmp_path / "again"]])
+    assert again.exit_code == 0, again.output
+    assert "prediction cache" in again.output and "scored again" in again.output
+    metrics = [json.loads(RunDir(tmp_path / run).evaluation("baseline").metrics.read_text())["concepts"]
+               for run in ("first", "again")]
+    assert metrics[0] == metrics[1]
+    assert np.load(cache)["probabilities"].shape[0] > 2  # the cache was written anew
+
+
+def test_probe_on_a_run_whose_probe_was_removed_makes_it_again(base, tmp_path, monkeypatch):
+    """A user deletes RUN/probe and its stage record to redo the probe: the command makes it again (the
+    stages after it are judged when their turn comes), with the same result, never a traceback."""
+    import shutil
+
+    monkeypatch.setenv("CXR_AUDIT_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    shutil.copytree(base.run, run)
+    original = RunDir(run).probe.read_bytes()
+    shutil.rmtree(RunDir(run).probe.parent)
+    RunDir(run).stage_record("probe").unlink()
+    result = CliRunner().invoke(app, ["probe", "--run", str(run)])
+    assert result.exit_code == 0, result.output
+    assert RunDir(run).probe.read_bytes() == original

@@ -27,6 +27,9 @@ class PickleBackend(TorchModuleBackend):
                 f"Model {path} is a pickled Python object. Unpickling can run arbitrary code, so it is refused "
                 f"by default (torch.load weights_only=True). Export TorchScript, ONNX or a state_dict{allow}.")
         module = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(module, torch.nn.Module):
+            raise UserInputError(f"Model {path} unpickled to a {type(module).__name__}, not a torch module. Save the "
+                                 "model itself (torch.save(model)), or better a state_dict, TorchScript or ONNX.")
         notes = []
         if getattr(module, "op_threshs", None) is not None:  # a torchxrayvision model object
             module.op_threshs, module.apply_sigmoid = None, False
