@@ -56,6 +56,25 @@ def test_a_syntax_the_default_install_cannot_decode_names_itself_and_the_package
         load_image(PYDICOM_FILES / "JPGExtended.dcm")
 
 
+def test_a_damaged_file_is_blamed_on_the_data_when_its_decoder_is_installed(monkeypatch):
+    """pydicom's JPEG-lossy.dcm is corrupt: with the opt-in decoder present (stood in for here), the message says
+    the installed decoders failed, not 'install the gpl-decoders extra'."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "libjpeg" else find_spec(name, *a))
+    with pytest.raises(UserInputError, match="decoders installed .* all failed on it") as refused:
+        load_image(PYDICOM_FILES / "JPEG-lossy.dcm")
+    assert "gpl-decoders" not in str(refused.value)
+
+
+def test_an_invalid_header_value_is_named_not_taken_for_a_cut_file():
+    """pydicom's badVR.dcm has NumberOfFrames '1A'."""
+    with pytest.raises(UserInputError, match="header field NumberOfFrames is '1A'") as refused:
+        load_image(PYDICOM_FILES / "badVR.dcm")
+    assert "cut short" not in str(refused.value)
+
+
 def test_palette_colour_is_applied_not_read_as_indices():
     from pydicom.pixels import apply_color_lut
 

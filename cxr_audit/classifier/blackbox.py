@@ -32,7 +32,7 @@ def read_predictions(path: str | Path, manifest: Manifest) -> tuple[list[str], n
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"Predictions file {path} does not exist. Check --predictions.")
-    raw = read_csv(path, "Predictions file")
+    raw = read_csv(path, "Predictions file", "--predictions")
     id_column = next((c for c in ID_COLUMNS if c in raw.columns), None)
     if id_column is None:
         raise UserInputError(f"Predictions file {path} has no image id column; name one of {list(ID_COLUMNS)}. "

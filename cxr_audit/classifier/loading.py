@@ -53,6 +53,8 @@ def _check_against_card(model: LoadedModel) -> None:
     dummy = torch.zeros(1, 1, model.card.input_size, model.card.input_size)
     try:
         out = model.raw_outputs(dummy)
+    except UserInputError:  # the model ran and returned something else than (batch, outputs): said as it is
+        raise
     except Exception as exc:
         raise UserInputError(f"Model {model.path} failed on a {model.card.channels}-channel "
                              f"{model.card.input_size}px input ({type(exc).__name__}: {str(exc)[:200]}). Check "

@@ -43,6 +43,39 @@ def read_dicom(path: Path):
     return dataset
 
 
+# The header fields that decoding reads as numbers (a value such as NumberOfFrames '1A' is named, not
+# mistaken for a file cut short).
+_IMAGE_HEADER_FIELDS = ("Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "SamplesPerPixel",
+                        "PixelRepresentation", "NumberOfFrames")
+
+
+def _check_image_header(dataset, path: Path) -> None:
+    import warnings
+
+    for keyword in _IMAGE_HEADER_FIELDS:
+        if keyword not in dataset:
+            continue
+        with warnings.catch_warnings():  # pydicom warns about the invalid value it keeps as text
+            warnings.simplefilter("ignore")
+            value = dataset.data_element(keyword).value
+        try:
+            if value not in (None, ""):
+                int(value)
+        except (TypeError, ValueError):
+            raise UserInputError(f"DICOM {path}: header field {keyword} is {value!r}, not a whole number, so the "
+                                 "image cannot be decoded. Fix the header (or export the image again).") from None
+
+
+def _missing_decoder(syntax_name: str) -> str | None:
+    """What to install for a transfer syntax the default install cannot decode, when that decoder is absent
+    (when it is installed and failed, the data is at fault, not the install)."""
+    import importlib.util
+
+    if syntax_name in _DECODERS and importlib.util.find_spec("libjpeg") is None:
+        return _DECODERS[syntax_name]
+    return None
+
+
 def load_dicom(path: Path) -> np.ndarray:
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
@@ -51,14 +84,15 @@ def load_dicom(path: Path) -> np.ndarray:
         raise UserInputError(f"DICOM {path} holds no pixel data: a structured report, a header-only file, or a file "
                              f"cut short ({path.stat().st_size:,} bytes). Check that the file is complete.")
     syntax = dataset.file_meta.TransferSyntaxUID
+    _check_image_header(dataset, path)
     try:
         pixels = dataset.pixel_array
     except ValueError as error:  # pydicom's message for pixel data shorter than the header says
         raise UserInputError(f"DICOM {path} has less pixel data than its header describes ({str(error)[:120]}): the "
                              "file was cut short. Copy it again.") from None
     except (RuntimeError, NotImplementedError, AttributeError) as error:
-        decoder = _DECODERS.get(syntax.name, "python-gdcm (installed with cxr-audit) failed on it, so the data is "
-                                             "probably damaged")
+        decoder = _missing_decoder(syntax.name) or ("the decoders installed (python-gdcm, Pillow, and any opt-in "
+                                                    "one) all failed on it, so the data is probably damaged")
         raise UserInputError(f"DICOM {path} uses transfer syntax {syntax.name} ({syntax}), which could not be decoded: "
                              f"{decoder}. ({str(error).splitlines()[-1][:160]})") from None
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()

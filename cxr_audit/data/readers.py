@@ -27,16 +27,18 @@ from cxr_audit.data.manifest import (
 from cxr_audit.errors import UserInputError
 
 
-def read_csv(path: Path, what: str, **kwargs) -> pd.DataFrame:
+def read_csv(path: Path, what: str, option: str = "--data", **kwargs) -> pd.DataFrame:
+    """A CSV the user points at (`what` and `option` name it in messages)."""
     if not path.exists():
-        raise UserInputError(f"{what} {path} does not exist. Check --data.")
+        raise UserInputError(f"{what} {path} does not exist. Check {option}.")
     if path.is_dir():
-        raise UserInputError(f"{what} {path} is a folder; pass the CSV file (a folder is read as MIMIC-CXR-JPG "
-                             "with --format mimic).")
+        mimic = " (a folder is read as MIMIC-CXR-JPG with --format mimic)" if option == "--data" else ""
+        raise UserInputError(f"{what} {path} is a folder; pass the CSV file{mimic}.")
     try:
         return pd.read_csv(path, **kwargs)
     except pd.errors.EmptyDataError:
-        raise UserInputError(f"{what} {path} is empty (no header, no rows). Pass the labels file.") from None
+        raise UserInputError(f"{what} {path} is empty (no header, no rows). Pass a CSV with a header row and one "
+                             f"row per image ({option}).") from None
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, ValueError) as exc:
         raise UserInputError(f"{what} {path} cannot be read as CSV: {exc}. Is it the right file?") from None
 

@@ -156,7 +156,7 @@ for _name in LABEL_DAMAGES:
 # Coverage specs
 
 SPEC_DAMAGES = {
-    "does not exist": (None, "does not exist"),
+    "does not exist": (None, "--predictions"),
     "a folder": ("<folder>", "folder"),
     "empty": ("", "YAML mapping"),
     "invalid YAML": ("version: 1\nconcepts: [Cardiomegaly\n", "not valid YAML"),
@@ -245,7 +245,11 @@ def _odd_module(kind: str):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.mean(dim=(2, 3)).repeat(1, 8) * 7 - 3
 
-    return {"tuple": Tuple, "nan": NaN, "scale": Scale}[kind]()
+    class Flat(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(1, 2, 3))
+
+    return {"tuple": Tuple, "nan": NaN, "scale": Scale, "flat": Flat}[kind]()
 
 
 _model_case("does not exist", "does not exist", lambda f, b: (f / "none.pt", None))
@@ -314,6 +318,7 @@ _model_case("state dict, no architecture", "architecture", lambda f, b: _state_d
 _model_case("state dict, wrong architecture", "do not fit", lambda f, b: _state_dict(f, b, "resnet18"))
 _model_case("unknown architecture", "Unknown torchvision architecture", lambda f, b: _state_dict(f, b, "resnet9000"))
 _model_case("returns a tuple", "tuple", lambda f, b: (_scripted(f, _odd_module("tuple")), _card(f, b)))
+_model_case("returns shape (1,)", "shape (1,)", lambda f, b: (_scripted(f, _odd_module("flat")), _card(f, b)))
 _model_case("outputs NaN", "NaN", lambda f, b: (_scripted(f, _odd_module("nan")), _card(f, b)))
 _model_case("probabilities out of [0, 1]", "outside [0, 1]",
             lambda f, b: (_scripted(f, _odd_module("scale")), _card(f, b, outputs="probabilities")))
@@ -333,8 +338,8 @@ _model_case("card input size too small", "input_size", lambda f, b: (b.model, _c
 # A black box's predictions (evaluate --predictions)
 
 PREDICTION_DAMAGES = {
-    "does not exist": (None, "does not exist"),
-    "empty": ("", "predictions.csv"),
+    "does not exist": (None, "--predictions"),
+    "empty": ("", "row per image (--predictions)"),
     "no id column": ("prob_Cardiomegaly\n0.5\n", "id column"),
     "no concept column": ("path,score\na.png,0.5\n", "no probability column"),
     "probability 1.5": (PREDICTIONS.replace("0.9", "1.5"), "1.5"),
@@ -413,6 +418,9 @@ _image_case("truncated PNG, in a worker", "37.png", _truncate)
 _image_case("truncated PNG, in process", "37.png", _truncate, workers=0)
 _image_case("garbage bytes", "37.png", lambda p: p.write_bytes(b"not an image" * 10))
 _image_case("truncated DICOM", "37.png", _truncated_dicom)
+_image_case("DICOM with a header value that is no number", "NumberOfFrames",
+            lambda p: p.write_bytes((Path(__import__("pydicom").__file__).parent / "data" / "test_files" /
+                                     "badVR.dcm").read_bytes()))
 
 
 # ---------------------------------------------------------------------------------------------------------
