@@ -30,9 +30,11 @@ def _grid(n: int, columns: int = 4, panel: float = 1.75):
 # Coverage
 
 
-def coverage_figure(cells: list, synthetic_by_cell: dict[str, int] | None = None, max_cells: int = 40):
-    """Real training images per cell (red: deficit, green: covered, grey: implausible) against the spec's
-    minimum (black tick); accepted synthetic images stacked in orange. Explicit cells first, then the pairwise
+def coverage_figure(cells: list, synthetic_by_cell: dict[str, int] | None = None, max_cells: int = 40,
+                    split: str = "train"):
+    """Real images per cell of the split counted (red: deficit, green: covered, grey: implausible) against the
+    spec's minimum (black tick); accepted synthetic images stacked in orange; a cell with no image at all is
+    marked at 0 in its colour. A cell's subgroup is part of its label. Explicit cells first, then the pairwise
     cells furthest below their minimum."""
     synthetic_by_cell = synthetic_by_cell or {}
     explicit = [c for c in cells if not c.id.startswith("PAIR:")]
@@ -43,18 +45,33 @@ def coverage_figure(cells: list, synthetic_by_cell: dict[str, int] | None = None
     real = np.array([c.count for c in shown])
     synthetic = np.array([synthetic_by_cell.get(c.id, 0) for c in shown])
     colours = ["#9e9e9e" if not c.plausible else ("#d62728" if c.deficit else "#2ca02c") for c in shown]
-    ax.barh(y, real, color=colours, label="real training images")
+    counted = "real training images" if split == "train" else "real images (all splits)"
+    ax.barh(y, real, color=colours, label=counted)
+    empty = real == 0  # no bar to see: a marker in the cell's colour says 'none' (deficit or implausible)
+    if empty.any():
+        ax.scatter(np.zeros(int(empty.sum())), y[empty], marker="o", s=18, zorder=3,
+                   color=[colour for colour, none in zip(colours, empty) if none])
     if synthetic.any():
         ax.barh(y, synthetic, left=real, color="#ff9f1c", label="accepted synthetic (CARS)")
     ax.scatter([c.min_count for c in shown], y, marker="|", s=140, color="black", zorder=3, label="required minimum")
-    ax.set_yticks(y, [c.id for c in shown], fontsize=7)
+    ax.set_yticks(y, [_cell_label(c) for c in shown], fontsize=7)
     ax.invert_yaxis()
     if real.size and real.max() > 1000:
         ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlabel("images (red: deficit, green: covered, grey: implausible)")
+    ax.set_xlabel("images (red: deficit, green: covered, grey: implausible; a dot: none)")
     ax.legend(loc="lower right", frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return figure
+
+
+def _cell_label(cell) -> str:
+    """A cell's id, with its subgroup when it has one (pairwise cells of a subgroup share their ids' look)."""
+    subgroup = getattr(cell, "subgroup", None)
+    if subgroup is None:
+        return cell.id
+    parts = [f"{key}={value[0]:g}-{value[1]:g}" if key == "age" else f"{key}={value}"
+             for key, value in subgroup.model_dump(exclude_none=True).items()]
+    return f"{cell.id} ({', '.join(parts)})" if parts else cell.id
 
 
 def cooccurrence_figure(cooccurrence: dict[str, dict[str, int]], n_images: int):

@@ -105,7 +105,8 @@ def build_html(document, gallery_panels: list[bytes]) -> str:
     synthetic_by_cell = cars.accepted_by_cell if cars else {}
     probe = document.probe.by_concept
     figure_uris = {
-        "coverage": figures.data_uri(figures.coverage_figure(document.coverage.cells, synthetic_by_cell)),
+        "coverage": figures.data_uri(figures.coverage_figure(document.coverage.cells, synthetic_by_cell,
+                                                             split=document.coverage.dataset.split)),
         "cooccurrence": figures.data_uri(figures.cooccurrence_figure(document.coverage.cooccurrence,
                                                                      document.coverage.dataset.n_images)),
         "pr_concepts": figures.data_uri(figures.pr_curves_figure(arms, concepts)),

@@ -42,7 +42,8 @@ class CoverageStage:
         self.layout.folder.mkdir(parents=True, exist_ok=True)
         figures.save_png(figures.cooccurrence_figure(report.cooccurrence, report.dataset.n_images),
                          self.layout.cooccurrence_png)
-        figures.save_png(figures.coverage_figure(report.cells), self.layout.cells_png)
+        figures.save_png(figures.coverage_figure(report.cells, split=report.dataset.split),
+                         self.layout.cells_png)
         atomic_write_json(self.layout.document, report.model_dump(mode="json"))
 
 
