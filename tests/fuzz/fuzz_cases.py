@@ -156,7 +156,7 @@ for _name in LABEL_DAMAGES:
 # Coverage specs
 
 SPEC_DAMAGES = {
-    "does not exist": (None, "--predictions"),
+    "does not exist": (None, "does not exist"),
     "a folder": ("<folder>", "folder"),
     "empty": ("", "YAML mapping"),
     "invalid YAML": ("version: 1\nconcepts: [Cardiomegaly\n", "not valid YAML"),
