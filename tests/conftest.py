@@ -173,3 +173,15 @@ def minimal_audit_document(metrics, test_set: str = "T" * 64, coverage_count: in
                   "bootstrap": bootstrap},
         verdict={"status": "no concerns", "headline": "", "concerns": [], "strengths": [], "thresholds": {}, "note": ""})
     return document.model_dump(mode="json")
+
+
+def coverage_of(labels: Path, spec_text: str, fmt: str = "csv"):
+    """The coverage report of a small labels file already written at `labels` under a spec given as text."""
+    from cxr_audit.coverage import analyse_coverage
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.spec import load_spec
+
+    spec = labels.parent / "spec.yaml"
+    spec.write_text(spec_text)
+    manifest = read_manifest(labels, fmt)
+    return analyse_coverage(manifest, load_spec(spec), spec, {}, notes=list(manifest.notes))

@@ -134,8 +134,7 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(shared_data, tmp_path
 def test_views_of_a_cell_add_up_to_its_count_with_frontal_films_of_unknown_orientation(tmp_path):
     """CheXpert marks some films Frontal with 'LL' or 'RL' in AP/PA: they count as frontal, and the view
     breakdown puts them under unknown, so PA + AP + LAT + unknown is the cell's count."""
-    from cxr_audit.data.readers import read_manifest
-    from cxr_audit.spec import load_spec
+    from conftest import coverage_of
 
     header = "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Cardiomegaly,Pleural Effusion\n"
     rows = [f"CheXpert-v1.0-small/train/patient{k:05d}/study1/view1_frontal.jpg,Female,60,Frontal,{view},,1.0,1.0"
@@ -143,12 +142,10 @@ def test_views_of_a_cell_add_up_to_its_count_with_frontal_films_of_unknown_orien
     labels = tmp_path / "CheXpert-v1.0-small" / "train.csv"
     labels.parent.mkdir()
     labels.write_text(header + "\n".join(rows) + "\n")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("version: 1\nconcepts: [Cardiomegaly, Pleural Effusion]\ncells:\n"
-                    "  - {id: C1, all_of: [Cardiomegaly, Pleural Effusion], min_count: 10}\n")
-    manifest = read_manifest(labels, "chexpert")
-    assert any("LL" in note for note in manifest.notes)
-    cell = analyse_coverage(manifest, load_spec(spec), spec, {}).cells[0]
+    report = coverage_of(labels, "version: 1\nconcepts: [Cardiomegaly, Pleural Effusion]\ncells:\n"
+                                 "  - {id: C1, all_of: [Cardiomegaly, Pleural Effusion], min_count: 10}\n", "chexpert")
+    assert any("LL" in note for note in report.dataset.notes)
+    cell = report.cells[0]
     assert cell.count == 6
     assert cell.by_view == {"PA": 1, "AP": 2, "LAT": 0, "unknown": 3}
     assert sum(cell.by_view.values()) == cell.count

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_audit import concepts
+from cxr_audit.data.label_files import read_csv, shown
 from cxr_audit.data.manifest import Manifest
-from cxr_audit.data.readers import read_csv, shown
 from cxr_audit.errors import UserInputError
 
 ID_COLUMNS = ("Image Index", "image_id", "image", "Path", "path", "filename", "dicom_id")

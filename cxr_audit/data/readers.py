@@ -14,98 +14,24 @@ import numpy as np
 import pandas as pd
 
 from cxr_audit import concepts
+from cxr_audit.data.label_files import (
+    concept_columns,
+    read_csv,
+    read_labels,
+    require_columns,
+    shown,
+    validate_paths,
+)
 from cxr_audit.data.manifest import (
     META_COLUMNS,
     Manifest,
     check_integrity,
-    check_relative_path,
     normalise_age,
     normalise_sex,
     normalise_splits,
     normalise_views,
 )
 from cxr_audit.errors import UserInputError
-
-
-def read_csv(path: Path, what: str, option: str = "--data", **kwargs) -> pd.DataFrame:
-    """A CSV the user points at (`what` and `option` name it in messages)."""
-    if not path.exists():
-        raise UserInputError(f"{what} {path} does not exist. Check {option}.")
-    if path.is_dir():
-        mimic = " (a folder is read as MIMIC-CXR-JPG with --format mimic)" if option == "--data" else ""
-        raise UserInputError(f"{what} {path} is a folder; pass the CSV file{mimic}.")
-    try:
-        return pd.read_csv(path, **kwargs)
-    except pd.errors.EmptyDataError:
-        raise UserInputError(f"{what} {path} is empty (no header, no rows). Pass a CSV with a header row and one "
-                             f"row per image ({option}).") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, ValueError) as exc:
-        raise UserInputError(f"{what} {path} cannot be read as CSV: {exc}. Is it the right file?") from None
-
-
-def _require_columns(frame: pd.DataFrame, path: Path, required: list[str], fmt_help: str) -> None:
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        found = ", ".join(map(str, frame.columns[:12])) + (" ..." if len(frame.columns) > 12 else "")
-        raise UserInputError(
-            f"{path} lacks the column(s) {missing} that the {fmt_help} needs. Found: {found}. "
-            "Pass the right file, or choose another --format (nih, chexpert, mimic, csv)."
-        )
-
-
-def _validate_paths(paths: pd.Series, source: Path) -> pd.Series:
-    """Relative, non-empty image paths (a blank cell is refused, never read as an image named 'nan')."""
-    return pd.Series([check_relative_path("" if pd.isna(p) else str(p), f"{source}, row {i + 2}")
-                      for i, p in enumerate(paths)], index=paths.index, dtype=object)
-
-
-def shown(value) -> str:
-    """A cell's value as the user typed it (not numpy's repr)."""
-    return repr(value.item() if hasattr(value, "item") else value)
-
-
-def _label_column(values: pd.Series, source: Path, column: str) -> np.ndarray:
-    """A raw label column as float: 1, 0, -1 or NaN; anything else is an error naming the row."""
-    numeric = pd.to_numeric(values, errors="coerce").astype(float)
-    bad = (numeric.isna() & values.notna() & (values.astype(str).str.strip() != "")) | \
-          (~numeric.isna() & ~numeric.isin([1.0, 0.0, -1.0]))
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise UserInputError(
-            f"{source}, row {row + 2}, column {column!r}: label {shown(values.iloc[row])} is not 1, 0, -1 or empty. "
-            "Fix the value (1 positive, 0 negative, -1 uncertain, empty unmentioned)."
-        )
-    return numeric.to_numpy()
-
-
-def _concept_columns(columns: list[str]) -> dict[str, str]:
-    """{csv column: canonical concept} for every column whose name is a concept or alias (two columns may name
-    one concept: 'Effusion' and 'Pleural Effusion'; `_labels` checks that they agree)."""
-    return {column: canonical for column in columns if (canonical := concepts.try_resolve(column)) is not None}
-
-
-def _labels(frame: pd.DataFrame, columns: dict[str, str], source: Path, notes: list[str]) -> dict[str, np.ndarray]:
-    """{concept: labels} from the concept columns. Two columns of one concept must agree on every row (else
-    which one counts would be a silent choice): disagreeing ones are refused, naming both and the row."""
-    labels: dict[str, np.ndarray] = {}
-    first_column: dict[str, str] = {}
-    for column, canonical in columns.items():
-        values = _label_column(frame[column], source, column)
-        if canonical not in labels:
-            labels[canonical], first_column[canonical] = values, column
-            continue
-        kept = labels[canonical]
-        differ = ~((kept == values) | (np.isnan(kept) & np.isnan(values)))
-        if differ.any():
-            row = int(np.flatnonzero(differ)[0])
-            raise UserInputError(
-                f"{source}: columns {first_column[canonical]!r} and {column!r} both name {canonical} and disagree, "
-                f"e.g. row {row + 2} ({shown(frame[first_column[canonical]].iloc[row])} against "
-                f"{shown(frame[column].iloc[row])}). Keep one of them, or make them agree.")
-        notes.append(f"{source.name}: columns {first_column[canonical]!r} and {column!r} both name {canonical}; "
-                     "they agree on every row, so they are read as one")
-    return labels
-
 
 # Columns the phantom writes so that any row can be rendered again (ground truth for synthetic edits).
 PHANTOM_COLUMNS = ("study", "patient_seed", "study_seed", "ctr")
@@ -144,7 +70,7 @@ def read_nih(csv_path: Path, root: Path | None = None) -> Manifest:
     """
     source = Path(csv_path)
     raw = read_csv(source, "NIH labels file", dtype={"Patient ID": str})
-    _require_columns(raw, source, NIH_COLUMNS, "NIH Data_Entry_2017 format")
+    require_columns(raw, source, NIH_COLUMNS, "NIH Data_Entry_2017 format")
     root = Path(root) if root is not None else source.parent
     notes: list[str] = []
 
@@ -172,7 +98,7 @@ def read_nih(csv_path: Path, root: Path | None = None) -> Manifest:
     image_dir = "images/" if (root / "images").is_dir() else ""
     meta = pd.DataFrame({
         "image_id": raw["Image Index"].astype(str),
-        "path": _validate_paths(image_dir + raw["Image Index"].astype(str), source),
+        "path": validate_paths(image_dir + raw["Image Index"].astype(str), source),
         "patient_id": raw["Patient ID"].astype(str).str.lstrip("0").replace("", "0"),
         "view": normalise_views(raw["View Position"], notes, source),
         "sex": normalise_sex(raw["Patient Gender"], notes, source),
@@ -207,15 +133,15 @@ def read_chexpert(csv_path: Path, root: Path | None = None) -> Manifest:
     """
     source = Path(csv_path)
     raw = read_csv(source, "CheXpert labels file")
-    _require_columns(raw, source, CHEXPERT_COLUMNS, "CheXpert CSV format")
+    require_columns(raw, source, CHEXPERT_COLUMNS, "CheXpert CSV format")
     if root is None:
         first = Path(str(raw["Path"].iloc[0])).parts[0] if len(raw) else ""
         root = source.parent.parent if first == source.parent.name else source.parent
     notes: list[str] = []
-    label_columns = _concept_columns([c for c in raw.columns if c not in (*CHEXPERT_COLUMNS, *PHANTOM_COLUMNS)])
+    label_columns = concept_columns([c for c in raw.columns if c not in (*CHEXPERT_COLUMNS, *PHANTOM_COLUMNS)])
     if not label_columns:
         raise UserInputError(f"{source} has no concept columns (e.g. 'Cardiomegaly', 'Pleural Effusion').")
-    labels = _labels(raw, label_columns, source, notes)
+    labels = read_labels(raw, label_columns, source, notes)
 
     if "patient_id" in raw.columns:
         patients = raw["patient_id"].astype(str)
@@ -228,7 +154,7 @@ def read_chexpert(csv_path: Path, root: Path | None = None) -> Manifest:
     views = _chexpert_views(raw, notes, source)
     meta = pd.DataFrame({
         "image_id": raw["Path"].astype(str),
-        "path": _validate_paths(raw["Path"].astype(str), source),
+        "path": validate_paths(raw["Path"].astype(str), source),
         "patient_id": patients,
         "view": views,
         "sex": normalise_sex(raw["Sex"], notes, source),
@@ -289,12 +215,12 @@ def read_mimic(data: Path, root: Path | None = None) -> Manifest:
     notes: list[str] = []
 
     label_raw = read_csv(labels_path, "MIMIC chexpert labels file")
-    _require_columns(label_raw, labels_path, ["subject_id", "study_id"], "MIMIC chexpert labels file")
+    require_columns(label_raw, labels_path, ["subject_id", "study_id"], "MIMIC chexpert labels file")
     meta_raw = read_csv(meta_path, "MIMIC metadata file")
-    _require_columns(meta_raw, meta_path, ["dicom_id", "subject_id", "study_id", "ViewPosition"],
+    require_columns(meta_raw, meta_path, ["dicom_id", "subject_id", "study_id", "ViewPosition"],
                      "MIMIC metadata file")
     split_raw = read_csv(split_path, "MIMIC split file")
-    _require_columns(split_raw, split_path, ["dicom_id", "split"], "MIMIC split file")
+    require_columns(split_raw, split_path, ["dicom_id", "split"], "MIMIC split file")
 
     for frame, path, keys in ((label_raw, labels_path, ["subject_id", "study_id"]),
                               (meta_raw, meta_path, ["dicom_id", "subject_id", "study_id"]),
@@ -312,7 +238,7 @@ def read_mimic(data: Path, root: Path | None = None) -> Manifest:
     merged = merged.merge(split_raw[["dicom_id", "split"]], on="dicom_id", how="left")
     if patients_path is not None:
         patients = read_csv(patients_path, "MIMIC-IV patients file")
-        _require_columns(patients, patients_path, ["subject_id", "gender", "anchor_age", "anchor_year"],
+        require_columns(patients, patients_path, ["subject_id", "gender", "anchor_age", "anchor_year"],
                          "MIMIC-IV patients file")
         _check_ids(patients, patients_path, ["subject_id"])
         _unique(patients, ["subject_id"], patients_path, "subject_id")
@@ -323,14 +249,14 @@ def read_mimic(data: Path, root: Path | None = None) -> Manifest:
         merged["gender"], merged["age"] = None, np.nan
         notes.append("no MIMIC-IV patients file: sex and age unknown, subgroup cells by sex/age count nothing")
 
-    label_columns = _concept_columns([c for c in label_raw.columns if c not in ("subject_id", "study_id")])
-    labels = _labels(merged, label_columns, labels_path, notes)
+    label_columns = concept_columns([c for c in label_raw.columns if c not in ("subject_id", "study_id")])
+    labels = read_labels(merged, label_columns, labels_path, notes)
     subject = merged["subject_id"].astype(int).astype(str)
     paths = ("files/p" + subject.str[:2] + "/p" + subject + "/s" + merged["study_id"].astype(int).astype(str)
              + "/" + merged["dicom_id"].astype(str) + ".jpg")
     meta = pd.DataFrame({
         "image_id": merged["dicom_id"].astype(str),
-        "path": _validate_paths(paths, meta_path),
+        "path": validate_paths(paths, meta_path),
         "patient_id": subject,
         "view": normalise_views(merged["ViewPosition"], notes, meta_path),
         "sex": normalise_sex(merged["gender"], notes, patients_path or meta_path),
@@ -398,9 +324,9 @@ def read_generic_csv(csv_path: Path, root: Path | None = None) -> Manifest:
     raw = read_csv(source, "Labels CSV")
     found = {key: next((c for c in names if c in raw.columns), None) for key, names in _GENERIC_META.items()}
     if found["path"] is None:
-        _require_columns(raw, source, ["path"], "generic CSV format (an image path column)")
+        require_columns(raw, source, ["path"], "generic CSV format (an image path column)")
     meta_columns = {c for c in found.values() if c is not None}
-    label_columns = _concept_columns([c for c in raw.columns if c not in meta_columns])
+    label_columns = concept_columns([c for c in raw.columns if c not in meta_columns])
     if not label_columns:
         detected = detect_format(source)
         hint = f" It looks like a {detected.upper()} file: pass --format {detected} (or --format auto)." \
@@ -408,7 +334,7 @@ def read_generic_csv(csv_path: Path, root: Path | None = None) -> Manifest:
         raise UserInputError(f"{source} has no concept columns. Name columns after concepts, e.g. "
                              f"'Cardiomegaly', 'Pleural Effusion' (aliases such as 'Effusion' work).{hint}")
     notes: list[str] = []
-    paths = _validate_paths(raw[found["path"]], source)
+    paths = validate_paths(raw[found["path"]], source)
     meta = pd.DataFrame({
         "image_id": paths,
         "path": paths,
@@ -421,7 +347,7 @@ def read_generic_csv(csv_path: Path, root: Path | None = None) -> Manifest:
     if not found["view"]:
         notes.append(f"{source.name}: no view column; all images taken as frontal (PA)")
         meta["view"] = "PA"
-    labels = _labels(raw, label_columns, source, notes)
+    labels = read_labels(raw, label_columns, source, notes)
     return _assemble(meta, labels, Path(root) if root else source.parent, source, "csv", notes)
 
 

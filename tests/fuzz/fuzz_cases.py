@@ -555,6 +555,9 @@ _run_case("an output changed after its stage", "plan",
           lambda r, f: _edit_json(r / "plan" / "plan.json", lambda d: d.update(seed=99)) or ["audit", "--out", r])
 _run_case("report --pdf onto audit.json", "--pdf", lambda r, f: ["report", "--run", r, "--pdf", r / "audit.json"])
 _run_case("report --pdf onto a folder", "--pdf", lambda r, f: ["report", "--run", r, "--pdf", f])
+_run_case("gate policy: allow_empty not a yes or no", "allow_empty",
+          lambda r, f: ["gate", "--candidate", r, "--policy",
+                        _policy(f, "version: 1\nallow_empty: maybe\nrules:\n  - {type: min_metric, min: 0.1}\n")])
 _run_case("gate --junit onto audit.json", "--junit",
           lambda r, f: ["gate", "--candidate", r, "--policy", _policy(f), "--junit", r / "audit.json"])
 _run_case("gate --summary onto the policy", "--summary",

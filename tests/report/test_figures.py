@@ -1,22 +1,19 @@
 """The charts say what the numbers say: an empty cell is visible, a subgroup is named, the legend names the
 split that was counted."""
 
-from cxr_audit.coverage import analyse_coverage
-from cxr_audit.data.readers import read_manifest
+from conftest import coverage_of
+
 from cxr_audit.report.figures import coverage_figure
-from cxr_audit.spec import load_spec
 
 
 def test_coverage_chart_marks_empty_cells_names_subgroups_and_the_split(tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text("path,patient_id,sex,Cardiomegaly,Pleural Effusion\n"
                       "a.png,p1,F,1,1\nb.png,p2,M,1,0\nc.png,p3,F,0,1\n")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text("version: 1\nconcepts: [Cardiomegaly, Pleural Effusion]\ncells:\n"
-                    "  - {id: BOTH, all_of: [Cardiomegaly, Pleural Effusion], min_count: 5}\n"
-                    "  - {id: NONE, all_of: [Cardiomegaly], none_of: [Pleural Effusion], min_count: 5,"
-                    " subgroup: {sex: F}}\n")
-    report = analyse_coverage(read_manifest(labels, "csv"), load_spec(spec), spec, {})
+    report = coverage_of(labels, "version: 1\nconcepts: [Cardiomegaly, Pleural Effusion]\ncells:\n"
+                                 "  - {id: BOTH, all_of: [Cardiomegaly, Pleural Effusion], min_count: 5}\n"
+                                 "  - {id: NONE, all_of: [Cardiomegaly], none_of: [Pleural Effusion], min_count: 5,"
+                                 " subgroup: {sex: F}}\n")
     assert [c.count for c in report.cells] == [1, 0]
     figure = coverage_figure(report.cells, split="all")
     ax = figure.axes[0]
