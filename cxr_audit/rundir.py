@@ -85,11 +85,17 @@ class SynthesisLayout:
     images = _file("images")
     masks = _file("masks", "each edit's region (usable as a weak segmentation label)")
     records = _file("records", "one JSON record per edit, written as the edit finishes")
+    sources = _file("sources", "each edit's source as the edit saw it (at the generator's size): the probe's pairs")
     manifest = _file("synthetic_manifest.csv", "accepted edits: CheXpert columns plus provenance")
     summary = _file("synthesis.json")
+    score_list = _file("score_me.csv", "the images the probe scores (path relative to the run, role, edit id): a "
+                       "model known only by its outputs scores them for `probe --predictions`")
 
     def image(self, edit_id: str) -> Path:
         return self.images / f"{safe_name(edit_id, 'edit id')}.png"
+
+    def source(self, edit_id: str) -> Path:
+        return self.sources / f"{safe_name(edit_id, 'edit id')}.png"
 
     def dicom(self, edit_id: str) -> Path:
         return self.images / f"{safe_name(edit_id, 'edit id')}.dcm"

@@ -155,7 +155,8 @@ def minimal_audit_document(metrics, test_set: str = "T" * 64, coverage_count: in
                                                      frontal_only=True, notes=[]))
     synthesis = SynthesisSummary(generator_sha256="g" * 64, generator={}, mode="masked (CARS)", settings={},
                                  qc_thresholds={}, planned=10, accepted=10 - rejected, rejected=rejected,
-                                 rejected_by_reason={}, accepted_by_cell={"HF": synthetic}, mean_outside_mae=0.0,
+                                 rejected_by_reason={}, mean_outside_mae=0.0,
+                                 accepted_by_cell={"HF": synthetic, "OTHER": 10 - rejected - synthetic},
                                  checker_agreement=None, mean_ground_truth_mae=None)
     bootstrap = metrics.bootstrap
     probe = ProbeDocument(model={}, synthesis={}, pairs_scored=0, accepted_only=True, thresholds={},

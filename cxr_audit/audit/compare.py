@@ -39,8 +39,25 @@ def compare_audits(old: AuditRun, new: AuditRun) -> tuple[list[Row], str | None]
             difference = None
             if target in reps_old and target in reps_new:
                 (p_old, r_old), (p_new, r_new) = reps_old[target][metric], reps_new[target][metric]
-                difference = paired_difference(p_old, p_new, r_old, r_new)
-            elif v_old is not None and v_new is not None:
+                _check_point(old, target, metric, v_old, p_old)
+                _check_point(new, target, metric, v_new, p_new)
+                if v_old is not None and v_new is not None:
+                    difference = paired_difference(p_old, p_new, r_old, r_new)
+            elif v_old is not None and v_new is not None:  # a value the audit does not have is never compared
                 difference = PairedDifference(v_new - v_old, None, None)
             rows.append(Row(target, metric, v_old, v_new, difference))
     return rows, note
+
+
+def _check_point(run: AuditRun, target: str, metric: str, value: float | None, point: float) -> None:
+    """The audit's value and its replicates file's point estimate are one number (or both undefined); when they
+    differ the audit was edited after it was made, and nothing is compared."""
+    import math
+
+    if value is None or not math.isfinite(point):
+        same = value is None and not math.isfinite(point)
+    else:
+        same = abs(value - point) <= 1e-5  # (the audit rounds to 6 digits)
+    if not same:
+        raise UserInputError(f"{run.path}: {target} {metric} is {value} but its bootstrap replicates say {point}: "
+                             "the audit was edited after it was made. Audit the model again.")

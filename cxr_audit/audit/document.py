@@ -36,6 +36,7 @@ class Scope(Document):
     test_split: str
     n_test_images: int
     n_test_patients: int
+    black_box: bool = Field(False, description="the model is known only by its predictions (no weights)")
 
 
 class InputFile(Document):
@@ -56,6 +57,7 @@ class Arm(Document):
     title: str
     metrics: MetricsDocument
     finetune: dict[str, Any] | None = Field(None, description="finetune.json of a fine-tuned arm")
+    replicates_sha256: str | None = Field(None, description="SHA-256 of the arm's bootstrap replicates file")
 
 
 class Comparison(Document):
@@ -144,7 +146,8 @@ class AuditDocument(Document):
     gallery: list[GalleryItem]
     arms: dict[str, Arm]
     comparisons: dict[str, Comparison]
-    probe: ProbeDocument
+    probe: ProbeDocument | None = Field(None, description="the probe of the frozen model; none when not run")
+    skipped: dict[str, str] = Field(default_factory=dict, description="parts of the audit not run, and why")
     test_set: TestSet
     findings: MethodFindings = Field(default_factory=MethodFindings,
                                      description="coverage gaps, probe side effects, CARS against each control")

@@ -54,7 +54,7 @@ def method_findings(document: AuditDocument) -> MethodFindings:
             findings.gaps.append(GapFinding(
                 **gap.model_dump(), cell_id=cell_id, finding=finding,
                 significant=_excludes_zero_below(gap.auroc_gap) or _excludes_zero_below(gap.auprc_gap)))
-    harmful = [e for e in document.probe.side_effects.values() if e.harmful]
+    harmful = [e for e in document.probe.side_effects.values() if e.harmful] if document.probe else []
     findings.probe = sorted(harmful, key=lambda e: -(e.mean_harm.value or 0))
     for cell_id in targets:
         for control in CONTROLS:
@@ -70,11 +70,11 @@ def method_findings(document: AuditDocument) -> MethodFindings:
             findings.cars_vs_controls.append(ControlComparison(cell_id=cell_id, control=control, auprc=auprc,
                                                                ece=cell.get("ece"), gap_change=gap_change,
                                                                verdict=verdict))
-    findings.statements = _statements(findings)
+    findings.statements = _statements(findings, probed=document.probe is not None)
     return findings
 
 
-def _statements(findings: MethodFindings) -> list[str]:
+def _statements(findings: MethodFindings, probed: bool = True) -> list[str]:
     out = []
     for gap in findings.gaps:
         if gap.significant:
@@ -84,7 +84,7 @@ def _statements(findings: MethodFindings) -> list[str]:
     if findings.gaps and not any(g.significant for g in findings.gaps):
         out.append("No coverage gap was shown to hurt the deployed model: every under-covered context's AUROC and "
                    "AUPRC gap interval includes 0.")
-    if not findings.probe:
+    if probed and not findings.probe:
         out.append("Probe: no edit was shown to move the score of a concept it left alone the wrong way (each kind "
                    "of side effect needs 8 pairs or more, and both intervals excluding chance).")
     for effect in findings.probe[:3]:

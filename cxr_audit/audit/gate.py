@@ -159,8 +159,12 @@ class AuditRun:
         if not file.exists():
             raise UserInputError(f"{file} is missing: the paired comparison needs the bootstrap replicates of "
                                  f"{self.path}. Keep the run directory together with its audit.json.")
-        if arm == "baseline" and sha256_file(file) != self.document.test_set.replicates_sha256:
-            raise UserInputError(f"{file} does not match the SHA-256 recorded in {self.path}.")
+        recorded = self.document.arms[arm].replicates_sha256 if arm in self.document.arms else None
+        if arm == "baseline":
+            recorded = self.document.test_set.replicates_sha256
+        if recorded is None or sha256_file(file) != recorded:
+            raise UserInputError(f"{file} does not match the SHA-256 recorded in {self.path} (or the audit records "
+                                 "none): the gate reads only the files its audit made. Audit again to remake them.")
         self._replicates[arm] = load_replicates(file)
         return self._replicates[arm]
 
@@ -343,6 +347,12 @@ def _qc(rule: QcRule, c: _Context, rule_id: str) -> Iterator[Check]:
 
 
 def _max_subgroup_gap(rule: MaxSubgroupGap, c: _Context, rule_id: str) -> Iterator[Check]:
+    if rule.variables != "all":
+        absent = [v for v in rule.variables if v not in c.metrics.subgroups]
+        if absent:
+            raise UserInputError(f"gate rule {rule_id}: the audit has no subgroup variable {', '.join(absent)} (it has "
+                                 f"{', '.join(c.metrics.subgroups) or 'none'}; manufacturer and model come from DICOM "
+                                 "headers, the others from the labels file). Remove it from 'variables'.")
     for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
         gaps = {variable: by_metric[rule.metric] for variable, by_metric in c.metrics.subgroup_gaps.get(concept, {}).items()
                 if (rule.variables == "all" or variable in rule.variables) and rule.metric in by_metric}

@@ -43,7 +43,7 @@ def audit_verdict(document) -> dict:
     for effect in document.findings.probe:
         concerns.append(f"probe: '{effect.edit}' moves the {effect.concept} score the wrong way in "
                         f"{effect.share_harmful.value:.0%} of {effect.pairs} pairs")
-    for entry in document.probe.by_concept.values():
+    for entry in (document.probe.by_concept.values() if document.probe else []):
         share = entry.share_expected_direction.value
         # an edit that should raise its concept's score (an insertion) and rarely does
         if operation_kind(entry.op).expected_direction > 0 and share is not None and share < MIN_PROBE_SHARE:

@@ -155,7 +155,7 @@ def finetune(model: LoadedModel, train: TrainingImages, validation: TrainingImag
     state = run.state
     record = {
         "arm": arm, "inputs_sha256": inputs_sha256, "config": asdict(config),
-        "base_model": {"path": str(model.path), "sha256": model.sha256, "format": model.format},
+        "base_model": {"path": model.path.name, "sha256": model.sha256, "format": model.format},
         "training_images": {"real": int((~train.synthetic).sum()), "synthetic": int(train.synthetic.sum())},
         "validation_images": len(validation.labels),
         "steps_run": state["step"], "best_step": state["best_step"], "stopped_early": stopped_early,

@@ -108,10 +108,15 @@ def predict(model: LoadedModel, paths: list[Path], batch_size: int = 32, workers
     """Probabilities (N, len(model.concepts)) for images at `paths`, reusing cached predictions and decoded
     images. Sharded over the processes of a multi-process run; the main process keeps the cache."""
     cache, hashes, todo = None, None, list(range(len(paths)))
-    if cache_dir is not None and distributed.is_main():  # without a cache nothing is keyed by content
-        hashes = [image_sha256(p) for p in paths]
-        cache = PredictionCache(cache_dir, model)
-        todo = [i for i, h in enumerate(hashes) if h not in cache.entries]
+
+    def look_up_cache() -> None:  # without a cache nothing is keyed by content
+        nonlocal cache, hashes, todo
+        if cache_dir is not None:
+            hashes = [image_sha256(p) for p in paths]  # a missing or unreadable image is named here
+            cache = PredictionCache(cache_dir, model)
+            todo = [i for i, h in enumerate(hashes) if h not in cache.entries]
+
+    distributed.on_main(look_up_cache)  # its refusal is raised on every process, never half-broadcast
     hashes, todo = distributed.broadcast((hashes, todo))  # every process scores the same images
     probabilities = np.zeros((0, len(model.concepts)), np.float32)
     if todo:

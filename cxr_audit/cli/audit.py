@@ -40,6 +40,9 @@ def audit_command(
     out: OutOption,
     model: Annotated[Path | None, typer.Option("--model", help="The deployed classifier (TorchScript, torchvision or "
                                                "torchxrayvision weights; ONNX for evaluation and probe only).")] = None,
+    predictions: Annotated[Path | None, typer.Option("--predictions", help="Instead of --model: a CSV of the model's "
+                                                     "outputs on the data (a black box). No fine-tune arms; the probe "
+                                                     "by round trip (`probe --predictions`).")] = None,
     data: DataOption = None,
     spec: SpecOption = None,
     data_format: FormatOption = None,
@@ -74,7 +77,10 @@ def audit_command(
     """Run the whole audit into one run directory: coverage, evaluation, plan, synthesis, fine-tune arms,
     probe, audit.json and report.pdf. Re-running resumes; finished stages with unchanged inputs are skipped."""
     training = {k: v for k, v in {"steps": generator_steps, "minutes": generator_minutes}.items() if v is not None}
-    ctx = open_run(out, {"models": [model] if model else None, "spec": spec,
+    if predictions is not None and _arms(arms) not in (None, ["baseline"]):
+        raise UserInputError("--arms: a model known only by its predictions (--predictions) has no weights to "
+                             "fine-tune; its audit has the baseline arm only. Drop --arms, or pass --model.")
+    ctx = open_run(out, {"models": [model] if model else None, "predictions": predictions, "spec": spec,
                          **dataset(data, data_format, root, allow_duplicates), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
                          "finetune": _finetune(finetune_steps, micro_batches),
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
@@ -157,14 +163,31 @@ def probe_command(
     run: RunOption,
     model: Annotated[Path | None, typer.Option("--model", help="The deployed model, when the run records none.")] = None,
     card: Annotated[Path | None, typer.Option("--card", help="Its model card.")] = None,
+    predictions: Annotated[Path | None, typer.Option("--predictions", help="Instead of a model: the scores a model "
+                                                     "known only by its outputs gave every image listed in the run's "
+                                                     "score_me.csv files (a 'path' column as listed, a probability "
+                                                     "column per concept).")] = None,
     force: ForceOption = False,
 ) -> None:
-    """Score the frozen model on every accepted (source, edited) pair of the run's CARS edits."""
+    """Score the frozen model on every accepted (source, edited) pair of the run's CARS edits. A model known only
+    by its outputs is probed by round trip: it scores the images listed in RUN/synthetic/score_me.csv (and
+    RUN/null_edits/score_me.csv), and --predictions reads those scores back. An audited run's audit.json and
+    report are brought up to date with the probe."""
     from cxr_audit.stages.pipeline import run_stages, stages_for
     from cxr_audit.stages.probe import read_probe
 
-    ctx = open_run(run, {"models": [model] if model else None, "card": card}, force)
+    if model is not None and predictions is not None:
+        raise UserInputError("Pass --model (the model in hand) or --predictions (a black box's scores), not both.")
+    ctx = open_run(run, {"models": [model] if model else None, "card": card, "probe_predictions": predictions}, force)
+    audited = ctx.run.stage_record("assemble").exists()
     run_stages(ctx, stages_for(ctx, ["probe"]), force)
+    if audited:  # audit.json (and its report) are made again, now with the probe
+        from cxr_audit.stages.assemble import AssembleStage
+        from cxr_audit.stages.report import ReportStage
+
+        run_stages(ctx, stages_for(ctx, ["assemble"])[:-1], force)
+        run_stages(ctx, [AssembleStage(ctx, " ".join(sys.argv))] + ([ReportStage(ctx.run)] if ctx.run.report.exists()
+                                                                     else []), force=True)
     document = read_probe(ctx)
     table = Table(title=f"Probe: {document.pairs_scored} pairs", title_justify="left")
     for header in ("edit", "pairs", "score before -> after", "expected direction", "flip rate", "leakage"):
@@ -174,7 +197,7 @@ def probe_command(
                       f"{entry.share_expected_direction.value:.2f}", f"{entry.flip_rate.value:.2f}",
                       f"{entry.leakage.value:.3f}")
     console.print(table)
-    console.print(f"Wrote {ctx.run.probe}", markup=False)
+    console.print(f"Wrote {ctx.run.probe}" + (f"; updated {ctx.run.audit}" if audited else ""), markup=False)
 
 
 @command("demo")

@@ -137,20 +137,27 @@ def synthesize_command(
 ) -> None:
     """Carry out the run's edit plan: masked, anatomy-preserving edits with QC; resumable."""
     from cxr_audit.rundir import SYNTHESIS_FOLDERS
-    from cxr_audit.stages.pipeline import run_stages, stages_for
+    from cxr_audit.stages.pipeline import check_generator_and_checker, restore_request, run_stages, stages_for
     from cxr_audit.stages.synthesize import read_summary
 
     edit = {k: v for k, v in {"strength": strength, "guidance": guidance, "steps": steps}.items() if v is not None}
-    ctx = open_run(run, {**dataset(data, data_format, root, allow_duplicates), "generator": generator,
-                         "checker": checker, "edit": edit or None}, force)
-    if not ctx.run.plan.exists():
-        raise UserInputError(f"{ctx.run.plan} does not exist: run `cxr-audit plan --out {run}` first.")
     if unconstrained and null_edits:
         raise UserInputError("--unconstrained and --null-edits are two different controls; run them one at a time.")
+    ctx = open_run(run, {**dataset(data, data_format, root, allow_duplicates), "generator": generator,
+                         "checker": checker, "edit": edit or None}, force)
+    try:  # every input is checked before any work (a checker trained first would be 30 s lost)
+        if not ctx.run.plan.exists():
+            raise UserInputError(f"{ctx.run.plan} does not exist: run `cxr-audit plan --out {run}` first.")
+        check_generator_and_checker(ctx)
+    except UserInputError:
+        restore_request(ctx)
+        raise
     mode = "unconstrained" if unconstrained else "null_edits" if null_edits else "cars"
     run_stages(ctx, stages_for(ctx, [SYNTHESIS_FOLDERS[mode]]), force)
     layout = ctx.run.synthesis(mode)
     summary = read_summary(layout)
     console.print(escape(f"{summary.accepted} of {summary.planned} edits accepted; rejected by reason: "
                          f"{summary.rejected_by_reason or 'none'}; checker agreement {summary.checker_agreement}"))
-    console.print(f"Wrote {layout.manifest} and {layout.summary}", markup=False)
+    listed = f", {layout.score_list} (the images a black box scores for `probe --predictions`)" \
+        if layout.score_list.exists() else ""
+    console.print(f"Wrote {layout.manifest}{listed} and {layout.summary}", markup=False)

@@ -8,8 +8,9 @@ shift of that concept's score toward the wrong answer (down where the concept is
 absent). A model that learned a shortcut shows it here: deleting Support Devices lowers its Pleural Effusion
 score although the effusion is still there. A side effect is *harmful* when both the share of pairs moving
 the wrong way (Wilson interval above 50%) and the mean shift (bootstrap interval above 0) exclude chance, and
-the mean shift is at least 0.02. The source goes through the same resize as the edit (down to the generator's size and
-back up), so resolution is not mistaken for the concept. No weights change.
+the mean shift is at least 0.02. The source is scored as the edit saw it (at the generator's size, saved beside the
+edits), so resolution is not mistaken for the concept. No weights change: the scores come from the model in hand or,
+for a model known only by its outputs, from its scores of the listed images (the round trip).
 
 With the null edits of the same plan (the same regions regenerated under each source's own vector: the
 texture control), a side effect is measured against them: the edit's shift minus its null edit's shift on
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxr_audit.classifier.adapter import LoadedModel
 from cxr_audit.evaluation.documents import ProbeDocument
 from cxr_audit.metrics.bootstrap import bootstrap_mean, proportion_interval
 from cxr_audit.synthesis.documents import EditRecord, SynthesisSummary
@@ -33,34 +33,30 @@ MIN_SIDE_EFFECT_SHIFT = 0.02  # a consistent but tiny shift (0.002) is no clinic
 
 
 @dataclass
-class ProbePairs:
-    """The (source, edited) pairs of a synthesize run, as images at the generator's size."""
+class ProbeScores:
+    """The model's scores of a synthesize run's accepted pairs: each edit's source (at the generator's size, as
+    the edit saw it), the edit, and the null edit of the same plan entry where the run has one. Scored by the
+    model in hand or read back from the scores of a model known only by its outputs: the probe is the same."""
 
+    concepts: list[str]                          # the score columns
     records: list[EditRecord]
-    sources: np.ndarray                         # (N, S, S) in [0, 1]
-    edits: np.ndarray                           # (N, S, S)
-    null_edits: dict[int, np.ndarray] | None    # record index -> its null edit; None: the run has no null edits
+    before: np.ndarray                           # (N, K) the sources' scores
+    after: np.ndarray                            # (N, K) the edits' scores
+    null_after: dict[int, np.ndarray] | None     # record index -> its null edit's scores; None: no null edits
 
 
-def probe(model: LoadedModel, pairs: ProbePairs, summary: SynthesisSummary, thresholds: dict[str, float],
+def probe(scores: ProbeScores, summary: SynthesisSummary, thresholds: dict[str, float], model: dict[str, str],
           accepted_only: bool = True, replicates: int = 1000, seed: int = 0) -> ProbeDocument:
-    """Score every (source, edit) pair and summarise per concept/operation and per cell; side effects net of
-    the null edits when the pairs have them."""
-    # 1. The model's scores on the sources, the edits and the null edits.
-    names = model.concepts
-    before, after = _scores(model, pairs.sources), _scores(model, pairs.edits)
-    null_after = None
-    if pairs.null_edits is not None:
-        found = sorted(pairs.null_edits)
-        null_after = dict(zip(found, model.predict_arrays(np.stack([pairs.null_edits[k] for k in found])))) \
-            if found else {}
-    # 2. Each pair's change on the edited concepts, and the shift of every other concept toward the wrong answer.
+    """Summarise every (source, edit) pair's scores per concept/operation and per cell; side effects net of the
+    null edits when the pairs have them. `model` names what scored them (path, sha256)."""
+    names, before, after, null_after = scores.concepts, scores.before, scores.after, scores.null_after
+    # 1. Each pair's change on the edited concepts, and the shift of every other concept toward the wrong answer.
     targeted, side_pairs = [], []
-    for k, record in enumerate(pairs.records):
+    for k, record in enumerate(scores.records):
         side_pairs += _side_effect_pairs(record, names, before[k], after[k],
                                          None if null_after is None else null_after.get(k), null_after is not None)
         targeted += _targeted_pairs(record, names, before[k], after[k], thresholds)
-    # 3. Summaries with bootstrap intervals (one generator, in this order: results depend on it).
+    # 2. Summaries with bootstrap intervals (one generator, in this order: results depend on it).
     rng = np.random.default_rng(seed)
     by_concept: dict[str, dict] = {}
     for key in sorted({(p["concept"], p["op"]) for p in targeted}):
@@ -70,17 +66,12 @@ def probe(model: LoadedModel, pairs: ProbePairs, summary: SynthesisSummary, thre
                for cell in sorted({p["cell_id"] for p in targeted})}
     side_effects = _side_effects(side_pairs, "null edit" if null_after is not None else "source", replicates, rng)
     return ProbeDocument(
-        model={"path": model.path.name, "sha256": model.sha256},
-        synthesis={"mode": summary.mode, "generator_sha256": summary.generator_sha256},
+        model=model, synthesis={"mode": summary.mode, "generator_sha256": summary.generator_sha256},
         pairs_scored=len(targeted), accepted_only=accepted_only,
         thresholds={c: thresholds.get(c, 0.5) for c in names},
         bootstrap={"unit": "pair", "replicates": replicates, "seed": seed, "interval": "percentile 95%"},
         by_concept=by_concept, by_cell=by_cell, side_effects=side_effects,
         pairs=[{k: (round(v, 6) if isinstance(v, float) else v) for k, v in p.items()} for p in targeted])
-
-
-def _scores(model: LoadedModel, images: np.ndarray) -> np.ndarray:
-    return model.predict_arrays(images) if len(images) else np.zeros((0, len(model.concepts)))
 
 
 def _side_effect_pairs(record: EditRecord, names: list[str], before: np.ndarray, after: np.ndarray,

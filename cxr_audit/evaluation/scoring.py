@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_audit.errors import UserInputError
+
 from cxr_audit.evaluation.documents import (
     Bootstrap,
     CellMetrics,
@@ -89,6 +91,11 @@ def _metric_rows(scores, labels, both, threshold, mutual_information) -> dict[st
         "auprc": weighted_average_precision(scores, labels, both),
         "auroc": weighted_auroc(scores, labels, both),
     }
+    # Ranking needs both classes: with no negatives AUPRC would read a perfect 1.0 and with no positives it is
+    # undefined, so either way the ranking metrics are not estimable (in the point estimate or a replicate).
+    one_class = (both @ labels == 0) | (both @ (1 - labels) == 0)
+    for name in ("auprc", "auroc"):
+        values[name] = np.where(one_class, np.nan, values[name])
     values.update(calibration_errors(scores, labels, both))
     values["entropy"] = both @ binary_entropy(scores) / both.sum(axis=1)
     if mutual_information is not None:
@@ -253,12 +260,19 @@ def save_replicates(path: Path, replicates: dict[str, dict[str, tuple[float, np.
 
 
 def load_replicates(path: Path) -> dict[str, dict[str, tuple[float, np.ndarray]]]:
+    """A replicates file (target::metric -> point estimate, then the replicates); a damaged one is named."""
+    import zipfile
+
     out: dict[str, dict[str, tuple[float, np.ndarray]]] = {}
-    with np.load(path) as data:
-        for key in data.files:
-            target, metric = key.rsplit("::", 1)
-            values = data[key]
-            out.setdefault(target, {})[metric] = (float(values[0]), values[1:])
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                target, metric = key.rsplit("::", 1)
+                values = data[key]
+                out.setdefault(target, {})[metric] = (float(values[0]), values[1:])
+    except (OSError, ValueError, EOFError, IndexError, zipfile.BadZipFile) as error:
+        raise UserInputError(f"{path} is not a readable bootstrap replicates file ({error}). It is damaged or was "
+                             "replaced: run the evaluation again to remake it.") from None
     return out
 
 

@@ -103,7 +103,7 @@ def build_html(document, gallery_panels: list[bytes]) -> str:
     cell_targets = [f"cell:{c}" for c in cells if f"cell:{c}" in baseline.pr_curves]
     cars = document.synthesis.get("cars")
     synthetic_by_cell = cars.accepted_by_cell if cars else {}
-    probe = document.probe.by_concept
+    probe = document.probe.by_concept if document.probe else {}
     figure_uris = {
         "coverage": figures.data_uri(figures.coverage_figure(document.coverage.cells, synthetic_by_cell,
                                                              split=document.coverage.dataset.split)),

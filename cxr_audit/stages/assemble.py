@@ -32,22 +32,22 @@ class AssembleStage:
     @property
     def needs(self) -> tuple[str, ...]:
         """Every stage whose results audit.json holds."""
-        arms = self.ctx.config.arms
-        return ("coverage", "plan", "generator", "checker", "probe", "gallery",
-                *(SYNTHESIS_FOLDERS[mode] for mode in self._modes()), *(f"evaluate_{arm}" for arm in arms),
-                *(f"finetune_{arm}" for arm in arms if arm != "baseline"))
+        ctx = self.ctx
+        synthesis = ("generator", "checker", "gallery") if ctx.synthesis_modes else ()
+        return ("coverage", "plan", *synthesis, *(("probe",) if ctx.probes else ()),
+                *(SYNTHESIS_FOLDERS[mode] for mode in ctx.synthesis_modes), *(f"evaluate_{arm}" for arm in ctx.arms),
+                *(f"finetune_{arm}" for arm in ctx.arms if arm != "baseline"))
 
     def outputs(self) -> list[Path]:
         return [self.ctx.run.audit]
 
-    def _modes(self) -> list[str]:
-        return [m for m in SYNTHESIS_FOLDERS if m == "cars" or m in self.ctx.config.arms]
-
     def _upstream(self) -> list[Path]:
-        run = self.ctx.run
-        files = [run.coverage.document, run.plan, run.probe, run.gallery.document]
-        files += [run.synthesis(mode).summary for mode in self._modes()]
-        for arm in self.ctx.config.arms:
+        ctx, run = self.ctx, self.ctx.run
+        files = [run.coverage.document, run.plan]
+        files += [run.gallery.document] if ctx.synthesis_modes else []
+        files += [run.probe] if ctx.probes else []
+        files += [run.synthesis(mode).summary for mode in ctx.synthesis_modes]
+        for arm in ctx.arms:
             files += [run.evaluation(arm).metrics, run.evaluation(arm).replicates]
             if arm != "baseline":
                 files.append(run.finetune(arm).record)
@@ -56,7 +56,7 @@ class AssembleStage:
     def inputs(self) -> dict:
         config = self.ctx.config
         return {"upstream": {self.ctx.run.relative(p): sha256_file(p) for p in self._upstream()},
-                "intended_use": config.intended_use, "arms": config.arms, "seed": config.seed,
+                "intended_use": config.intended_use, "arms": self.ctx.arms, "seed": config.seed,
                 "tool_version": __version__}
 
     def run(self) -> None:
@@ -74,7 +74,7 @@ class AssembleStage:
         from cxr_audit.synthesis.backends import backend_sha256
 
         ctx, run, config = self.ctx, self.ctx.run, self.ctx.config
-        arms = {arm: read_metrics(ctx, arm) for arm in config.arms}
+        arms = {arm: read_metrics(ctx, arm) for arm in ctx.arms}
         replicates = {arm: load_replicates(run.evaluation(arm).replicates) for arm in arms}
         comparisons = {f"{new} vs {old}": {"new": new, "old": old, "differences": compare(replicates[old], replicates[new])}
                        for new, old in COMPARISONS if new in arms and old in arms}
@@ -83,23 +83,29 @@ class AssembleStage:
         plan = read_plan(ctx)
         baseline = arms["baseline"]
         layout = run.evaluation("baseline")
+        scored_by = ctx.path("predictions") if ctx.black_box else ctx.model_path
+        inputs = {
+            "model": {"path": run.relative(scored_by), "sha256": baseline.model.sha256,
+                      "card": baseline.model.card, "format": baseline.model.format},
+            "data": {"path": run.relative(ctx.path("data")), "sha256": ctx.data_sha256, "format": ctx.manifest.format},
+            "spec": {"path": run.relative(ctx.path("spec")), "sha256": ctx.spec_sha256},
+        }
+        if ctx.synthesis_modes:
+            inputs["generator"] = {"path": run.relative(generator_folder(ctx)),
+                                   "sha256": backend_sha256(generator_folder(ctx)), "trained_in_run": config.generator is None}
+            inputs["checker"] = {"path": run.relative(checker_path(ctx)), "sha256": sha256_file(checker_path(ctx)),
+                                 "trained_in_run": config.checker is None}
+        if ctx.probes and config.probe_predictions:
+            inputs["probe_scores"] = {"path": run.relative(ctx.path("probe_predictions")),
+                                      "sha256": sha256_file(ctx.path("probe_predictions")), "format": "predictions csv"}
         document = {
             "tool_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "scope": {"intended_use": config.intended_use, "model": ctx.model_path.name,
+            "scope": {"intended_use": config.intended_use, "model": scored_by.name,
                       "concepts": list(baseline.concepts), "cells": [c.id for c in ctx.require_spec().all_cells()],
                       "test_split": baseline.data.split, "n_test_images": baseline.n_images,
-                      "n_test_patients": baseline.n_patients},
-            "inputs": {
-                "model": {"path": run.relative(ctx.model_path), "sha256": baseline.model.sha256,
-                          "card": baseline.model.card, "format": baseline.model.format},
-                "data": {"path": run.relative(ctx.path("data")), "sha256": ctx.data_sha256, "format": ctx.manifest.format},
-                "spec": {"path": run.relative(ctx.path("spec")), "sha256": ctx.spec_sha256},
-                "generator": {"path": run.relative(generator_folder(ctx)), "sha256": backend_sha256(generator_folder(ctx)),
-                              "trained_in_run": config.generator is None},
-                "checker": {"path": run.relative(checker_path(ctx)), "sha256": sha256_file(checker_path(ctx)),
-                            "trained_in_run": config.checker is None},
-            },
+                      "n_test_patients": baseline.n_patients, "black_box": ctx.black_box},
+            "inputs": inputs,
             "environment": environment(),
             "seeds": {"audit": config.seed, "bootstrap": config.seed, "synthesis": "per edit, from the plan"},
             "command_line": self.command_line,
@@ -107,12 +113,15 @@ class AssembleStage:
             "notes": ctx.notes,
             "coverage": read_coverage(ctx),
             "plan": {"edits": len(plan.edits), "cells": plan.cells, "rejections": plan.rejections},
-            "synthesis": {mode: read_summary(run.synthesis(mode)) for mode in self._modes()},
-            "gallery": read_document(run.gallery.document, GalleryDocument, "gallery", "").items,
-            "arms": {arm: {"title": ARM_TITLES[arm], "metrics": metrics, "finetune": finetune.get(arm)}
+            "synthesis": {mode: read_summary(run.synthesis(mode)) for mode in ctx.synthesis_modes},
+            "gallery": (read_document(run.gallery.document, GalleryDocument, "gallery", "").items
+                        if ctx.synthesis_modes else []),
+            "arms": {arm: {"title": ARM_TITLES[arm], "metrics": metrics, "finetune": finetune.get(arm),
+                           "replicates_sha256": sha256_file(run.evaluation(arm).replicates)}
                      for arm, metrics in arms.items()},
             "comparisons": comparisons,
-            "probe": read_probe(ctx),
+            "probe": read_probe(ctx) if ctx.probes else None,
+            "skipped": self._skipped(),
             "test_set": {"sha256": test_set_sha256(layout.predictions), "predictions": run.relative(layout.predictions),
                          "predictions_sha256": sha256_file(layout.predictions),
                          "replicates": run.relative(layout.replicates),
@@ -123,6 +132,21 @@ class AssembleStage:
         audit.findings = method_findings(audit)
         audit.verdict = audit.verdict.model_validate(audit_verdict(audit))
         atomic_write_json(run.audit, audit.model_dump(mode="json"))
+
+
+    def _skipped(self) -> dict[str, str]:
+        """The parts of the audit this run does not have, each with the reason the report gives."""
+        from cxr_audit.stages.pipeline import why_no_stage
+
+        ctx = self.ctx
+        skipped = {}
+        if ctx.black_box:
+            skipped["fine-tune arms"] = why_no_stage(ctx, "finetune_cars")
+        if not ctx.synthesis_modes:
+            skipped["synthesis"] = why_no_stage(ctx, "synthetic")
+        if not ctx.probes:
+            skipped["probe"] = why_no_stage(ctx, "probe")
+        return skipped
 
 
 def open_audit(path: Path, arm: str):

@@ -25,11 +25,12 @@ FINETUNE_ARMS = ARMS[1:]
 DATA_FORMATS = ("auto", *READ_FORMATS)
 DEFAULT_INTENDED_USE = ("Triage support: flag frontal chest radiographs of adults for the findings listed, for "
                         "review by a radiologist.")
-PATH_KEYS = ("data", "root", "spec", "card", "predictions", "generator", "checker")
+PATH_KEYS = ("data", "root", "spec", "card", "predictions", "probe_predictions", "generator", "checker")
 # Each input path's option and what it must be: a file, a folder, or either (the MIMIC layout is a folder; a
 # model may be a folder when a classifier backend stores it so).
 _PATH_KINDS = {"data": ("--data", "file or folder"), "root": ("--root", "folder"), "spec": ("--spec", "file"),
                "models": ("--model", "file or folder"), "card": ("--card", "file"), "predictions": ("--predictions", "file"),
+               "probe_predictions": ("--predictions", "file"),
                "generator": ("--generator", "folder"), "checker": ("--checker", "file")}
 
 
@@ -84,7 +85,9 @@ class RunConfig(BaseModel):
     spec: str | None = None
     models: list[str] = Field(default_factory=list, description="the deployed model; several: an ensemble")
     card: str | None = None
-    predictions: str | None = None
+    predictions: str | None = Field(None, description="a black box's predictions of the evaluated images")
+    probe_predictions: str | None = Field(None, description="a black box's scores of the probe's images "
+                                          "(score_me.csv), for `probe --predictions`")
     allow_pickle: bool = False
     generator: str | None = Field(None, description="a trained generator; without one the run trains one")
     checker: str | None = Field(None, description="an independent QC checker; without one the run trains one")
@@ -144,12 +147,28 @@ class RunConfig(BaseModel):
         return FinetuneConfig(**self.finetune, seed=self.seed)
 
 
+def recorded_settings(config: RunConfig) -> dict[str, Any]:
+    """request.json's `config`: the inputs given and the settings the run's stages read. A model known only by
+    its predictions has no card, pickle, MC dropout or fine-tune arms, and its audit synthesizes (so trains a
+    checker and edits) only with a given generator; a given generator is not trained."""
+    unused: set[str] = set()
+    if not config.models and config.predictions is not None:
+        unused |= {"models", "card", "allow_pickle", "mc_samples", "arms", "finetune"}
+        if config.generator is None:
+            unused |= {"generator_training", "edit", "checker", "gallery_size"}
+    if config.generator is not None:
+        unused.add("generator_training")
+    return {key: value for key, value in config.model_dump(mode="json", exclude=unused).items() if value is not None}
+
+
 def merge_config(run: RunDir, given: dict[str, Any], defaults: dict[str, Any] | None = None) -> RunConfig:
     """defaults (RunConfig's, then the command's `defaults`) <- what RUN recorded <- what the user typed
     (`given`, None meaning 'not typed').
 
     Paths the user typed are recorded relative to the run when inside it (a copied run keeps working)."""
     typed = {k: v for k, v in given.items() if v is not None}
+    if "data" in typed:  # a format belongs to its data: new data without --format is detected afresh
+        typed.setdefault("format", "auto")
     check_input_paths(run, typed)
     for key in PATH_KEYS:
         if key in typed:

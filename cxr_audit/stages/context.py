@@ -30,12 +30,20 @@ class RunContext:
         self.batch_size, self.workers, self.cache_dir = batch_size, workers, cache_dir
         self.log = log or print
         self.created = False  # whether this command created the run directory (open_run says)
+        self.previous_request: bytes | None = None  # request.json as the command found it (restored on refusal)
         self._images: dict[tuple[str, int], np.ndarray] = {}
 
     # -- inputs named in the configuration -------------------------------------------------------------------
     def path(self, key: str) -> Path | None:
         value = getattr(self.config, key)
         return None if value is None else self.run.resolve(value)
+
+    def made_here(self, path: Path) -> Path:
+        """`path`, checked: an input the run makes for itself (in RUN/inputs/) that is missing raises
+        FileNotFoundError, so the stages that read it are judged after the stage that remakes it has run."""
+        if not path.exists() and path.resolve().is_relative_to(self.run.inputs.resolve()):
+            raise FileNotFoundError(2, "an input the run makes for itself is missing", str(path))
+        return path
 
     def require(self, key: str, option: str) -> Path:
         path = self.path(key)
@@ -69,7 +77,7 @@ class RunContext:
 
     @cached_property
     def data_sha256(self) -> str:
-        return dataset_sha256(self.require("data", "--data"))
+        return dataset_sha256(self.made_here(self.require("data", "--data")))
 
     # -- the data ---------------------------------------------------------------------------------------------
     @cached_property
@@ -77,7 +85,7 @@ class RunContext:
         """The labels file as read, every view and split."""
         from cxr_audit.data.readers import read_manifest
 
-        return read_manifest(self.require("data", "--data"), self.config.format, self.path("root"),
+        return read_manifest(self.made_here(self.require("data", "--data")), self.config.format, self.path("root"),
                              self.config.allow_duplicates)
 
     @property
@@ -127,12 +135,42 @@ class RunContext:
     def labels(self, split: str, names: list[str]) -> np.ndarray:
         return self.frontal(split).labels(names, self.label_policy)
 
+    # -- what the run makes -----------------------------------------------------------------------------------
+    @property
+    def black_box(self) -> bool:
+        """The deployed model is known only by its predictions (no weights): nothing can be fine-tuned, and the
+        probe needs the model's scores of the edits (the round trip)."""
+        return not self.config.models and self.config.predictions is not None
+
+    @property
+    def arms(self) -> list[str]:
+        """The arms the run evaluates: a black box has only itself."""
+        return ["baseline"] if self.black_box else self.config.arms
+
+    @property
+    def synthesis_modes(self) -> list[str]:
+        """The synthesize runs the run makes."""
+        return self.modes_for(self.arms)
+
+    def modes_for(self, arms: list[str]) -> list[str]:
+        """The synthesize runs that `arms` need: the CARS edits, and the controls fine-tuned on. A black box's
+        audit synthesizes only with a given generator (it trains none), with the null edits as the probe's
+        baseline."""
+        if self.black_box:
+            return ["cars", "null_edits"] if self.config.generator else []
+        return ["cars"] + [mode for mode in ("unconstrained", "null_edits") if mode in arms]
+
+    @property
+    def probes(self) -> bool:
+        """Whether the run probes the frozen model: with the model in hand, or with a black box's scores."""
+        return bool(self.synthesis_modes) and (not self.black_box or self.config.probe_predictions is not None)
+
     # -- the deployed model -----------------------------------------------------------------------------------
     @property
     def model_path(self) -> Path:
         if not self.config.models:
             raise UserInputError(f"{self.run.path} records no deployed model: pass --model.")
-        return self.run.resolve(self.config.models[0])
+        return self.made_here(self.run.resolve(self.config.models[0]))
 
     @cached_property
     def model(self):

@@ -51,7 +51,7 @@ class EvaluateStage:
             return [(candidate, card_file(candidate))]
         if ctx.config.predictions:
             return []
-        paths = [ctx.run.resolve(m) for m in ctx.config.models]
+        paths = [ctx.made_here(ctx.run.resolve(m)) for m in ctx.config.models]
         if not paths:
             raise UserInputError("Pass --model (a model file; repeat it for an ensemble) or --predictions (a CSV "
                                  "of a model's outputs).")
@@ -73,7 +73,8 @@ class EvaluateStage:
             "predictions": sha256_file(ctx.path("predictions")) if not models else None,
             "data": ctx.data_sha256, "format": ctx.manifest.format, "spec": ctx.spec_sha256, "split": split,
             "images": ctx.ids_sha256(split), "validation": ctx.ids_sha256("val") if split not in ("all", "val") else None,
-            "bootstrap": ctx.config.bootstrap, "seed": ctx.config.seed, "mc_samples": ctx.config.mc_samples,
+            "bootstrap": ctx.config.bootstrap, "seed": ctx.config.seed,
+            "mc_samples": ctx.config.mc_samples if models else None,  # a black box is not sampled
         }
 
     def run(self) -> None:
@@ -193,6 +194,12 @@ def _evaluated_concepts(ctx: RunContext, model_concepts: list[str], notes: list[
     skipped = [c for c in model_concepts if c not in concepts]
     if skipped:
         notes.append(f"model outputs not evaluated (no labels or not in the spec): {', '.join(skipped)}")
+    unscored = [c for c in (spec.concepts if spec else []) if c not in model_concepts]
+    if unscored:
+        cells = [cell.id for cell in spec.all_cells() if any(c in unscored for c in cell.concepts)]
+        notes.append(f"spec concepts the model does not output, so not evaluated: {', '.join(unscored)}"
+                     + (f"; the cells that need them are not evaluated either: {', '.join(cells[:10])}"
+                        f"{' and more' if len(cells) > 10 else ''}" if cells else ""))
     return concepts
 
 

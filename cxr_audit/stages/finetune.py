@@ -64,18 +64,22 @@ class FinetuneStage:
             parts.append(read_synthetic_training_images(self.synthesis, outputs, size))
         validation = TrainingImages.real(ctx.images("val", size), ctx.labels("val", outputs))
         finetune_into(self.layout, model, TrainingImages.concatenate(parts), validation, ctx.config.finetune_config,
-                      self.arm, self.inputs(), ctx.progress)
+                      self.arm, self.inputs(), ctx.progress, base_model_path=ctx.run.relative(model.path))
 
 
 def finetune_into(layout: FinetuneLayout, model, train, validation, config, arm: str, inputs_sha256: dict,
-                  progress: bool = True, checkpoints=None) -> dict:
-    """Fine-tune a copy of `model` into `layout` (resuming from its checkpoint); returns finetune.json's record."""
+                  progress: bool = True, checkpoints=None, base_model_path: str | None = None) -> dict:
+    """Fine-tune a copy of `model` into `layout` (resuming from its checkpoint); returns finetune.json's record.
+    `base_model_path`: the model as the run records it (relative to the run inside it: a copied run names its
+    own copy)."""
     from cxr_audit.classifier.finetune import finetune
 
     if distributed.is_main():
         layout.folder.mkdir(parents=True, exist_ok=True)
     candidate, record = finetune(model, train, validation, config, arm, inputs_sha256,
                                  checkpoints or file_checkpoints(layout.checkpoint), progress)
+    if base_model_path is not None:
+        record["base_model"]["path"] = base_model_path
     if candidate is not None:
         return save_candidate(layout, candidate, record)
     return record

@@ -13,10 +13,11 @@ from collections.abc import Iterable
 
 from cxr_audit import distributed
 from cxr_audit.errors import UserInputError
+from cxr_audit.provenance import atomic_write_bytes
 from cxr_audit.rundir import RunDir
 from cxr_audit.stages.assemble import AssembleStage
 from cxr_audit.stages.checker import CheckerStage
-from cxr_audit.stages.config import ARMS, merge_config
+from cxr_audit.stages.config import ARMS, merge_config, recorded_settings
 from cxr_audit.stages.context import RunContext
 from cxr_audit.stages.coverage import CoverageStage
 from cxr_audit.stages.evaluate import EvaluateStage
@@ -32,23 +33,29 @@ from cxr_audit.stages.synthesize import SynthesizeStage
 
 def audit_stages(ctx: RunContext, report: bool = True, command_line: str = "") -> list[Stage]:
     """Every stage of the audit, in order."""
-    return _stages(ctx, ctx.config.arms, report, command_line)
+    return _stages(ctx, ctx.arms, report, command_line)
 
 
 def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = "") -> list[Stage]:
+    """The stages of a run evaluating `arms`. A black box (predictions only) has no fine-tune arm, synthesizes
+    only with a given generator and is probed only with its scores of the edits."""
     config = ctx.config
+    if ctx.black_box:
+        arms = ["baseline"]
+    modes = ctx.modes_for(arms)
     stages: list[Stage] = [CoverageStage(ctx), EvaluateStage(ctx, "baseline"), PlanStage(ctx)]
-    if config.generator is None:
+    if modes and config.generator is None:
         stages.append(GeneratorStage(ctx))
-    if config.checker is None:
+    if modes and config.checker is None:
         stages.append(CheckerStage(ctx))
-    stages.append(SynthesizeStage(ctx, "cars"))
-    for control in ("unconstrained", "null_edits"):
-        if control in arms:
-            stages.append(SynthesizeStage(ctx, control))
+    stages += [SynthesizeStage(ctx, mode) for mode in modes]
     for arm in arms[1:]:
         stages += [FinetuneStage(ctx, arm), EvaluateStage(ctx, arm)]
-    stages += [ProbeStage(ctx), GalleryStage(ctx), AssembleStage(ctx, command_line)]
+    if modes and (not ctx.black_box or config.probe_predictions):
+        stages.append(ProbeStage(ctx))
+    if modes:
+        stages.append(GalleryStage(ctx))
+    stages.append(AssembleStage(ctx, command_line))
     if report:
         stages.append(ReportStage(ctx.run))
     return stages
@@ -64,12 +71,29 @@ def stages_for(ctx: RunContext, targets: Iterable[str]) -> list[Stage]:
     while todo:
         name = todo.pop()
         if name not in by_name:
-            raise ValueError(f"no stage {name!r} in this run")
+            raise UserInputError(f"{ctx.run.path} has no '{name}' stage: {why_no_stage(ctx, name)}")
         if name not in wanted:
             wanted.add(name)
             # a stage the run does not have (the generator, given with --generator) is simply absent
             todo += [need for need in by_name[name].needs if need in by_name]
     return [s for s in stages if s.name in wanted]
+
+
+def why_no_stage(ctx: RunContext, name: str) -> str:
+    """Why a run has no stage of this name (said by a command that asked for it, and by the report)."""
+    if not ctx.black_box:
+        return "no such stage."
+    if name.startswith(("finetune_", "evaluate_")):
+        return ("the model is known only by its predictions (--predictions), and fine-tuning needs its weights. "
+                "Audit with --model to compare fine-tuned arms.")
+    if not ctx.config.generator:
+        return ("the model is known only by its predictions, and such an audit trains no generator: pass "
+                "--generator (a trained generator folder) to synthesize the plan's edits and probe the model.")
+    if name == "probe":
+        return ("the model is known only by its predictions: have it score every image listed in "
+                "synthetic/score_me.csv and null_edits/score_me.csv (a CSV with a 'path' column as listed and a "
+                "probability column per concept), then run `cxr-audit probe --run RUN --predictions SCORES.csv`.")
+    return "no such stage."
 
 
 def open_run(run: RunDir, given: dict, force: bool, defaults: dict | None = None, **context) -> RunContext:
@@ -87,6 +111,12 @@ def _open_checked(run: RunDir, given: dict, force: bool, defaults: dict | None, 
     run.check_writable()
     ctx = RunContext(run, merge_config(run, given, defaults), **context)
     ctx.created = not run.path.exists()
+    ctx.previous_request = run.request.read_bytes() if run.request.exists() else None
+    recorded = run.recorded_config().get("data")
+    if recorded and recorded != ctx.config.data and any(run.stages.glob("*.json")) and not force:
+        raise UserInputError(f"{run.path} is a run on other data ({recorded}), not {ctx.config.data}. A run never "
+                             "mixes datasets: choose a new --out folder, or pass --force to redo its stages on "
+                             "this data.")
     if ctx.config.data and ctx.path("data").exists():  # (a run's own inputs/ are made by its first stages)
         ctx.notes  # noqa: B018 - the data is read and checked (duplicates, splits, leakage) before any write
     if run.request.exists():
@@ -100,7 +130,7 @@ def _open_checked(run: RunDir, given: dict, force: bool, defaults: dict | None, 
             raise UserInputError(f"{run.path} holds results made from other inputs or options: {listed}. A run never "
                                  "overwrites another run: choose a new --out folder, or pass --force to redo what "
                                  "depends on the changed values.")
-    run.claim(ctx.config.model_dump(mode="json"))
+    run.claim(recorded_settings(ctx.config))
     return ctx
 
 
@@ -108,14 +138,30 @@ def run_stages(ctx: RunContext, stages: list[Stage], force: bool = False) -> Non
     """Run (or skip) each stage. A stage that stops on bad input is rolled back when this command started it
     (its folder and record removed), and a run directory this command created is removed if nothing in it
     finished: a refused command leaves the disk as it found it."""
+    ran = False
     for stage in stages:
         started_here = distributed.is_main() and not ctx.run.stage_record(stage.name).exists()
         try:
-            run_stage(ctx.run, stage, force, ctx.log)
+            ran = run_stage(ctx.run, stage, force, ctx.log) or ran
         except UserInputError:
             if started_here:
                 _roll_back(ctx, stage)
+            if not ran:  # nothing was made with the command's options: the run keeps the ones it had
+                restore_request(ctx)
             raise
+
+
+def restore_request(ctx: RunContext) -> None:
+    """Put back request.json as the command found it: a refused option is not recorded (the next command on
+    the run would fail on it)."""
+    if not distributed.is_main() or not ctx.run.path.exists():
+        return
+    if ctx.previous_request is None:
+        ctx.run.request.unlink(missing_ok=True)
+        if ctx.created and not any(ctx.run.path.iterdir()):
+            ctx.run.path.rmdir()
+    else:
+        atomic_write_bytes(ctx.run.request, ctx.previous_request)
 
 
 def _roll_back(ctx: RunContext, stage: Stage) -> None:
@@ -140,33 +186,53 @@ def preflight(ctx: RunContext) -> None:
             raise UserInputError(f"{ctx.path('data')}: the audit needs train, val and test splits; '{split}' has no "
                                  "frontal image. Fix the split column, or drop it to let the tool assign patients "
                                  "to splits.")
+    if ctx.config.models and ctx.config.predictions:
+        raise UserInputError("Pass one of --model (the deployed model's weights) or --predictions (its outputs, "
+                             "for a model known only as a black box), not both.")
+    if ctx.black_box:
+        from cxr_audit.classifier.blackbox import read_predictions
+
+        read_predictions(ctx.path("predictions"), ctx.frontal("test"))  # every test image scored, each value valid
+        check_generator_and_checker(ctx)
+        return
     if len(ctx.config.models) != 1:
-        raise UserInputError("The audit takes exactly one --model (the deployed model); `cxr-audit evaluate` scores "
-                             "ensembles.")
-    if len(ctx.config.arms) > 1:  # the processes must share each fine-tune batch evenly
+        raise UserInputError("The audit takes exactly one --model (the deployed model), or --predictions for a model "
+                             "known only by its outputs; `cxr-audit evaluate` scores ensembles.")
+    if len(ctx.arms) > 1:  # the processes must share each fine-tune batch evenly
         from cxr_audit.classifier.micro_batches import effective_micro_batches
 
         finetune = ctx.config.finetune_config
         effective_micro_batches(finetune.micro_batches, finetune.batch_size, distributed.world_size())
     model = ctx.model
-    if len(ctx.config.arms) > 1 and model.module is None:
+    if len(ctx.arms) > 1 and model.module is None:
         raise UserInputError(f"Model {model.path} is {model.format}: the fine-tune arms ({', '.join(ctx.config.arms[1:])}) "
                              "need a PyTorch model (TorchScript, torchvision or torchxrayvision weights). Pass "
                              "--arms baseline to audit it without fine-tuning; the probe works with any model.")
-    if ctx.config.generator:
-        from cxr_audit.synthesis.backends import backend_sha256
+    check_generator_and_checker(ctx)
 
-        backend_sha256(ctx.path("generator"))
-    if ctx.config.checker:
-        from cxr_audit.classifier.loading import load_model
 
-        load_model(ctx.path("checker"), pickle_option=None)  # a checker is never unpickled
+def check_generator_and_checker(ctx: RunContext) -> None:
+    """A given generator and checker load (a checker is never unpickled); a refusal names the option."""
+    from cxr_audit.classifier.loading import load_model
+    from cxr_audit.synthesis.backends import backend_sha256
+
+    for key, option, check in (("generator", "--generator", backend_sha256),
+                               ("checker", "--checker", lambda path: load_model(path, pickle_option=None))):
+        if getattr(ctx.config, key):
+            try:
+                check(ctx.path(key))
+            except UserInputError as error:
+                raise UserInputError(f"{option}: {error}") from None
 
 
 def run_audit(ctx: RunContext, force: bool = False, report: bool = True, command_line: str = ""):
     """The whole audit into ctx.run: check what can be checked, then every stage; returns the AuditDocument."""
     from cxr_audit.audit.document import load_audit
 
-    preflight(ctx)
+    try:
+        preflight(ctx)
+    except UserInputError:
+        restore_request(ctx)
+        raise
     run_stages(ctx, audit_stages(ctx, report=report, command_line=command_line), force)
     return load_audit(ctx.run.audit)

@@ -36,7 +36,8 @@ class SynthesizeStage:
         self.folder = self.layout.folder
 
     def outputs(self) -> list[Path]:
-        return [self.layout.summary, self.layout.manifest]
+        return [self.layout.summary, self.layout.manifest] + (
+            [self.layout.score_list] if self.mode != "unconstrained" else [])
 
     def inputs(self) -> dict:
         from cxr_audit.synthesis.backends import backend_sha256
@@ -68,15 +69,33 @@ def synthesize_into(layout: SynthesisLayout, plan, manifest, backend, checker=No
     from cxr_audit.synthesis.synthesize import SynthesisOptions, run_synthesis, summarise
 
     options = options or SynthesisOptions()
-    for folder in (layout.images, layout.masks, layout.records):
+    for folder in (layout.images, layout.sources, layout.masks, layout.records):
         folder.mkdir(parents=True, exist_ok=True)
     run_synthesis(plan, manifest, backend, save=lambda edit: write_edit(layout, edit),
                   finished=lambda edit_id: layout.record(edit_id).exists(), checker=checker, options=options)
     frame, summary = summarise(plan, read_records(layout), backend, options,
                                image_path=lambda edit_id: f"{layout.images.name}/{edit_id}.png")
     atomic_write_text(layout.manifest, frame.to_csv(index=False))
+    if not options.unconstrained:  # the ablation is fine-tuned on, never probed
+        atomic_write_text(layout.score_list, score_list(layout, null_edits=options.null_edits).to_csv(index=False))
     atomic_write_json(layout.summary, summary.model_dump(mode="json"))
     return summary
+
+
+def score_list(layout: SynthesisLayout, null_edits: bool = False):
+    """The images of a synthesize run that the probe scores, by path relative to the run: the CARS run's
+    accepted edits and their sources; the null edits' every edit (each is the baseline of a CARS edit)."""
+    import pandas as pd
+
+    rows = []
+    for record in read_records(layout):
+        if null_edits:
+            rows.append(("null_edit", record.edit_id, layout.image(record.edit_id)))
+        elif record.qc.passed:
+            rows += [("source", record.edit_id, layout.source(record.edit_id)),
+                     ("edited", record.edit_id, layout.image(record.edit_id))]
+    return pd.DataFrame([{"path": path.relative_to(layout.folder.parent).as_posix(), "role": role, "edit_id": edit_id}
+                         for role, edit_id, path in rows], columns=["path", "role", "edit_id"])
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -90,6 +109,7 @@ def write_edit(layout: SynthesisLayout, edit) -> None:
     DICOM, with no source PHI), its region, and its record last: a record says the edit is complete."""
     edit_id = edit.record.edit_id
     atomic_write_bytes(layout.image(edit_id), _png(edit.pixels))
+    atomic_write_bytes(layout.source(edit_id), _png(edit.source_pixels))
     if edit.source_is_dicom:
         from cxr_audit.synthesis.dicom_out import write_synthetic_dicom
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field, model_validator
+
 from cxr_audit.provenance import Document
 from cxr_audit.synthesis.operations import OperationKind, operation_kind
 
@@ -62,11 +64,22 @@ class SynthesisSummary(Document):
     mode: str
     settings: dict[str, Any]
     qc_thresholds: dict[str, Any]
-    planned: int
-    accepted: int
-    rejected: int
+    planned: int = Field(ge=0, description="edits carried out")
+    accepted: int = Field(ge=0)
+    rejected: int = Field(ge=0)
     rejected_by_reason: dict[str, int]
     accepted_by_cell: dict[str, int]
     mean_outside_mae: float | None
     checker_agreement: float | None
     mean_ground_truth_mae: float | None
+
+    @model_validator(mode="after")
+    def _counts_add_up(self) -> "SynthesisSummary":
+        """A summary whose counts disagree (edited by hand, or damaged) is refused, never judged."""
+        if self.accepted + self.rejected != self.planned:
+            raise ValueError(f"accepted ({self.accepted}) and rejected ({self.rejected}) edits do not add up to the "
+                             f"{self.planned} carried out")
+        if sum(self.accepted_by_cell.values()) != self.accepted:
+            raise ValueError(f"the accepted edits per cell add up to {sum(self.accepted_by_cell.values())}, not "
+                             f"{self.accepted}")
+        return self

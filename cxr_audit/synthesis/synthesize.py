@@ -63,6 +63,7 @@ class FinishedEdit:
 
     record: EditRecord
     pixels: np.ndarray           # (S, S) uint8, the edited image
+    source_pixels: np.ndarray    # (S, S) uint8, its source as the edit saw it (the probe scores this pair)
     region: np.ndarray           # (S, S) bool, where the edit may change the image
     source_is_dicom: bool        # DICOM in, DICOM out
     description: str             # provenance for a DICOM copy: the edit, the source's hash, the generator's
@@ -162,6 +163,7 @@ def _finished_edit(planned: PlannedEdit, item: dict, edited: np.ndarray, hard: n
     operation = ", ".join(o.label for o in planned.operations)
     return FinishedEdit(
         record=record, pixels=np.round(edited * 255).astype(np.uint8), region=hard,
+        source_pixels=np.round(np.clip(item["source"], 0, 1) * 255).astype(np.uint8),
         source_is_dicom=str(row["path"]).lower().endswith((".dcm", ".dicom")),
         description=f"cxr-audit CARS edit ({operation}) of source image sha256 {item['source_sha256']}; "
                     f"generator sha256 {generator_hash}", view=row.get("view"))

@@ -35,7 +35,10 @@ def _write_pairs(folder, manifest, concept, op, n):
 
 
 def _save_pair(layout, edit_id, edited_study, row, op, concept, target_vector):
-    Image.fromarray(np.round(phantom.render(edited_study, 64).image * 255).astype(np.uint8)).save(layout.image(edit_id))
+    """The edited image, and its source as the synthesize stage saves it (at the generator's size)."""
+    layout.sources.mkdir(exist_ok=True)
+    for study, path in ((edited_study, layout.image(edit_id)), (study_of(row), layout.source(edit_id))):
+        Image.fromarray(np.round(phantom.render(study, 64).image * 255).astype(np.uint8)).save(path)
     record = EditRecord(edit_id=edit_id, cell_id="CELL", source_image_id=row["image_id"], patient_id="p",
                         operations=[{"op": op, "concept": concept}], target_vector=target_vector, seed=0,
                         source_sha256="s", generator_sha256="truth", qc=QC, sex=None, age=None, view=None)
@@ -45,7 +48,7 @@ def _save_pair(layout, edit_id, edited_study, row, op, concept, target_vector):
 def _save_summary(layout, n):
     summary = SynthesisSummary(generator_sha256="truth", generator={"image_size": 64}, mode="truth", settings={},
                                qc_thresholds={}, planned=n, accepted=n, rejected=0, rejected_by_reason={},
-                               accepted_by_cell={}, mean_outside_mae=0.0, checker_agreement=None,
+                               accepted_by_cell={"CELL": n} if n else {}, mean_outside_mae=0.0, checker_agreement=None,
                                mean_ground_truth_mae=0.0)
     layout.summary.write_text(summary.model_dump_json())
 

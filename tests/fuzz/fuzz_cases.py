@@ -591,3 +591,65 @@ _run_case("--out a file", "is a file",
 _run_case("segment onto the dataset's own masks", "already have lung masks",
           lambda r, f: ["segment", "--data", Path(json.loads((r / "request.json").read_text())["config"]["data"]),
                         "--out", Path(json.loads((r / "request.json").read_text())["config"]["data"]).parent])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Black boxes, the probe's round trip, and documents that contradict themselves
+
+_run_case("gate: a fine-tuned arm's replicates damaged", "replicates",
+          lambda r, f: (r / "evaluate" / "real_only" / "replicates.npz").write_bytes(b"PK torn") and
+          ["gate", "--candidate", r, "--baseline", r, "--policy",
+           _policy(f, "version: 1\narm: real_only\nrules:\n  - {type: non_inferiority, margin: 0.5}\n")])
+_run_case("gate: QC counts that do not add up (0 planned, 80 rejected)", "do not add up",
+          lambda r, f: _edit_json(r / "audit.json", lambda d: d["synthesis"]["cars"].update(planned=0, rejected=80))
+          or ["gate", "--candidate", r, "--policy", _policy(f, "version: 1\nrules:\n  - {type: qc, "
+                                                            "max_rejected_share: 0.5}\n")])
+_run_case("gate: a subgroup variable the audit does not have", "no subgroup variable manufacturer",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(
+              f, "version: 1\nnot_estimable: skip\nrules:\n  - {type: max_subgroup_gap, variables: [manufacturer], "
+                 "max: 0.2}\n")])
+_run_case("compare: a value nulled by hand", "edited after it was made",
+          lambda r, f: _edit_json(r / "audit.json", lambda d: next(iter(
+              d["arms"]["baseline"]["metrics"]["concepts"].values()))["auroc"].update(value=None)) or
+          ["compare", r, r])
+_run_case("audit --checker a pickle (refused, and not recorded)", "--checker",
+          lambda r, f: __import__("torch").save({"a": 1}, f / "checker.pt") or
+          ["audit", "--out", r, "--checker", f / "checker.pt", "--force"])
+_run_case("synthesize --generator not a generator (before any work)", "generator",
+          lambda r, f: (f / "generator").mkdir() or ["synthesize", "--run", r, "--generator", f / "generator", "--force"])
+_run_case("--out a run on other data", "run on other data",
+          lambda r, f: ["coverage", "--out", r, "--data", _write(f, NIH), "--format", "nih", "--spec",
+                        _write(f, NIH_SPEC, "spec.yaml")])
+_run_case("probe --predictions: no path column", "id column",
+          lambda r, f: ["probe", "--run", r, "--force", "--predictions",
+                        _write(f, "file,prob_Cardiomegaly\nsynthetic/images/x.png,0.5\n", "scores.csv")])
+_run_case("probe --predictions: an image twice", "twice",
+          lambda r, f: ["probe", "--run", r, "--force", "--predictions", _write(
+              f, "path,prob_Cardiomegaly\nsynthetic/images/x.png,0.5\nsynthetic/images/x.png,0.4\n", "scores.csv")])
+_run_case("probe --predictions: a score of 1.2", "1.2",
+          lambda r, f: ["probe", "--run", r, "--force", "--predictions", _write(f, _scores_of(r, 1.2), "scores.csv")])
+_run_case("probe --predictions and --model", "not both",
+          lambda r, f: ["probe", "--run", r, "--model", Path(json.loads((r / "request.json").read_text())[
+              "config"]["models"][0]), "--predictions", _write(f, _scores_of(r, 0.5), "scores.csv")])
+_run_case("probe --predictions that does not exist", "--predictions",
+          lambda r, f: ["probe", "--run", r, "--predictions", f / "none.csv"])
+_run_case("audit --predictions and --model", "not both",
+          lambda r, f: ["audit", "--out", f / "new", "--data", Path(json.loads((r / "request.json").read_text())[
+              "config"]["data"]), "--spec", _write(f, SPEC, "spec.yaml"), "--model", Path(json.loads(
+                  (r / "request.json").read_text())["config"]["models"][0]), "--predictions",
+              _write(f, PREDICTIONS, "predictions.csv")])
+_run_case("audit --predictions with fine-tune arms", "--arms",
+          lambda r, f: ["audit", "--out", f / "new", "--predictions", _write(f, PREDICTIONS, "predictions.csv"),
+                        "--arms", "baseline,cars"])
+_run_case("audit --predictions missing test images", "no prediction for",
+          lambda r, f: ["audit", "--out", f / "new", "--data", Path(json.loads((r / "request.json").read_text())[
+              "config"]["data"]), "--spec", Path(json.loads((r / "request.json").read_text())["config"]["spec"]),
+              "--predictions", _write(f, PREDICTIONS, "predictions.csv")])
+
+
+def _scores_of(run: Path, value: float) -> str:
+    """Scores for every image the run's probe lists, all `value`."""
+    import pandas as pd
+
+    listed = [*pd.read_csv(run / "synthetic" / "score_me.csv")["path"], "synthetic/images/not-listed.png"]
+    return "path,prob_Cardiomegaly\n" + "".join(f"{p},{value}\n" for p in listed)

@@ -125,3 +125,42 @@ def test_probe_on_a_run_whose_probe_was_removed_makes_it_again(base, tmp_path, m
     result = CliRunner().invoke(app, ["probe", "--run", str(run)])
     assert result.exit_code == 0, result.output
     assert RunDir(run).probe.read_bytes() == original
+
+
+def _evaluate_predictions(tmp_path, labels: str, predictions: str, spec: str) -> tuple[object, dict]:
+    for name, text in (("labels.csv", labels), ("predictions.csv", predictions), ("spec.yaml", spec)):
+        (tmp_path / name).write_text(text)
+    result = CliRunner().invoke(app, [str(a) for a in (
+        "evaluate", "--data", tmp_path / "labels.csv", "--predictions", tmp_path / "predictions.csv", "--spec",
+        tmp_path / "spec.yaml", "--split", "all", "--out", tmp_path / "run", "--bootstrap", 100)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    return result, json.loads(RunDir(tmp_path / "run").evaluation("baseline").metrics.read_text())
+
+
+def test_a_concept_with_one_class_has_no_ranking_metric_and_a_gate_cannot_pass_on_it(tmp_path):
+    """Every test image positive: AUPRC would read a perfect 1.000 [1.000, 1.000]. Ranking needs both classes,
+    so AUPRC and AUROC are not estimable, and a min_metric rule on them fails (never passes)."""
+    rows = "".join(f"i{k}.png,p{k},PA,1,{k % 2}\n" for k in range(30))
+    scores = "".join(f"i{k}.png,{0.2 + 0.02 * k:.2f},{0.1 + 0.02 * k:.2f}\n" for k in range(30))
+    _, metrics = _evaluate_predictions(tmp_path, "path,patient_id,view,Cardiomegaly,Pleural Effusion\n" + rows,
+                                       "path,prob_Cardiomegaly,prob_Effusion\n" + scores,
+                                       "version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells: []\n")
+    every_positive = metrics["concepts"]["Cardiomegaly"]
+    assert every_positive["positives"] == every_positive["n"] == 30
+    assert every_positive["auprc"]["value"] is None and every_positive["auroc"]["value"] is None
+    assert metrics["concepts"]["Pleural Effusion"]["auprc"]["value"] is not None  # both classes: estimable
+    assert every_positive["ece"]["value"] is not None  # calibration is still defined on one class
+
+
+def test_spec_concepts_the_model_does_not_output_are_noted_with_their_cells(tmp_path):
+    labels = "path,patient_id,view,Cardiomegaly,Pleural Effusion\n" + "".join(
+        f"i{k}.png,p{k},PA,{k % 2},{k % 3 == 0:d}\n" for k in range(30))
+    scores = "path,prob_Cardiomegaly\n" + "".join(f"i{k}.png,{0.3 + 0.01 * k:.2f}\n" for k in range(30))
+    spec = "version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells:\n  - {id: HF, all_of: [Cardiomegaly, Effusion], min_count: 5}\n"
+    result, metrics = _evaluate_predictions(tmp_path, labels, scores, spec)
+    note = next(n for n in metrics["notes"] if n.startswith("spec concepts the model does not output"))
+    assert "Pleural Effusion" in note and "HF" in note
+    assert "does not output" in " ".join(result.output.split())
+    assert not metrics["cells"]["HF"]["evaluated"]

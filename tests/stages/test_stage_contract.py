@@ -195,23 +195,34 @@ def _predictions(phantom_dataset, tmp_path) -> Path:
     return path
 
 
-def test_two_runs_in_fresh_folders_write_the_same_audit_json(tmp_path, monkeypatch):
-    """The demo's flow (dataset and model made in the run, then every stage), twice, in two folders: only the
-    keys listed may differ (when it was made, how long each stage took)."""
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    """The demo's flow (dataset and model made in the run, the shipped generator, then every stage) twice, each
+    from its own working folder with a relative --out."""
+    import os
+
     from cxr_audit.stages.demo import demo_context
 
-    spec = tmp_path / "spec.yaml"  # a small synthesis budget: the same flow, fewer edits
+    root = tmp_path_factory.mktemp("demo-flow")
+    spec = root / "spec.yaml"  # a small synthesis budget: the same flow, fewer edits
     spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2}\n")
-    documents = []
-    for name in ("a", "b"):
-        monkeypatch.chdir(tmp_path)
-        (tmp_path / name).mkdir()
-        monkeypatch.chdir(tmp_path / name)
-        ctx = demo_context(Path("demo"), images=240, progress=False, log=lambda message: None, check_generator=False,
-                           bootstrap=100, mc_samples=2, edit={"steps": 3}, spec=spec,
-                           finetune={"steps": 4, "eval_every": 2, "checkpoint_every": 2})
-        run_audit(ctx, report=False)  # the PDF is rendered from audit.json, which is compared
-        documents.append(json.loads(RunDir("demo").audit.read_text()))
+    here = os.getcwd()
+    try:
+        for name in ("a", "b"):
+            (root / name).mkdir()
+            os.chdir(root / name)
+            ctx = demo_context(Path("demo"), images=240, progress=False, log=lambda message: None,
+                               check_generator=False, bootstrap=100, mc_samples=2, edit={"steps": 3}, spec=spec,
+                               finetune={"steps": 4, "eval_every": 2, "checkpoint_every": 2})
+            run_audit(ctx, report=False)  # the PDF is rendered from audit.json, which is compared
+    finally:
+        os.chdir(here)
+    return root / "a" / "demo", root / "b" / "demo"
+
+
+def test_two_runs_in_fresh_folders_write_the_same_audit_json(demo_runs):
+    """Only the keys listed may differ (when it was made, how long each stage took)."""
+    documents = [json.loads(RunDir(run).audit.read_text()) for run in demo_runs]
     may_differ = {"created", "stage_seconds"}
     for document in documents:
         for key in may_differ:
@@ -219,7 +230,65 @@ def test_two_runs_in_fresh_folders_write_the_same_audit_json(tmp_path, monkeypat
         for arm in document["arms"].values():
             if arm["finetune"]:
                 arm["finetune"].pop("seconds_this_call")  # a duration
+                # the base model by its place in the run: a copied run names its own copy
+                assert arm["finetune"]["base_model"]["path"] == "inputs/model/deployed_model.safetensors"
     assert documents[0] == documents[1]
+
+
+def test_a_demo_run_whose_inputs_were_deleted_makes_them_again(demo_runs, tmp_path):
+    """RUN/inputs (the demo's dataset and model) removed: the demo makes them again (the same, from their seed)
+    and every later stage is found finished; no message about a --data the demo does not have."""
+    from cxr_audit.stages.demo import demo_context
+
+    run = tmp_path / "demo"
+    shutil.copytree(demo_runs[0], run)
+    shutil.rmtree(RunDir(run).inputs)
+    before = _records(run)
+    ctx = demo_context(run, images=240, progress=False, log=lambda message: None, check_generator=False,
+                       bootstrap=100, mc_samples=2, edit={"steps": 3}, spec=demo_runs[0].parents[1] / "spec.yaml",
+                       finetune={"steps": 4, "eval_every": 2, "checkpoint_every": 2})
+    run_audit(ctx, report=False)
+    assert _ran_again(before, _records(run)) <= {"demo_phantom", "demo_model", "assemble"}
+    assert RunDir(run).made_model.is_file() and RunDir(run).made_dataset.is_file()
+
+
+def test_the_probe_by_round_trip_equals_the_probe_with_the_model_in_hand(demo_runs, tmp_path, run_cli):
+    """A vendor's model known only by its outputs: it scores the images the run lists (score_me.csv), and
+    `probe --predictions` reads the scores back. With the deployed model exported that way, probe.json is the
+    one the model in hand made (pairs, side effects against the null edits), and audit.json takes it."""
+    import pandas as pd
+
+    from cxr_audit.classifier.inference import predict
+    from cxr_audit.classifier.loading import load_model
+    from cxr_audit.provenance import sha256_file
+
+    run = tmp_path / "demo"
+    shutil.copytree(demo_runs[1], run)
+    layout = RunDir(run)
+    listed = pd.concat([pd.read_csv(layout.synthesis(mode).score_list) for mode in ("cars", "null_edits")])
+    assert set(listed["role"]) == {"source", "edited", "null_edit"}
+    assert not layout.synthesis("unconstrained").score_list.exists()  # the ablation is never probed
+    model = load_model(layout.made_model)
+    scores = pd.DataFrame(predict(model, [run / p for p in listed["path"]], progress=False),
+                          columns=[f"prob_{c}" for c in model.concepts])
+    scores.insert(0, "path", listed["path"].to_numpy())
+    exported = run.parent / "vendor_scores.csv"
+    scores.to_csv(exported, index=False, float_format="%.9g")
+    in_process = json.loads(layout.probe.read_text())
+    result = run_cli("probe", "--run", run, "--predictions", exported, "--force")
+    assert result.exit_code == 0, result.output
+    round_trip = json.loads(layout.probe.read_text())
+    assert round_trip["model"] == {"path": exported.name, "sha256": sha256_file(exported), "format": "predictions csv"}
+    assert in_process["pairs_scored"] > 0
+    assert {k: v for k, v in round_trip.items() if k != "model"} == {k: v for k, v in in_process.items() if k != "model"}
+    audit = json.loads(layout.audit.read_text())
+    assert audit["probe"] == round_trip and audit["inputs"]["probe_scores"]["sha256"] == sha256_file(exported)
+    # a listed image the vendor did not score is named (a null edit: the side effects' baseline is read too)
+    probed = set(listed["edit_id"][listed["role"] == "edited"])
+    unscored = listed["path"][(listed["role"] == "null_edit") & listed["edit_id"].isin(probed)].iloc[0]
+    scores[scores["path"] != unscored].to_csv(exported, index=False)
+    missing = run_cli("probe", "--run", run, "--predictions", exported, "--force")
+    assert missing.exit_code == 2 and unscored in missing.output.replace("\n", "")
 
 
 def test_every_run_path_is_spelled_in_rundir_only():

@@ -1,0 +1,85 @@
+"""A model known only by its predictions, audited to the end: the real CheXNet outputs on real NIH images give
+audit.json, the report and a gate verdict, with the parts that need weights skipped and said so."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from cxr_audit.audit.document import load_audit
+from cxr_audit.report.render import build_html
+from cxr_audit.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def black_box_run(shared_data, tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from cxr_audit.cli import app
+
+    nih = shared_data / "nih621"
+    run = tmp_path_factory.mktemp("black-box") / "run"
+    result = CliRunner().invoke(app, [str(a) for a in (
+        "audit", "--predictions", nih / "chexnet_predictions.csv", "--data", nih / "labels.csv", "--format", "nih",
+        "--spec", "coverage_specs/nih.yaml", "--out", run, "--bootstrap", 200)])
+    assert result.exit_code == 0, result.output
+    return run, nih
+
+
+def test_the_audit_of_real_chexnet_predictions_is_written_with_what_it_skipped(black_box_run):
+    run, nih = black_box_run
+    audit = json.loads((run / "audit.json").read_text())
+    assert audit["scope"]["black_box"] and list(audit["arms"]) == ["baseline"] and audit["probe"] is None
+    assert audit["inputs"]["model"] == {"path": str(nih / "chexnet_predictions.csv"), "format": "predictions csv",
+                                        "sha256": audit["inputs"]["model"]["sha256"], "card": None,
+                                        "trained_in_run": None}
+    assert set(audit["skipped"]) == {"fine-tune arms", "synthesis", "probe"}
+    assert "--generator" in audit["skipped"]["synthesis"] and "weights" in audit["skipped"]["fine-tune arms"]
+    assert {p.stem for p in RunDir(run).stages.glob("*.json")} == {"coverage", "evaluate_baseline", "plan",
+                                                                   "assemble", "report"}
+    # AUROC recomputed straight from the vendor's CSV on the audit's own test images
+    predictions = np.load(RunDir(run).evaluation("baseline").predictions)
+    vendor = pd.read_csv(nih / "chexnet_predictions.csv").set_index("Image Index").loc[predictions["image_id"]]
+    j = list(predictions["concepts"]).index("Cardiomegaly")
+    expected = roc_auc_score(predictions["labels"][:, j], vendor["prob_Cardiomegaly"])
+    assert audit["arms"]["baseline"]["metrics"]["concepts"]["Cardiomegaly"]["auroc"]["value"] == \
+        pytest.approx(expected, abs=1e-6)
+    # request.json records what the run's stages read, nothing a black box cannot use
+    recorded = json.loads(RunDir(run).request.read_text())["config"]
+    assert not {"models", "card", "allow_pickle", "mc_samples", "arms", "finetune", "generator_training", "edit",
+                "checker", "gallery_size"} & set(recorded)
+    assert recorded["predictions"].endswith("chexnet_predictions.csv") and recorded["bootstrap"] == 200
+    # the report says what the audit could not do, and why
+    assert (run / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    html = build_html(load_audit(run / "audit.json"), [])
+    assert "known only by its predictions" in html and "Not probed" in html and "Not in this audit" in html
+
+
+def test_the_gate_judges_a_black_box_on_its_subgroup_gaps(black_box_run, run_cli, tmp_path):
+    run, _ = black_box_run
+    gap = json.loads((run / "audit.json").read_text())["arms"]["baseline"]["metrics"]["subgroup_gaps"][
+        "Pleural Effusion"]["sex"]["auroc"]
+    policy = tmp_path / "policy.yaml"
+
+    def gate(maximum: float, variables: str = "[sex]"):
+        policy.write_text(f"version: 1\nrules:\n  - {{type: max_subgroup_gap, concepts: [Pleural Effusion], "
+                          f"variables: {variables}, max: {maximum}}}\n")
+        return run_cli("gate", "--candidate", run, "--policy", policy, "--junit", tmp_path / "junit.xml",
+                       "--summary", tmp_path / "summary.md")
+
+    upper = gap["ci"][1]
+    assert gate(min(1.0, round(upper + 0.01, 3))).exit_code == 0  # the gap's upper bound is within the limit
+    assert gate(round(upper - 0.01, 3)).exit_code == 1              # and beyond a tighter one
+    assert "Pleural Effusion, sex" in (tmp_path / "summary.md").read_text()
+    absent = gate(0.5, "[manufacturer]")  # PNG data has no DICOM header: no manufacturer subgroups
+    assert absent.exit_code == 2 and "no subgroup variable manufacturer" in absent.output
+
+
+def test_a_black_box_cannot_be_fine_tuned_and_the_refusal_records_nothing(black_box_run, run_cli):
+    run, nih = black_box_run
+    before = RunDir(run).request.read_bytes()
+    result = run_cli("audit", "--out", run, "--predictions", nih / "chexnet_predictions.csv", "--arms", "cars")
+    assert result.exit_code == 2 and "--arms" in result.output and "weights" in result.output
+    assert RunDir(run).request.read_bytes() == before
