@@ -90,10 +90,15 @@ AllowDuplicatesOption = Annotated[bool, typer.Option("--allow-duplicates", help=
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")]
 
 
+LabelsOption = Annotated[Path | None, typer.Option("--labels", help="MIMIC-CXR-JPG: a chexpert labels file in "
+                                                   "place of the folder's (e.g. from `label-reports`).")]
+
+
 def dataset(data: Path | None, data_format: DataFormat | None, root: Path | None,
-            allow_duplicates: bool = False) -> dict[str, Any]:
+            allow_duplicates: bool = False, labels: Path | None = None) -> dict[str, Any]:
     """The dataset options of a command, as `open_run` takes them."""
-    return {"data": data, "format": data_format, "root": root, "allow_duplicates": allow_duplicates or None}
+    return {"data": data, "format": data_format, "root": root, "allow_duplicates": allow_duplicates or None,
+            "labels": labels}
 
 
 def open_run(out: Path, given: dict[str, Any], force: bool, **context: Any):

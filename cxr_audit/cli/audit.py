@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, ForceOption, FormatOption, OutOption
+from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, LabelsOption, ForceOption, FormatOption, OutOption
 from cxr_audit.cli.app import RootOption, RunOption, SeedOption, SpecOption, command, console, dataset
 from cxr_audit.cli.app import open_run
 from cxr_audit.errors import UserInputError
@@ -48,6 +48,7 @@ def audit_command(
     data_format: FormatOption = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
+    labels: LabelsOption = None,
     card: Annotated[Path | None, typer.Option("--card", help="Model card YAML (default: <model>.card.yaml).")] = None,
     generator: Annotated[Path | None, typer.Option("--generator", help="Trained generator folder; without one the "
                                                    "audit trains one on the training split.")] = None,
@@ -81,7 +82,7 @@ def audit_command(
         raise UserInputError("--arms: a model known only by its predictions (--predictions) has no weights to "
                              "fine-tune; its audit has the baseline arm only. Drop --arms, or pass --model.")
     ctx = open_run(out, {"models": [model] if model else None, "predictions": predictions, "spec": spec,
-                         **dataset(data, data_format, root, allow_duplicates), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
+                         **dataset(data, data_format, root, allow_duplicates, labels), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
                          "finetune": _finetune(finetune_steps, micro_batches),
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
                          "edit": None if edit_steps is None else {"steps": edit_steps},

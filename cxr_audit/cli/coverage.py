@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, ForceOption, FormatOption, OutOption
+from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, LabelsOption, ForceOption, FormatOption, OutOption
 from cxr_audit.cli.app import RootOption, SeedOption, SpecOption, command, console, dataset, note, open_run
 
 
@@ -28,6 +28,7 @@ def coverage_command(
     data_format: FormatOption = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
+    labels: LabelsOption = None,
     split: Annotated[CoverageSplit | None, typer.Option("--split", help="Images counted: train (the training split), all, "
                                                  "or auto (train when the data has splits, else all; the "
                                                  "default, or what the run recorded).")] = None,
@@ -39,7 +40,7 @@ def coverage_command(
     from cxr_audit.stages.coverage import CoverageStage, read_coverage
     from cxr_audit.stages.pipeline import run_stages
 
-    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "seed": seed,
+    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates, labels), "spec": spec, "seed": seed,
                          "coverage_split": split}, force,
                    defaults={"coverage_split": "auto"})
     stage = CoverageStage(ctx)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, ForceOption, FormatOption, OutOption
+from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, LabelsOption, ForceOption, FormatOption, OutOption
 from cxr_audit.cli.app import RootOption, SeedOption, command, console, dataset, note, open_run
 
 
@@ -36,6 +36,7 @@ def evaluate_command(
     spec: Annotated[Path | None, typer.Option("--spec", help="Coverage spec: concepts and cells to evaluate.")] = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
+    labels: LabelsOption = None,
     split: Annotated[EvaluateSplit | None, typer.Option("--split", help="Images to evaluate (auto: the test "
                                                         "split, or all images when the data has no splits; the "
                                                         "default, or what the run recorded).")] = None,
@@ -57,7 +58,7 @@ def evaluate_command(
     from cxr_audit.stages.evaluate import EvaluateStage, read_metrics
     from cxr_audit.stages.pipeline import run_stages
 
-    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "models": model,
+    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates, labels), "spec": spec, "models": model,
                          "card": card, "predictions": predictions, "bootstrap": bootstrap, "seed": seed,
                          "mc_samples": mc_samples, "allow_pickle": allow_pickle or None,
                          "evaluate_split": split}, force, defaults={"evaluate_split": "auto"},

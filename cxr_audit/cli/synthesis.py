@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, ForceOption, FormatOption, OutOption
+from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, LabelsOption, ForceOption, FormatOption, OutOption
 from cxr_audit.cli.app import RootOption, RunOption, SeedOption, SpecOption, command, console, dataset
 from cxr_audit.cli.app import open_run
 from cxr_audit.errors import UserInputError
@@ -25,6 +25,7 @@ def plan_command(
     data_format: FormatOption = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
+    labels: LabelsOption = None,
     seed: SeedOption = None,
     force: ForceOption = False,
 ) -> None:
@@ -32,7 +33,7 @@ def plan_command(
     from cxr_audit.stages.pipeline import run_stages, stages_for
     from cxr_audit.stages.plan import read_plan
 
-    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "seed": seed}, force)
+    ctx = open_run(out, {**dataset(data, data_format, root, allow_duplicates, labels), "spec": spec, "seed": seed}, force)
     run_stages(ctx, stages_for(ctx, ["plan"]), force)
     plan = read_plan(ctx)
     table = Table(title=f"Edit plan: {len(plan.edits)} edits from {len(ctx.frontal('train')):,} training images",
@@ -61,6 +62,7 @@ def train_generator_command(
     data_format: FormatOption = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
+    labels: LabelsOption = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="Coverage spec: the concepts to condition on.")] = None,
     size: Annotated[int | None, typer.Option("--size", help="Image size the generator works at (default 64).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Training steps (default 1500).")] = None,
@@ -93,7 +95,7 @@ def train_generator_command(
                                   "channels": widths, "lr": lr, "timestep_exponent": timestep_exponent,
                                   "prediction_type": prediction_type.value if prediction_type else None}.items()
                 if v is not None}
-    given = {**dataset(data, data_format, root, allow_duplicates), "spec": spec, "seed": seed,
+    given = {**dataset(data, data_format, root, allow_duplicates, labels), "spec": spec, "seed": seed,
              "generator_training": training or None}
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process:  # one process owns the run directory; the others only train
@@ -122,6 +124,7 @@ def synthesize_command(
     data_format: FormatOption = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
+    labels: LabelsOption = None,
     checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker for QC (never the "
                                                  "model under audit); default: one trained on the run's data.")] = None,
     strength: Annotated[float | None, typer.Option("--strength", help="Share of the schedule re-run, 0-1 "
@@ -143,7 +146,7 @@ def synthesize_command(
     edit = {k: v for k, v in {"strength": strength, "guidance": guidance, "steps": steps}.items() if v is not None}
     if unconstrained and null_edits:
         raise UserInputError("--unconstrained and --null-edits are two different controls; run them one at a time.")
-    ctx = open_run(run, {**dataset(data, data_format, root, allow_duplicates), "generator": generator,
+    ctx = open_run(run, {**dataset(data, data_format, root, allow_duplicates, labels), "generator": generator,
                          "checker": checker, "edit": edit or None}, force)
     try:  # every input is checked before any work (a checker trained first would be 30 s lost)
         if not ctx.run.plan.exists():

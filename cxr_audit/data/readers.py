@@ -199,16 +199,17 @@ def _find_one(folder: Path, stem: str, required: bool = True) -> Path | None:
     return None
 
 
-def read_mimic(data: Path, root: Path | None = None) -> Manifest:
+def read_mimic(data: Path, root: Path | None = None, labels: Path | None = None) -> Manifest:
     """MIMIC-CXR-JPG 2.0: chexpert labels per study, joined to each DICOM's metadata and official split.
 
-    Sex and age are not in MIMIC-CXR-JPG; a MIMIC-IV `patients.csv(.gz)` beside the files adds them.
+    Sex and age are not in MIMIC-CXR-JPG; a MIMIC-IV `patients.csv(.gz)` beside the files adds them. `labels`
+    replaces the folder's mimic-cxr-2.0.0-chexpert file (labels made from the reports by `label-reports`).
     """
     folder = Path(data)
     folder = folder.parent if folder.is_file() else folder
     if not folder.is_dir():
         raise UserInputError(f"MIMIC-CXR-JPG folder {folder} does not exist. Check --data.")
-    labels_path = _find_one(folder, "mimic-cxr-2.0.0-chexpert")
+    labels_path = labels if labels is not None else _find_one(folder, "mimic-cxr-2.0.0-chexpert")
     meta_path = _find_one(folder, "mimic-cxr-2.0.0-metadata")
     split_path = _find_one(folder, "mimic-cxr-2.0.0-split")
     patients_path = _find_one(folder, "patients", required=False)
@@ -373,11 +374,19 @@ def detect_format(data: Path) -> str:
 
 
 def read_manifest(data: str | Path, fmt: str = "auto", root: str | Path | None = None,
-                  allow_duplicates: bool = False) -> Manifest:
+                  allow_duplicates: bool = False, labels: str | Path | None = None) -> Manifest:
     """Read a dataset's labels in the given format (nih, chexpert, mimic, csv; auto: detected), checked for
-    duplicated images and patients in two splits (see `manifest.check_integrity`)."""
+    duplicated images and patients in two splits (see `manifest.check_integrity`). `labels`: a MIMIC chexpert
+    labels file used in place of the folder's (e.g. the one `label-reports` writes from the reports)."""
     if fmt == "auto":
         fmt = detect_format(Path(data))
     if fmt not in READERS:
         raise UserInputError(f"unknown --format {fmt!r}; choose one of auto, {', '.join(FORMATS)}.")
-    return check_integrity(READERS[fmt](Path(data), Path(root) if root is not None else None), allow_duplicates)
+    if labels is not None and fmt != "mimic":
+        raise UserInputError(f"--labels replaces MIMIC-CXR-JPG's chexpert labels file; {data} is read as {fmt!r}. "
+                             "Pass the labels file itself as --data (label-reports writes one that --format csv "
+                             "reads), or use --format mimic.")
+    root_path = Path(root) if root is not None else None
+    if fmt == "mimic":
+        return check_integrity(read_mimic(Path(data), root_path, Path(labels) if labels else None), allow_duplicates)
+    return check_integrity(READERS[fmt](Path(data), root_path), allow_duplicates)

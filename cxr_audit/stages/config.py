@@ -25,10 +25,10 @@ FINETUNE_ARMS = ARMS[1:]
 DATA_FORMATS = ("auto", *READ_FORMATS)
 DEFAULT_INTENDED_USE = ("Triage support: flag frontal chest radiographs of adults for the findings listed, for "
                         "review by a radiologist.")
-PATH_KEYS = ("data", "root", "spec", "card", "predictions", "probe_predictions", "generator", "checker")
+PATH_KEYS = ("data", "labels", "root", "spec", "card", "predictions", "probe_predictions", "generator", "checker")
 # Each input path's option and what it must be: a file, a folder, or either (the MIMIC layout is a folder; a
 # model may be a folder when a classifier backend stores it so).
-_PATH_KINDS = {"data": ("--data", "file or folder"), "root": ("--root", "folder"), "spec": ("--spec", "file"),
+_PATH_KINDS = {"data": ("--data", "file or folder"), "labels": ("--labels", "file"), "root": ("--root", "folder"), "spec": ("--spec", "file"),
                "models": ("--model", "file or folder"), "card": ("--card", "file"), "predictions": ("--predictions", "file"),
                "probe_predictions": ("--predictions", "file"),
                "generator": ("--generator", "folder"), "checker": ("--checker", "file")}
@@ -80,6 +80,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data: str | None = None
     format: Literal[DATA_FORMATS] = "auto"  # type: ignore[valid-type] - the readers' formats
+    labels: str | None = Field(None, description="MIMIC: a chexpert labels file in place of the folder's")
     root: str | None = None
     allow_duplicates: bool = Field(False, description="keep a repeated row (same image, same labels) once")
     spec: str | None = None

@@ -77,7 +77,10 @@ class RunContext:
 
     @cached_property
     def data_sha256(self) -> str:
-        return dataset_sha256(self.made_here(self.require("data", "--data")))
+        data = dataset_sha256(self.made_here(self.require("data", "--data")))
+        if self.config.labels is None:
+            return data
+        return hashlib.sha256(f"{data} {sha256_file(self.path('labels'))}".encode()).hexdigest()  # both files
 
     # -- the data ---------------------------------------------------------------------------------------------
     @cached_property
@@ -86,7 +89,7 @@ class RunContext:
         from cxr_audit.data.readers import read_manifest
 
         return read_manifest(self.made_here(self.require("data", "--data")), self.config.format, self.path("root"),
-                             self.config.allow_duplicates)
+                             self.config.allow_duplicates, self.path("labels"))
 
     @property
     def notes(self) -> list[str]:

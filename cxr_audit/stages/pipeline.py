@@ -70,7 +70,8 @@ def stages_for(ctx: RunContext, targets: Iterable[str]) -> list[Stage]:
     todo = list(targets)
     while todo:
         name = todo.pop()
-        if name not in by_name:
+        if name not in by_name:  # (refused before any work: the run keeps the options it had)
+            restore_request(ctx)
             raise UserInputError(f"{ctx.run.path} has no '{name}' stage: {why_no_stage(ctx, name)}")
         if name not in wanted:
             wanted.add(name)

@@ -653,3 +653,73 @@ def _scores_of(run: Path, value: float) -> str:
 
     listed = [*pd.read_csv(run / "synthetic" / "score_me.csv")["path"], "synthetic/images/not-listed.png"]
     return "path,prob_Cardiomegaly\n" + "".join(f"{p},{value}\n" for p in listed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report texts (label-reports) and labels made from them
+
+REPORTS = "study_id,report\n1,No effusion.\n2,Small pneumothorax.\n3,Cardiomegaly.\n"
+
+
+def _reports_case(name: str, culprit: str, make: Callable[[Path], list]):
+    """`make(folder)` writes the reports and returns the options after `label-reports`."""
+    def build(folder: Path, base) -> tuple[list, str]:
+        return ["label-reports", *make(folder)], culprit
+    case("report texts", name)(build)
+
+
+def _txt_folder(folder: Path, files: dict[str, bytes]) -> Path:
+    (folder / "txt").mkdir()
+    for name, content in files.items():
+        (folder / "txt" / name).write_bytes(content)
+    return folder / "txt"
+
+
+_reports_case("an empty report", "row 3", lambda f: ["--reports", _write(f, REPORTS.replace("Small pneumothorax.", " "),
+                                                                          "r.csv"), "--out", f / "out"])
+_reports_case("a report without an id", "row 4", lambda f: ["--reports", _write(f, REPORTS.replace("3,Card", ",Card"),
+                                                                                 "r.csv"), "--out", f / "out"])
+_reports_case("two reports with one id", "same id", lambda f: ["--reports", _write(f, REPORTS + "2,No change.\n", "r.csv"),
+                                                               "--out", f / "out"])
+_reports_case("--text-columns naming no column", "'impression'",
+              lambda f: ["--reports", _write(f, REPORTS, "r.csv"), "--text-columns", "impression", "--out", f / "out"])
+_reports_case("--id-column naming no column", "'accession'",
+              lambda f: ["--reports", _write(f, REPORTS, "r.csv"), "--id-column", "accession", "--out", f / "out"])
+_reports_case("a CSV with no text column", "--text-columns",
+              lambda f: ["--reports", _write(f, "study_id,notes\n1,x\n", "r.csv"), "--out", f / "out"])
+_reports_case("an empty CSV", "r.csv", lambda f: ["--reports", _write(f, "", "r.csv"), "--out", f / "out"])
+_reports_case("a report that is not UTF-8", "not UTF-8",
+              lambda f: ["--reports", _txt_folder(f, {"a.txt": "Effusion.".encode(), "b.txt": "Épanchement".encode(
+                  "latin-1")}), "--out", f / "out"])
+_reports_case("a folder with no report", "no .txt", lambda f: ["--reports", _txt_folder(f, {"a.md": b"x"}), "--out",
+                                                               f / "out"])
+_reports_case("a MIMIC report in the wrong pNN folder", "MIMIC-CXR layout",
+              lambda f: (f / "m" / "files" / "p11" / "p10000032").mkdir(parents=True) or
+              (f / "m" / "files" / "p11" / "p10000032" / "s5.txt").write_text("Effusion.") and
+              ["--reports", f / "m", "--out", f / "out"])
+_reports_case("reports that do not exist", "--reports", lambda f: ["--reports", f / "none.csv", "--out", f / "out"])
+_reports_case("--out onto the reports file", "overwrite the input",
+              lambda f: (f / "out").mkdir() or ["--reports", _write(f / "out", REPORTS, "labels.csv"), "--out", f / "out"])
+_reports_case("--out holding earlier labels", "--force",
+              lambda f: (f / "out").mkdir() or _write(f / "out", "x", "labels.csv") and
+              ["--reports", _write(f, REPORTS, "r.csv"), "--out", f / "out"])
+_reports_case("--out a file", "is a file", lambda f: ["--reports", _write(f, REPORTS, "r.csv"), "--out",
+                                                      _write(f, "x", "o.txt")])
+_reports_case("--rules naming an unknown concept", "Cardiomegally",
+              lambda f: ["--reports", _write(f, REPORTS, "r.csv"), "--out", f / "out", "--rules",
+                         _write(f, "version: 1\ntargets:\n  Cardiomegally: [big heart]\n", "rules.yaml")])
+_reports_case("--rules not YAML", "rules.yaml",
+              lambda f: ["--reports", _write(f, REPORTS, "r.csv"), "--out", f / "out", "--rules",
+                         _write(f, "version: 1\ntargets: [\n", "rules.yaml")])
+_reports_case("--processes 0", "--processes",
+              lambda f: ["--reports", _write(f, REPORTS, "r.csv"), "--out", f / "out", "--processes", "0"])
+_run_case("--labels with a format that is not MIMIC", "--labels",
+          lambda r, f: ["coverage", "--out", f / "new", "--data", _write(f, CSV), "--format", "csv", "--labels",
+                        _write(f, "subject_id,study_id,Cardiomegaly\n1,2,1\n", "chexpert.csv"), "--spec",
+                        _write(f, SPEC, "spec.yaml")])
+_run_case("--labels without subject_id (MIMIC)", "subject_id",
+          lambda r, f: (f / "mimic").mkdir() or _write(f / "mimic", "dicom_id,subject_id,study_id,ViewPosition\n"
+                                                       "d1,1,2,PA\n", "mimic-cxr-2.0.0-metadata.csv") and
+          _write(f / "mimic", "dicom_id,split\nd1,train\n", "mimic-cxr-2.0.0-split.csv") and
+          ["coverage", "--out", f / "new", "--data", f / "mimic", "--format", "mimic", "--labels",
+           _write(f, "study_id,Cardiomegaly\n2,1\n", "chexpert.csv"), "--spec", _write(f, SPEC, "spec.yaml")])

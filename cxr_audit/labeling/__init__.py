@@ -1,0 +1,1 @@
+"""Report text -> concept labels: sections, mention rules, ConText cues, evidence (see context.py)."""
