@@ -118,8 +118,9 @@ class Labeler:
         seen before, not now)."""
         governing: dict[str, str] = {}
         for span, kind, direction in cues:
-            if span.start < end and start < span.end:
-                continue  # the cue is part of the mention
+            if span.start < end and start < span.end:  # a cue inside the mention ("heart is not enlarged")
+                governing.setdefault(kind, span.text)
+                continue
             # a scope ends at a termination cue, a ';', or another cue ("opacity may represent atelectasis
             # versus pneumonia": 'versus' does not reach back past 'may represent' to the opacity)
             ends = terminations + [c.start for c, _, _ in cues if c is not span]

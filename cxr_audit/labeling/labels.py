@@ -76,8 +76,8 @@ def vocabulary() -> list[str]:
 
 def _table(reports: Reports, results: list[ReportLabels]) -> pd.DataFrame:
     table = reports.ids.reset_index(drop=True).copy()
-    if reports.paths is not None and reports.paths.name not in table.columns:
-        table[reports.paths.name] = reports.paths.reset_index(drop=True)
+    if reports.kept is not None:
+        table = pd.concat([table, reports.kept.reset_index(drop=True)], axis=1)
     names = vocabulary()
     values = np.full((len(results), len(names)), np.nan)
     for row, result in enumerate(results):

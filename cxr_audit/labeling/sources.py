@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr_audit import concepts
 from cxr_audit.errors import UserInputError
 
 ID_COLUMNS = ("report_id", "study_id", "id", "accession", "accession_number", "Image Index", "image_id", "Path",
@@ -28,6 +29,7 @@ class Reports:
     texts: list[str]
     where: list[str]              # how a message names each report (file and row, or file)
     paths: pd.Series | None = None  # a CSV's image path column: the labels file then reads as --format csv
+    kept: pd.DataFrame | None = None  # a CSV's other columns (patient, split, sex, age, view...), kept as they are
 
 
 def read_reports(source: Path, id_column: str | None = None, text_columns: list[str] | None = None) -> Reports:
@@ -98,9 +100,12 @@ def _csv(path: Path, id_column: str | None, text_columns: list[str] | None) -> R
         texts = ["\n".join(f"{c.upper()}: {row[c]}" for c in text_columns if str(row[c]).strip())
                  for _, row in frame.iterrows()]
     paths_column = next((c for c in PATH_COLUMNS if c in columns), None)
+    # every other column is kept (a labels file then has its patients, splits, sexes, ages and views), except
+    # columns named after a concept: the labels come from the text
+    kept = [c for c in columns if c != id_column and c not in text_columns and concepts.try_resolve(c) is None]
     return _checked(Reports(path, "csv", frame[[id_column]].copy(), texts,
                             [f"{path}, row {k + 2}" for k in range(len(frame))],
-                            frame[paths_column] if paths_column else None))
+                            frame[paths_column] if paths_column else None, frame[kept].copy()))
 
 
 def _checked(reports: Reports) -> Reports:

@@ -4,6 +4,7 @@ sections), and `label-reports` on a CSV, a folder of .txt files and the MIMIC-CX
 
 import gzip
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -61,46 +62,42 @@ def _run(run_cli, *args):
     return result
 
 
-def test_a_reports_csv_gives_labels_that_coverage_and_evaluate_read(phantom_dataset, phantom_model, tmp_path,
-                                                                    run_cli):
-    """Reports written for the phantom's studies (from their true findings, in a radiologist's words) are
-    labelled back; the labels file feeds coverage and evaluate, and every label has its evidence."""
-    truth = pd.read_csv(phantom_dataset / "labels.csv")
-    words = {"Cardiomegaly": "The heart is enlarged", "Pleural Effusion": "small left pleural effusion",
-             "Pneumothorax": "right apical pneumothorax", "Support Devices": "an endotracheal tube is in place"}
-    rows = []
-    for _, row in truth.iterrows():
-        present = [words[c] for c in words if row.get(c) == 1]
-        absent = [c.lower() for c in ("Pleural Effusion", "Pneumothorax") if row.get(c) == 0]
-        findings = (". ".join(present) + ". " if present else "Lungs are clear. ") + (
-            f"No {', '.join(absent)}." if absent else "")
-        rows.append({"Path": row["Path"], "report": f"FINDINGS: {findings}\nIMPRESSION: See findings."})
-    reports = tmp_path / "reports.csv"
-    pd.DataFrame(rows).to_csv(reports, index=False)
-    _run(run_cli, "--reports", reports, "--out", tmp_path / "labels", "--processes", "2")
+def test_the_phantom_s_reports_are_labelled_as_written_and_feed_an_audit(phantom_dataset, phantom_model,
+                                                                         tiny_generator, phantom_checker, tmp_path,
+                                                                         run_cli):
+    """The phantom writes a report for every study (reports.csv: findings and impression in varied wording,
+    negated lists, hedges, devices by kind). Labelled back, every label is the one the text states; the labels
+    file, with the patient, split, sex, age and view columns kept, is a dataset an audit runs on."""
+    from cxr_audit.data.phantom import PHANTOM_FINDINGS
+    from cxr_audit.data.phantom.dataset import study_of
+    from cxr_audit.data.phantom.reports import study_report
+
+    _run(run_cli, "--reports", phantom_dataset / "reports.csv", "--out", tmp_path / "labels", "--processes", "2")
     labels = pd.read_csv(tmp_path / "labels" / "labels.csv")
-    for concept in words:  # every finding read back as the report says it
-        assert ((labels[concept] == 1) == (truth[concept] == 1)).all(), concept
+    truth = pd.read_csv(phantom_dataset / "labels.csv")
+    assert list(labels["Path"]) == list(truth["Path"]) and {"patient_id", "split", "Sex", "Age", "AP/PA"} <= set(labels)
+    for (_, row), (_, labelled) in zip(truth.iterrows(), labels.iterrows()):
+        _, stated = study_report(study_of(row), int(row["study_seed"]))
+        read = {c: int(labelled[c]) for c in PHANTOM_FINDINGS if pd.notna(labelled[c])}
+        assert read == stated, (row["Path"], read, stated)
     evidence = [json.loads(line) for line in (tmp_path / "labels" / "evidence.jsonl").read_text().splitlines()]
-    by_report = {(e["Path"], e["concept"]) for e in evidence}
-    for _, row in labels.iterrows():
-        for concept in words:
-            if pd.notna(row[concept]):
-                assert (row["Path"], concept) in by_report
+    behind = {(e["Path"], e["concept"]) for e in evidence}
+    assert all((row["Path"], c) in behind for _, row in labels.iterrows() for c in PHANTOM_FINDINGS if pd.notna(row[c]))
     record = json.loads((tmp_path / "labels" / "labeling.json").read_text())
     assert record["reports"] == len(truth) and len(record["rules_sha256"]) == 64
-    # the labels file is a dataset: coverage counts it (images beside the phantom's, through --root)
+    # an audit on the labels made from text (images through --root)
     spec = tmp_path / "spec.yaml"
-    spec.write_text("version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells:\n"
-                    "  - {id: HF, all_of: [Cardiomegaly, Effusion], min_count: 5}\n")
-    coverage = run_cli("coverage", "--data", tmp_path / "labels" / "labels.csv", "--format", "csv", "--root",
-                       phantom_dataset, "--spec", spec, "--out", tmp_path / "run", "--split", "all")
-    assert coverage.exit_code == 0, coverage.output
-    counted = json.loads((tmp_path / "run" / "coverage" / "coverage.json").read_text())["cells"][0]["count"]
-    assert counted == int(((truth["Cardiomegaly"] == 1) & (truth["Pleural Effusion"] == 1)).sum())
-    evaluated = run_cli("evaluate", "--out", tmp_path / "run", "--model", phantom_model, "--bootstrap", 100,
-                        "--mc-samples", 0, "--workers", 0, "--split", "all")
-    assert evaluated.exit_code == 0, evaluated.output
+    spec.write_text(Path("coverage_specs/phantom.yaml").read_text() + "synthesis: {budget_per_cell: 2}\n")
+    result = run_cli("audit", "--out", tmp_path / "run", "--data", tmp_path / "labels" / "labels.csv", "--format", "csv",
+                     "--root", phantom_dataset, "--spec", spec, "--model", phantom_model, "--generator", tiny_generator,
+                     "--checker", phantom_checker, "--arms", "baseline", "--bootstrap", 100, "--mc-samples", 0,
+                     "--edit-steps", 3, "--no-report")
+    assert result.exit_code == 0, result.output
+    audit = json.loads((tmp_path / "run" / "audit.json").read_text())
+    train = labels[labels["split"] == "train"]
+    cell = next(c for c in audit["coverage"]["cells"] if c["all_of"] == ["Cardiomegaly", "Pleural Effusion"]
+                and not c["none_of"] and not c["subgroup"])
+    assert cell["count"] == int(((train["Cardiomegaly"] == 1) & (train["Pleural Effusion"] == 1)).sum())
 
 
 def test_a_folder_of_text_reports_and_the_mimic_layout(tmp_path, run_cli):

@@ -188,6 +188,16 @@ def labels_frame(cohort: pd.DataFrame, written: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reports_frame(labels: pd.DataFrame) -> pd.DataFrame:
+    """reports.csv: each image's radiology-style report (phantom/reports.py) with the columns a labels file
+    needs besides its concepts, so `label-reports` on it gives a dataset `--format csv` reads."""
+    from cxr_audit.data.phantom.reports import study_report
+
+    texts = [study_report(study_of(row), int(row["study_seed"]))[0] for _, row in labels.iterrows()]
+    return pd.DataFrame({"Path": labels["Path"], "patient_id": labels["patient_id"], "split": labels["split"],
+                         "Sex": labels["Sex"], "Age": labels["Age"], "AP/PA": labels["AP/PA"], "report": texts})
+
+
 def write_phantom_dataset(out: str | Path, n_images: int, size: int = 128, seed: int = 0,
                           prevalence: Prevalence | None = None, dicom: bool = False,
                           workers: int | None = None, progress: bool = True) -> pd.DataFrame:
@@ -212,6 +222,7 @@ def write_phantom_dataset(out: str | Path, n_images: int, size: int = 128, seed:
     else:
         written = [_write_one(job) for job in progress_bar(jobs, **bar)]
     frame = labels_frame(cohort, written)
+    atomic_write_text(out / "reports.csv", reports_frame(frame).to_csv(index=False))
     atomic_write_text(out / "labels.csv", frame.to_csv(index=False))
     save_samples_grid(out / "samples_grid.png", size=size, seed=seed, appearance=prevalence.appearance.to_appearance())
     atomic_write_json(out / "phantom.json", {
