@@ -111,6 +111,7 @@ def _candidate_weights_of_base(root) -> dict[str, torch.Tensor]:
     return load_file(root / "model.safetensors")
 
 
+@pytest.mark.slow  # several torchrun launches
 def test_a_killed_two_process_fine_tune_resumes_exactly_and_only_with_two(finetuned):
     root = finetuned
     resumed = root / "resumed"
@@ -182,6 +183,7 @@ INFERENCE = SETUP + textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # several torchrun launches
 def test_sharded_inference_is_bit_identical_to_one_process(shared_data, tmp_path):
     images = shared_data / "nih621" / "images"
     _launch(INFERENCE, tmp_path, tmp_path / "one", "-", images, processes=1)

@@ -55,6 +55,7 @@ def test_two_processes_train_one_generator_with_their_own_batches(two_process_ru
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow  # one more torchrun launch
 def test_resume_needs_the_same_number_of_processes(two_process_run, tmp_path):
     import shutil
 
