@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from cxr_audit.labeling.context import Labeler
-from cxr_audit.labeling.labels import _with_implied, label_reports
+from cxr_audit.labeling.context import with_implied
+from cxr_audit.labeling.labels import label_reports
 from cxr_audit.labeling.rules import load_rules
 
 DEV_SET = Path(__file__).resolve().parents[1] / "tests" / "data" / "report_sentences.tsv"
@@ -58,7 +59,7 @@ class KeywordBaseline:
                 before = re.findall(r"[a-z]+", lower[:match.start()])[-4:]
                 value = 0 if NEGATION_WORDS & set(before) else 1
                 labels[concept] = max(labels.get(concept, value), value)
-        return _with_implied(labels)
+        return with_implied(labels)
 
 
 def scores(rows, predictions: list[dict[str, int]]) -> dict[str, dict]:
@@ -132,8 +133,7 @@ def main() -> None:
     rules, rules_sha256 = load_rules()
     rows = read_dev_set()
     labeler, baseline = Labeler(rules), KeywordBaseline(rules.targets)
-    ours = scores(rows, [_with_implied({k: v for k, v in labeler.label(s).labels.items() if k != "No Finding"})
-                         for s, _ in rows])
+    ours = scores(rows, [{k: v for k, v in labeler.label(s).labels.items() if k != "No Finding"} for s, _ in rows])
     theirs = scores(rows, [baseline.label(s) for s, _ in rows])
     print(f"development set: {len(rows)} sentences ({DEV_SET.name}); rules {rules_sha256[:12]}")
     print(f"{'concept':<28}{'n':>5}  {'labeler macro F1':>17}  {'keyword baseline':>17}   labeler F1 by value")

@@ -38,7 +38,8 @@ class Concept:
     """One clinical finding.
 
     `group` lets the planner swap a concept for another of the same group (CARS's swap perturbation);
-    `lateral` says whether the finding is usually one-sided, so the edit region should be side-aware.
+    `lateral` says whether the finding is usually one-sided, so the edit region should be side-aware; a fine
+    concept (the meniscus of an effusion, an endotracheal tube) names its `parent` label, which it implies.
     """
 
     name: str
@@ -47,6 +48,7 @@ class Concept:
     lateral: bool = False
     aliases: tuple[str, ...] = ()
     description: str = ""
+    parent: str | None = None
 
 
 # CheXpert's 14 observations, then the NIH ChestX-ray14 findings CheXpert does not have.
@@ -77,9 +79,52 @@ CONCEPTS: tuple[Concept, ...] = (
     Concept("Fibrosis", "parenchymal", ("lung_fields",)),
     Concept("Pleural Thickening", "pleural", ("pleura",), lateral=True),
     Concept("Hernia", "other", ("diaphragm",), aliases=("Hiatal Hernia",)),
+    # Fine concepts: the signs and kinds a report names, each under the label it implies (CARS's two grains).
+    # Labels-only datasets have none; reports labelled by `label-reports` do.
+    Concept("Layering Effusion", "pleural", ("costophrenic_angles",), lateral=True, parent="Pleural Effusion",
+            aliases=("Meniscus Sign", "Layering Fluid", "Meniscus"), description="fluid layering with a meniscus"),
+    Concept("Blunted Costophrenic Angle", "pleural", ("costophrenic_angles",), lateral=True,
+            parent="Pleural Effusion", aliases=("Costophrenic Angle Blunting", "Blunted CP Angle")),
+    Concept("Loculated Effusion", "pleural", ("pleura",), lateral=True, parent="Pleural Effusion"),
+    Concept("Pleural Line", "pleural", ("apical_lateral_pleura",), lateral=True, parent="Pneumothorax",
+            aliases=("Visceral Pleural Line",), description="the visceral pleural line of a pneumothorax"),
+    Concept("Absent Lung Markings", "pleural", ("apical_lateral_pleura",), lateral=True, parent="Pneumothorax",
+            aliases=("Absent Vascular Markings",)),
+    Concept("Deep Sulcus Sign", "pleural", ("costophrenic_angles",), lateral=True, parent="Pneumothorax",
+            aliases=("Deep Sulcus",)),
+    Concept("Enlarged Cardiac Silhouette", "cardiac", ("cardiac_silhouette",), parent="Cardiomegaly",
+            aliases=("Enlarged Heart",)),
+    Concept("Kerley Lines", "parenchymal", ("lung_fields",), parent="Edema",
+            aliases=("Kerley B Lines", "Interstitial Markings", "Septal Lines")),
+    Concept("Vascular Congestion", "parenchymal", ("perihilar",), parent="Edema",
+            aliases=("Pulmonary Vascular Congestion", "Vascular Engorgement")),
+    Concept("Perihilar Haze", "parenchymal", ("perihilar",), parent="Edema", aliases=("Perihilar Haziness",)),
+    Concept("Air Bronchograms", "parenchymal", ("lung_fields",), lateral=True, parent="Consolidation",
+            aliases=("Air Bronchogram",)),
+    Concept("Lobar Consolidation", "parenchymal", ("lung_fields",), lateral=True, parent="Consolidation"),
+    Concept("Plate-like Atelectasis", "parenchymal", ("lung_fields",), lateral=True, parent="Atelectasis",
+            aliases=("Platelike Atelectasis", "Linear Atelectasis", "Discoid Atelectasis")),
+    Concept("Lobar Collapse", "parenchymal", ("lung_fields",), lateral=True, parent="Atelectasis",
+            aliases=("Lobar Atelectasis",)),
+    Concept("Calcified Granuloma", "parenchymal", ("lung_fields",), lateral=True, parent="Nodule",
+            aliases=("Granuloma",)),
+    Concept("Endotracheal Tube", "device", ("upper_chest",), parent="Support Devices",
+            aliases=("ETT", "ET Tube")),
+    Concept("Enteric Tube", "device", ("upper_chest", "mediastinum", "diaphragm"), parent="Support Devices",
+            aliases=("Nasogastric Tube", "NG Tube", "OG Tube", "Orogastric Tube", "Feeding Tube")),
+    Concept("Central Venous Catheter", "device", ("upper_chest", "mediastinum"), lateral=True,
+            parent="Support Devices", aliases=("CVC", "Central Line", "PICC", "PICC Line")),
+    Concept("Pacemaker", "device", ("chest_wall", "cardiac_silhouette"), lateral=True, parent="Support Devices",
+            aliases=("ICD", "Pacemaker Leads", "AICD", "Pacer")),
+    Concept("Chest Tube", "device", ("pleura",), lateral=True, parent="Support Devices",
+            aliases=("Pleural Drain", "Thoracostomy Tube")),
+    Concept("Sternotomy Wires", "device", ("mediastinum",), parent="Support Devices",
+            aliases=("Sternal Wires", "Median Sternotomy")),
 )
 
 CONCEPT_NAMES: tuple[str, ...] = tuple(c.name for c in CONCEPTS)
+LABELS: tuple[str, ...] = tuple(c.name for c in CONCEPTS if c.parent is None)   # the coarse grain
+FINE: tuple[str, ...] = tuple(c.name for c in CONCEPTS if c.parent is not None)   # the fine grain
 CHEXPERT_14: tuple[str, ...] = CONCEPT_NAMES[:14]
 NIH_14: tuple[str, ...] = (
     "Atelectasis", "Cardiomegaly", "Pleural Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -164,9 +209,12 @@ def default_rules() -> list[Rule]:
         Rule(NO_FINDING, "excludes", name, "default: No Finding excludes every finding")
         for name in CONCEPT_NAMES
         if name != NO_FINDING and name not in _COMPATIBLE_WITH_NO_FINDING
+        and _BY_NAME[name].parent not in _COMPATIBLE_WITH_NO_FINDING  # a device's kind is no pathology either
     ]
     for parent, children in HIERARCHY.items():
         rules += [Rule(child, "implies", parent, "default: CheXpert hierarchy") for child in children]
+    rules += [Rule(c.name, "implies", c.parent, "default: a fine concept implies its label") for c in CONCEPTS
+              if c.parent is not None]
     return rules
 
 

@@ -6,8 +6,9 @@ Per sentence: every mention of a concept (the rules' target phrases, longest mat
 governs the mentions after it (forward), before it (backward) or both, up to a termination cue ("but",
 "however", "which"), a ';' or the end of the sentence: "no pneumothorax, effusion or consolidation" negates
 all three, "no effusion but a small pneumothorax" only the effusion. A report's label for a concept is 1 when
-any mention is present, else -1 when any is uncertain, else 0 when negated (CheXpert's aggregation); No
-Finding is 1 when no finding other than Support Devices is present or uncertain. Every label keeps the
+any mention is present, else -1 when any is uncertain, else 0 when negated (CheXpert's aggregation); a fine
+concept gives its label too (a meniscus is an effusion); No Finding is 1 when no finding other than support
+devices is present or uncertain. Every label keeps the
 sentence, the matched span, the rule and the cue behind it (the evidence).
 """
 
@@ -15,13 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cxr_audit import concepts
 from cxr_audit.concepts import NO_FINDING
 from cxr_audit.labeling.rules import Rules
 from cxr_audit.labeling.sections import labelled_sections
 
 PRESENT, NEGATED, UNCERTAIN = 1, 0, -1
 _PRIORITY = {PRESENT: 3, UNCERTAIN: 2, NEGATED: 1}  # a report's label: the strongest of its mentions
-NOT_FINDINGS = {NO_FINDING, "Support Devices"}
+# The label each concept's mention also gives: a fine concept's parent, and CheXpert's observation for the
+# findings the vocabulary names more finely (a nodule or a mass is a lung lesion).
+IMPLIED = {"Nodule": "Lung Lesion", "Mass": "Lung Lesion",
+           **{c.name: c.parent for c in concepts.CONCEPTS if c.parent is not None}}
+# what does not count against No Finding (CheXpert): support devices, of any kind
+NOT_FINDINGS = {NO_FINDING, "Support Devices", *(c for c, parent in IMPLIED.items() if parent == "Support Devices")}
 
 
 @dataclass
@@ -61,7 +68,9 @@ class Labeler:
             for direction, phrases in by_direction.items():
                 if phrases:
                     self.cues.add(f"{kind}:{direction}", list(self.nlp.tokenizer.pipe(sorted(set(phrases)))))
-        self.historical_present = set(rules.historical_present)
+        # what a history cue leaves present: the rules' concepts and their kinds (a prior sternotomy's wires)
+        self.historical_present = set(rules.historical_present) | {
+            c for c, parent in IMPLIED.items() if parent in rules.historical_present}
 
     def label(self, text: str) -> ReportLabels:
         return next(self.label_many([text]))
@@ -142,11 +151,25 @@ class Labeler:
         return PRESENT, None, None
 
 
+def with_implied(labels: dict[str, int]) -> dict[str, int]:
+    """The labels with what each implies (up the chain: a calcified granuloma is a nodule is a lung lesion);
+    a parent takes the strongest of its own and its children's labels."""
+    out = dict(labels)
+    for concept in list(out):
+        value, parent = out[concept], IMPLIED.get(concept)
+        while parent is not None:
+            if parent not in out or _PRIORITY[value] > _PRIORITY[out[parent]]:
+                out[parent] = value
+            parent = IMPLIED.get(parent)
+    return out
+
+
 def _aggregate(mentions: list[Mention]) -> dict[str, int]:
     labels: dict[str, int] = {}
     for mention in mentions:
         if mention.concept not in labels or _PRIORITY[mention.value] > _PRIORITY[labels[mention.concept]]:
             labels[mention.concept] = mention.value
+    labels = with_implied(labels)
     if not any(value in (PRESENT, UNCERTAIN) for concept, value in labels.items() if concept not in NOT_FINDINGS):
         labels[NO_FINDING] = PRESENT
     return labels

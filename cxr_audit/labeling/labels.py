@@ -14,13 +14,11 @@ import numpy as np
 import pandas as pd
 
 from cxr_audit import concepts
-from cxr_audit.labeling.context import _PRIORITY, Labeler, ReportLabels
+from cxr_audit.labeling.context import IMPLIED, Labeler, ReportLabels
 from cxr_audit.labeling.rules import Rules
 from cxr_audit.labeling.sources import Reports
 
 LABELER_VERSION = "1.0"
-# CheXpert's observation for findings the vocabulary names more finely
-IMPLIED = {"Nodule": "Lung Lesion", "Mass": "Lung Lesion"}
 CHEXPERT_COLUMNS = sorted(["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
                            "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion",
                            "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices"])
@@ -61,14 +59,6 @@ def label_reports(reports: Reports, rules: Rules, processes: int | None = None,
     return _table(reports, results), _evidence(reports, results)
 
 
-def _with_implied(labels: dict[str, int]) -> dict[str, int]:
-    out = dict(labels)
-    for fine, parent in IMPLIED.items():
-        if fine in labels and (parent not in out or _PRIORITY[labels[fine]] > _PRIORITY[out[parent]]):
-            out[parent] = labels[fine]
-    return out
-
-
 def vocabulary() -> list[str]:
     """The labels table's concept columns: the vocabulary's canonical names, in its order."""
     return [c.name for c in concepts.CONCEPTS]
@@ -81,7 +71,7 @@ def _table(reports: Reports, results: list[ReportLabels]) -> pd.DataFrame:
     names = vocabulary()
     values = np.full((len(results), len(names)), np.nan)
     for row, result in enumerate(results):
-        for concept, value in _with_implied(result.labels).items():
+        for concept, value in result.labels.items():
             values[row, names.index(concept)] = value
     return pd.concat([table, pd.DataFrame(values, columns=names)], axis=1)
 
@@ -92,8 +82,17 @@ def _evidence(reports: Reports, results: list[ReportLabels]) -> list[dict]:
     for row, result in enumerate(results):
         key = {column: _plain(ids.iloc[row][column]) for column in ids.columns}
         for mention in result.mentions:
-            rows.append({**key, **asdict(mention), "span": list(mention.span)})
+            rows.append({**key, **asdict(mention), "span": list(mention.span), "gives": implied_by(mention.concept)})
     return rows
+
+
+def implied_by(concept: str) -> list[str]:
+    """The labels a mention of `concept` also gives (its parents, up the chain)."""
+    out, parent = [], IMPLIED.get(concept)
+    while parent is not None:
+        out.append(parent)
+        parent = IMPLIED.get(parent)
+    return out
 
 
 def _plain(value):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxr_audit.concepts import LABELS
 from cxr_audit.labeling.context import Labeler
 from cxr_audit.labeling.rules import load_rules
 
@@ -39,11 +40,34 @@ def labeler():
     ("The XXXX are normal. ___ tube terminates in the stomach; no pneumothorax.",
      {"Pneumothorax": 0}),
     ("Endotracheal tube terminates 4 cm above the carina.", {"Support Devices": 1}),
-    ("Left lower lobe nodule.", {"Nodule": 1}),
+    ("Left lower lobe nodule.", {"Nodule": 1, "Lung Lesion": 1}),
 ])
 def test_how_radiologists_write(labeler, text, expected):
-    labels = {k: v for k, v in labeler.label(text).labels.items() if k != "No Finding"}
+    labels = {k: v for k, v in labeler.label(text).labels.items() if k in LABELS and k != "No Finding"}
     assert labels == expected
+
+
+@pytest.mark.parametrize("text,fine,label", [
+    ("Meniscus sign at the left base.", "Layering Effusion", "Pleural Effusion"),
+    ("Blunting of the right costophrenic angle.", "Blunted Costophrenic Angle", "Pleural Effusion"),
+    ("A pleural line is seen at the right apex.", "Pleural Line", "Pneumothorax"),
+    ("Absent lung markings beyond the pleural line.", "Absent Lung Markings", "Pneumothorax"),
+    ("Kerley B lines at both bases.", "Kerley Lines", "Edema"),
+    ("Air bronchograms in the right upper lobe.", "Air Bronchograms", "Consolidation"),
+    ("Plate-like atelectasis at the left base.", "Plate-like Atelectasis", "Atelectasis"),
+    ("Calcified granuloma in the left upper lobe.", "Calcified Granuloma", "Lung Lesion"),
+    ("Endotracheal tube terminates 4 cm above the carina.", "Endotracheal Tube", "Support Devices"),
+    ("Right chest tube in place.", "Chest Tube", "Support Devices"),
+    ("Left-sided pacemaker with leads in the right ventricle.", "Pacemaker", "Support Devices"),
+])
+def test_fine_concepts_are_labelled_and_give_their_label(labeler, text, fine, label):
+    labels = labeler.label(text).labels
+    assert labels[fine] == 1 and labels[label] == 1
+
+
+def test_a_negated_device_kind_negates_the_device_label_and_leaves_no_finding(labeler):
+    labels = labeler.label("The endotracheal tube has been removed. Lungs are clear.").labels
+    assert labels["Endotracheal Tube"] == 0 and labels["Support Devices"] == 0 and labels["No Finding"] == 1
 
 
 def test_only_findings_and_impression_are_labelled_and_no_finding_follows_chexpert(labeler):
@@ -81,7 +105,7 @@ def test_the_phantom_s_reports_are_labelled_as_written_and_feed_an_audit(phantom
         read = {c: int(labelled[c]) for c in PHANTOM_FINDINGS if pd.notna(labelled[c])}
         assert read == stated, (row["Path"], read, stated)
     evidence = [json.loads(line) for line in (tmp_path / "labels" / "evidence.jsonl").read_text().splitlines()]
-    behind = {(e["Path"], e["concept"]) for e in evidence}
+    behind = {(e["Path"], label) for e in evidence for label in (e["concept"], *e["gives"])}
     assert all((row["Path"], c) in behind for _, row in labels.iterrows() for c in PHANTOM_FINDINGS if pd.notna(row[c]))
     record = json.loads((tmp_path / "labels" / "labeling.json").read_text())
     assert record["reports"] == len(truth) and len(record["rules_sha256"]) == 64
