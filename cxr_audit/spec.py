@@ -109,12 +109,21 @@ class Cell(_Strict):
     min_count: int = Field(ge=0)
     subgroup: Subgroup | None = None
     description: str = ""
+    swaps: list[tuple[ConceptName, ConceptName]] = Field(
+        default_factory=list, description="swaps the planner may use to reach the cell in one edit: [replaced, "
+        "put in its place], a none_of concept for an all_of one of the same group")
 
     @model_validator(mode="after")
     def _disjoint(self) -> "Cell":
         both = set(self.all_of) & set(self.none_of)
         if both:
             raise ValueError(f"{sorted(both)} cannot be in both all_of and none_of")
+        for old, new in self.swaps:
+            if old not in self.none_of or new not in self.all_of:
+                raise ValueError(f"swap [{old}, {new}]: a swap replaces a none_of concept by an all_of one")
+            if concepts.get(old).group != concepts.get(new).group:
+                raise ValueError(f"swap [{old}, {new}]: a swap stays within a group ({old} is "
+                                 f"{concepts.get(old).group}, {new} is {concepts.get(new).group})")
         return self
 
     @property

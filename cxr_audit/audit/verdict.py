@@ -6,8 +6,6 @@ It is advisory and uses fixed, documented thresholds; the deployment decision in
 
 from __future__ import annotations
 
-from cxr_audit.synthesis.operations import operation_kind
-
 MIN_AUROC_LOWER_BOUND = 0.70   # discrimination: the lower 95% CI bound of AUROC
 MAX_ECE = 0.10                 # calibration: expected calibration error
 MIN_PROBE_SHARE = 0.5          # the frozen model's score must follow an inserted concept on most edits
@@ -46,7 +44,7 @@ def audit_verdict(document) -> dict:
     for entry in (document.probe.by_concept.values() if document.probe else []):
         share = entry.share_expected_direction.value
         # an edit that should raise its concept's score (an insertion) and rarely does
-        if operation_kind(entry.op).expected_direction > 0 and share is not None and share < MIN_PROBE_SHARE:
+        if (entry.expected_direction or 0) > 0 and share is not None and share < MIN_PROBE_SHARE:
             concerns.append(f"probe: the model's {entry.concept} score rose on only {share:.0%} of "
                             f"{entry.pairs} edits that inserted it")
     comparison = document.comparisons.get("cars vs real_only")

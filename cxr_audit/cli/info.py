@@ -19,11 +19,11 @@ def concepts_command() -> None:
     from cxr_audit import concepts
 
     table = Table(title="Concepts")
-    for header in ("concept", "group", "regions", "lateral", "aliases"):
+    for header in ("concept", "label (of a fine concept)", "group", "regions", "lateral", "aliases"):
         table.add_column(header)
     for concept in concepts.CONCEPTS:
-        table.add_row(escape(concept.name), concept.group, ", ".join(concept.regions), "yes" if concept.lateral else "",
-                      escape(", ".join(concept.aliases)))
+        table.add_row(escape(concept.name), escape(concept.parent or ""), concept.group, ", ".join(concept.regions),
+                      "yes" if concept.lateral else "", escape(", ".join(concept.aliases)))
     console.print(table)
 
 

@@ -207,7 +207,8 @@ class ProbePair(Document):
     edit_id: str
     cell_id: str
     concept: str
-    op: str
+    op: str = Field(description="insert, delete, swap out (the concept a swap replaces), swap in (its replacement)")
+    expected_direction: int = Field(1, description="+1: the concept's score should rise; -1: fall")
     score_before: float
     score_after: float
     directional_change: float
@@ -218,6 +219,7 @@ class ProbePair(Document):
 class ProbeGroup(Document):
     concept: str | None = None
     op: str | None = None
+    expected_direction: int | None = Field(None, description="+1: the concept's score should rise; -1: fall")
     pairs: int
     mean_score_before: float
     mean_score_after: float

@@ -60,8 +60,10 @@ def probe(scores: ProbeScores, summary: SynthesisSummary, thresholds: dict[str, 
     rng = np.random.default_rng(seed)
     by_concept: dict[str, dict] = {}
     for key in sorted({(p["concept"], p["op"]) for p in targeted}):
-        by_concept[f"{key[1]} {key[0]}"] = {"concept": key[0], "op": key[1], **_summarise(
-            [p for p in targeted if (p["concept"], p["op"]) == key], replicates, rng)}
+        group = [p for p in targeted if (p["concept"], p["op"]) == key]
+        by_concept[f"{key[1]} {key[0]}"] = {"concept": key[0], "op": key[1],
+                                            "expected_direction": group[0]["expected_direction"],
+                                            **_summarise(group, replicates, rng)}
     by_cell = {cell: _summarise([p for p in targeted if p["cell_id"] == cell], replicates, rng)
                for cell in sorted({p["cell_id"] for p in targeted})}
     side_effects = _side_effects(side_pairs, "null edit" if null_after is not None else "source", replicates, rng)
@@ -78,7 +80,7 @@ def _side_effect_pairs(record: EditRecord, names: list[str], before: np.ndarray,
                        null_after: np.ndarray | None, against_null: bool) -> list[dict]:
     """For each concept the edit did not touch and whose label is known: its shift toward the wrong answer
     (up where absent, down where present), minus the null edit's shift when measured against it."""
-    touched = {o.concept for o in record.operations}
+    touched = {c for o in record.operations for c in o.concepts}
     found = []
     for j, other in enumerate(names):
         label = record.target_vector.get(other)
@@ -97,19 +99,21 @@ def _side_effect_pairs(record: EditRecord, names: list[str], before: np.ndarray,
 
 def _targeted_pairs(record: EditRecord, names: list[str], before: np.ndarray, after: np.ndarray,
                     thresholds: dict[str, float]) -> list[dict]:
-    """The pair's change on each concept it edits, signed so that the operation's expected direction is positive."""
-    edited = [o.concept for o in record.operations]
+    """The pair's change on each concept it edits (a swap: the one it replaces and the one it puts in), signed so
+    that the expected direction is positive."""
+    edited = [c for o in record.operations for c in o.concepts]
     others = [i for i, n in enumerate(names) if n not in edited]
     found = []
-    for operation in record.operations:
-        if operation.concept not in names:
+    for effect in (e for operation in record.operations for e in operation.effects):
+        if effect.concept not in names:
             continue
-        j = names.index(operation.concept)
-        sign = float(operation.kind.expected_direction)
-        threshold = thresholds.get(operation.concept, 0.5)
+        j = names.index(effect.concept)
+        sign = float(effect.expected_direction)
+        threshold = thresholds.get(effect.concept, 0.5)
         was, now = before[j] >= threshold, after[j] >= threshold
         found.append({
-            "edit_id": record.edit_id, "cell_id": record.cell_id, "concept": operation.concept, "op": operation.op,
+            "edit_id": record.edit_id, "cell_id": record.cell_id, "concept": effect.concept, "op": effect.name,
+            "expected_direction": effect.expected_direction,
             "score_before": float(before[j]), "score_after": float(after[j]),
             "directional_change": sign * float(after[j] - before[j]),
             "flipped": bool(now != was and now == (sign > 0)),

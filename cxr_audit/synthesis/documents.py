@@ -9,14 +9,20 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from cxr_audit.provenance import Document
-from cxr_audit.synthesis.operations import OperationKind, operation_kind
+from cxr_audit.synthesis.operations import Effect, OperationKind, operation_kind
 
-SYNTHESIS_SCHEMA_VERSION = "2.0"
+SYNTHESIS_SCHEMA_VERSION = "2.1"  # 2.1: the swap operation
 
 
 class Operation(Document):
-    op: Literal["insert", "delete"]
+    op: Literal["insert", "delete", "swap"]
     concept: str
+    to: str | None = Field(None, description="a swap: the concept put in the place of `concept` (same group)")
+
+    @model_validator(mode="after")
+    def _carried_out(self) -> "Operation":
+        self.kind.check(self)
+        return self
 
     @property
     def kind(self) -> OperationKind:
@@ -24,9 +30,18 @@ class Operation(Document):
         return operation_kind(self.op)
 
     @property
+    def effects(self) -> list[Effect]:
+        """Each concept the edit sets, its target value and the way its scores should move."""
+        return self.kind.effects(self)
+
+    @property
+    def concepts(self) -> list[str]:
+        return [effect.concept for effect in self.effects]
+
+    @property
     def label(self) -> str:
-        """How reports and records name the edit: 'insert Pleural Effusion'."""
-        return f"{self.op} {self.concept}"
+        """How reports and records name the edit: 'insert Pleural Effusion', 'swap Consolidation -> Atelectasis'."""
+        return f"{self.op} {self.concept}" + (f" -> {self.to}" if self.to else "")
 
 
 class QCScores(Document):

@@ -1,8 +1,9 @@
 """The edit planner: from coverage deficits to targeted perturbations of real training images.
 
 For each under-covered, clinically plausible cell, take training images whose concept vector is one edit
-away from the cell (insert a missing `all_of` finding, or delete a present `none_of` finding; two edits
-when no image is one away), and plan the edit that moves them into the cell. A target vector is kept only
+away from the cell (insert a missing `all_of` finding, or delete a present `none_of` finding; or, where the
+cell allows the swap, replace a present `none_of` finding by a missing `all_of` one of the same group in one
+edit; two edits when no image is one away), and plan the edit that moves them into the cell. A target vector is kept only
 when it passes the clinical rules and, unless the spec allows it, when its set of findings occurs in at
 least one real image. Rejections are recorded with the rule that rejected them.
 """
@@ -23,7 +24,7 @@ from cxr_audit.provenance import Document
 from cxr_audit.spec import Cell, CoverageSpec
 from cxr_audit.synthesis.documents import Operation
 
-PLAN_SCHEMA_VERSION = "2.0"
+PLAN_SCHEMA_VERSION = "2.1"  # 2.1: swap operations
 
 
 class PlannedEdit(Document):
@@ -71,11 +72,12 @@ class PlanDocument(Document):
 
 def derive_target(source: dict[str, float | None], operations: list[Operation],
                   rules: concepts.RuleSet) -> dict[str, float | None]:
-    """Apply insert/delete operations and keep the vector consistent: inserted findings set their parents
-    (CheXpert hierarchy), and No Finding is positive exactly when no pathology is (devices aside)."""
+    """Apply the operations and keep the vector consistent: inserted findings set their parents (CheXpert
+    hierarchy, fine concepts), and No Finding is positive exactly when no pathology is (devices aside)."""
     target = dict(source)
     for operation in operations:
-        target[operation.concept] = operation.kind.target_value
+        for effect in operation.effects:
+            target[effect.concept] = effect.target_value
     positives = {c for c, v in target.items() if v == 1.0}
     for parent in rules.implied_positives(positives) - positives:
         if parent in target:
@@ -120,6 +122,17 @@ def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[
             if c == concepts.NO_FINDING:
                 return None  # leaving "normal" needs some finding inserted: the cell does not say which
             operations.append(Operation(op="delete", concept=c))
+    return _with_swaps(operations, cell)
+
+
+def _with_swaps(operations: list[Operation], cell: Cell) -> list[Operation]:
+    """A deletion and an insertion that the cell allows as one swap (its `swaps`) become that swap."""
+    for old, new in cell.swaps:
+        deleted = next((o for o in operations if o.concept == old and o.effects[0].target_value == 0.0), None)
+        inserted = next((o for o in operations if o.concept == new and o.effects[0].target_value == 1.0), None)
+        if deleted is not None and inserted is not None:
+            operations = [o for o in operations if o is not deleted and o is not inserted]
+            operations.append(Operation(op="swap", concept=old, to=new))
     return operations
 
 
@@ -175,7 +188,7 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
                     reasons[reason] = reasons.get(reason, 0) + 1
                     continue
                 row = train.frame.iloc[i]
-                regions = sorted({r for op in operations for r in concepts.get(op.concept).regions})
+                regions = sorted({r for op in operations for c in op.concepts for r in concepts.get(c).regions})
                 plan.edits.append(PlannedEdit(
                     edit_id=f"E{next(edit_number):06d}", cell_id=cell.id, source_image_id=str(row["image_id"]),
                     source_path=str(row["path"]), patient_id=str(row["patient_id"]), operations=operations,

@@ -62,12 +62,11 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
     ssim = _ssim_outside(source, edited, outside)
     alignment, before, after = None, None, None
     if checker_before is not None and checker_after is not None:
-        scores = []
-        for operation in operations:
-            if operation.concept in checker_after:
-                p = checker_after[operation.concept]
-                cut = (checker_thresholds or {}).get(operation.concept, thresholds.min_alignment)
-                scores.append(operation.kind.checker_margin(p, cut))
+        scores = []  # every concept the edit sets, each way it should move (a swap: one down, one up)
+        for effect in (e for operation in operations for e in operation.effects):
+            if effect.concept in checker_after:
+                cut = (checker_thresholds or {}).get(effect.concept, thresholds.min_alignment)
+                scores.append(effect.checker_margin(checker_after[effect.concept], cut))
         if scores:
             alignment = float(min(scores))
             first = operations[0].concept

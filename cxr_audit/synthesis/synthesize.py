@@ -51,9 +51,9 @@ def _phantom_truth(row: pd.Series, operations: list[Operation], size: int) -> np
 
     study = study_of(row)
     for operation in operations:
-        if operation.concept not in phantom.PHANTOM_FINDINGS:
+        if any(c not in phantom.PHANTOM_FINDINGS for c in operation.concepts):
             return None
-        study = operation.kind.counterfactual(study, operation.concept)
+        study = operation.kind.counterfactual(study, operation)
     return phantom.render(study, size).image
 
 
@@ -130,9 +130,9 @@ def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, sourc
     rng = np.random.default_rng(planned.seed)
     hard = np.zeros((size, size), bool)
     soft = np.zeros((size, size), np.float32)
-    for operation in planned.operations:
-        side = operation.kind.side(operation.concept, finding_masks, rng)
-        h, s = edit_mask([operation.concept], anatomy, side=side)
+    for operation in planned.operations:  # a swap edits both concepts' regions, on the replaced finding's side
+        side = operation.kind.side(operation, finding_masks, rng)
+        h, s = edit_mask(operation.concepts, anatomy, side=side)
         hard |= h
         soft = np.maximum(soft, s)
     # The edit region is drawn the same way for a null edit (same seed, same side): only the target differs.
@@ -208,7 +208,7 @@ def _manifest_row(record: EditRecord, image: str, generator_sha256: str) -> dict
         "patient_id": f"synthetic-{record.patient_id}", "split": "train",
         "source_image_id": record.source_image_id, "source_sha256": record.source_sha256,
         "operation": "+".join(o.op for o in record.operations) or "null",
-        "concept": "+".join(o.concept for o in record.operations), "cell_id": record.cell_id,
+        "concept": "+".join(c for o in record.operations for c in o.concepts), "cell_id": record.cell_id,
         "target_vector": json.dumps(record.target_vector, sort_keys=True), "seed": record.seed,
         "generator_sha256": generator_sha256, "synthetic": 1,
         **{f"qc_{k}": v for k, v in record.qc.model_dump().items() if k not in ("reasons", "passed")},

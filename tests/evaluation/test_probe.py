@@ -34,13 +34,13 @@ def _write_pairs(folder, manifest, concept, op, n):
     return len(rows)
 
 
-def _save_pair(layout, edit_id, edited_study, row, op, concept, target_vector):
+def _save_pair(layout, edit_id, edited_study, row, op, concept, target_vector, to=None):
     """The edited image, and its source as the synthesize stage saves it (at the generator's size)."""
     layout.sources.mkdir(exist_ok=True)
     for study, path in ((edited_study, layout.image(edit_id)), (study_of(row), layout.source(edit_id))):
         Image.fromarray(np.round(phantom.render(study, 64).image * 255).astype(np.uint8)).save(path)
     record = EditRecord(edit_id=edit_id, cell_id="CELL", source_image_id=row["image_id"], patient_id="p",
-                        operations=[{"op": op, "concept": concept}], target_vector=target_vector, seed=0,
+                        operations=[{"op": op, "concept": concept, "to": to}], target_vector=target_vector, seed=0,
                         source_sha256="s", generator_sha256="truth", qc=QC, sex=None, age=None, view=None)
     layout.record(edit_id).write_text(record.model_dump_json())
 
@@ -134,3 +134,34 @@ def test_side_effects_are_measured_against_the_null_edits(phantom_dataset, phant
     assert raw.side_effects[key].baseline == "source"
     # a null edit identical to its source changes nothing: the netted shift is the raw one
     assert kept.side_effects[key].mean_harm.value == pytest.approx(raw.side_effects[key].mean_harm.value, abs=0.01)
+
+
+def test_a_swap_is_probed_both_ways(phantom_dataset, phantom_model, tmp_path):
+    """True swap counterfactuals (the effusion removed and a pneumothorax drawn in its place): the model's
+    effusion score should fall and its pneumothorax score rise, each judged in its own direction. This small
+    model sees effusions well and pneumothoraces poorly: the probe says the first follows the swap and the
+    second does not (the verdict then names it)."""
+    manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
+    layout = SynthesisLayout(tmp_path)
+    layout.images.mkdir(parents=True)
+    layout.records.mkdir()
+    frame = manifest.frame
+    rows = frame[(frame["Pleural Effusion"] == 1) & (frame["Pneumothorax"] == 0)].head(16)
+    names = list(phantom.PHANTOM_FINDINGS)
+    for k, (_, row) in enumerate(rows.iterrows()):
+        edited = phantom.counterfactual(phantom.counterfactual(study_of(row), remove="Pleural Effusion"),
+                                        add="Pneumothorax")
+        target = {n: float(row[n]) for n in names} | {"Pleural Effusion": 0.0, "Pneumothorax": 1.0}
+        _save_pair(layout, f"w{k:03d}", edited, row, "swap", "Pleural Effusion", target, to="Pneumothorax")
+    _save_summary(layout, len(rows))
+    document = probe_synthesis(load_model(phantom_model), layout, manifest, {}, replicates=200, progress=False)
+    out, into = document.by_concept["swap out Pleural Effusion"], document.by_concept["swap in Pneumothorax"]
+    assert out.pairs == into.pairs == len(rows) and document.pairs_scored == 2 * len(rows)
+    assert (out.expected_direction, into.expected_direction) == (-1, 1)
+    assert out.mean_score_after < out.mean_score_before and out.share_expected_direction.value >= 0.8
+    assert out.directional_change.ci[0] > 0  # signed so that the expected fall counts as positive
+    assert into.share_expected_direction.value < 0.5 and into.flip_rate.value == 0
+    from cxr_audit.audit.verdict import MIN_PROBE_SHARE
+    assert into.share_expected_direction.value < MIN_PROBE_SHARE <= out.share_expected_direction.value
+    # a swap touches both concepts: neither is counted as its side effect
+    assert not any(e.concept in ("Pleural Effusion", "Pneumothorax") for e in document.side_effects.values())

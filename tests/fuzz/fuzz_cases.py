@@ -176,6 +176,12 @@ SPEC_DAMAGES = {
     "binary": (bytes(range(256)).decode("latin-1"), "spec.yaml"),
     "concept without labels": ("version: 1\nconcepts: [Cardiomegaly, Edema]\n", "no labels"),
     "wrong version": ("version: 3\nconcepts: [Cardiomegaly]\n", "version"),
+    "a swap across groups": ("version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells:\n  - {id: A, all_of: [Effusion], "
+                             "none_of: [Cardiomegaly], min_count: 1, swaps: [[Cardiomegaly, Effusion]]}\n",
+                             "within a group"),
+    "a swap the wrong way": ("version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells:\n  - {id: A, all_of: [Effusion], "
+                             "none_of: [Cardiomegaly], min_count: 1, swaps: [[Effusion, Cardiomegaly]]}\n",
+                             "none_of concept by an all_of one"),
 }
 
 

@@ -120,3 +120,74 @@ def test_reaching_no_finding_deletes_the_findings_present(tmp_path):
         assert all(op.op == "delete" for op in edit.operations)
         assert edit.target_vector["No Finding"] == 1 and edit.target_vector["Cardiomegaly"] == 0
     assert [len(e.operations) for e in plan.edits] == [1]  # one-edit source first; b needs two
+
+
+SWAP_ROWS = [  # image, patient, split, NF, Cardio, Effusion, PTX, Edema
+    "s1.png,p1,train,0,0,1,0,0", "s2.png,p2,train,0,0,1,0,0", "s3.png,p3,train,0,0,1,0,0",  # effusion: swap
+    "n1.png,p4,train,1,0,0,0,0",                                                          # normal: insert
+    "x1.png,p5,train,0,0,0,1,0", "t1.png,p6,test,0,0,1,0,0",
+]
+SWAP_SPEC = """\
+    version: 1
+    concepts: [No Finding, Cardiomegaly, Effusion, Pneumothorax, Edema]
+    synthesis: {allow_unseen_combinations: true}
+    cells:
+      - {id: PTX, all_of: [Pneumothorax], none_of: [Effusion], min_count: 6, swaps: [[Effusion, Pneumothorax]]}
+"""
+
+
+def test_a_swap_reaches_a_cell_in_one_edit_where_insert_and_delete_need_two(tmp_path):
+    """Images with an effusion are two edits from 'pneumothorax without effusion' (delete, insert) but one
+    swap away, which the cell allows: they join the one-edit sources, each planned as a single swap of both
+    regions, and the target vector has the effusion out and the pneumothorax in."""
+    plan = plan_for(tmp_path, SWAP_ROWS, SWAP_SPEC)
+    cell = plan.cells[0]
+    assert cell.candidates_one_edit == 4 and cell.candidates_two_edits == 0  # 3 swaps + 1 insertion
+    swaps = [e for e in plan.edits if e.operations[0].op == "swap"]
+    assert len(swaps) == 3 and "t1.png" not in {e.source_image_id for e in swaps}
+    for edit in swaps:
+        (operation,) = edit.operations
+        assert (operation.concept, operation.to) == ("Pleural Effusion", "Pneumothorax")
+        assert operation.label == "swap Pleural Effusion -> Pneumothorax"
+        assert [(e.concept, e.target_value, e.expected_direction) for e in operation.effects] == [
+            ("Pleural Effusion", 0.0, -1), ("Pneumothorax", 1.0, 1)]
+        assert edit.target_vector["Pleural Effusion"] == 0 and edit.target_vector["Pneumothorax"] == 1
+        assert set(edit.regions) == {"costophrenic_angles", "apical_lateral_pleura"}
+    # without the cell's permission the same images are two edits away
+    (tmp_path / "plain").mkdir()
+    plain = plan_for(tmp_path / "plain", SWAP_ROWS, SWAP_SPEC.replace(", swaps: [[Effusion, Pneumothorax]]", ""))
+    assert plain.cells[0].candidates_one_edit == 1 and plain.cells[0].candidates_two_edits == 3
+
+
+@pytest.mark.parametrize("swap,why", [
+    ("[[Cardiomegaly, Pneumothorax]]", "within a group"),
+    ("[[Pneumothorax, Effusion]]", "none_of concept by an all_of one"),
+])
+def test_a_swap_the_cell_cannot_use_is_refused(tmp_path, swap, why):
+    from cxr_audit.errors import UserInputError
+
+    text = SWAP_SPEC.replace("none_of: [Effusion]", "none_of: [Effusion, Cardiomegaly]").replace(
+        "[[Effusion, Pneumothorax]]", swap)
+    with pytest.raises(UserInputError, match=why):
+        spec_file(tmp_path, text)
+
+
+def test_a_swap_operation_names_two_concepts_of_one_group():
+    with pytest.raises(ValueError, match="within a group"):
+        Operation(op="swap", concept="Cardiomegaly", to="Pneumothorax")
+    with pytest.raises(ValueError, match="'to'"):
+        Operation(op="swap", concept="Pleural Effusion")
+    with pytest.raises(ValueError, match="for a swap"):
+        Operation(op="insert", concept="Pleural Effusion", to="Pneumothorax")
+
+
+def test_the_plan_schema_shows_the_swap_operation(run_cli):
+    import json
+
+    from cxr_audit.synthesis.planner import PLAN_SCHEMA_VERSION
+
+    result = run_cli("schema", "plan")
+    schema = json.loads(result.output)
+    operation = schema["$defs"]["Operation"]
+    assert "swap" in operation["properties"]["op"]["enum"] and "to" in operation["properties"]
+    assert PLAN_SCHEMA_VERSION == "2.1"

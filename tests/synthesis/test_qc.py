@@ -31,3 +31,22 @@ def test_a_deletion_must_fall_below_the_checkers_call():
     assert _score("delete", 0.15, {"Pleural Effusion": 0.2}).passed
     # anatomy outside the region is untouched, so nothing else rejects these edits
     assert _score("delete", 0.15, {"Pleural Effusion": 0.2}).outside_mae == 0.0
+
+
+def test_a_swap_is_checked_both_ways():
+    """A swap passes only when the checker calls the replaced concept absent and its replacement present; the
+    alignment is the weaker of the two margins."""
+    edited = SOURCE.copy()
+    edited[REGION] = np.clip(edited[REGION] * 0.9 + 0.05, 0, 1)
+    swap = [Operation(op="swap", concept="Pleural Effusion", to="Pneumothorax")]
+    cuts = {"Pleural Effusion": 0.4, "Pneumothorax": 0.3}
+
+    def score(effusion: float, pneumothorax: float):
+        return score_edit(SOURCE, edited, REGION, REGION.astype(np.float32), swap,
+                          {"Pleural Effusion": 0.9, "Pneumothorax": 0.1},
+                          {"Pleural Effusion": effusion, "Pneumothorax": pneumothorax}, checker_thresholds=cuts)
+
+    both = score(0.1, 0.8)
+    assert both.passed and abs(both.alignment - min(0.4 - 0.1, 0.8 - 0.3)) < 1e-9
+    assert not score(0.6, 0.8).passed  # the effusion is still there
+    assert not score(0.1, 0.2).passed  # no pneumothorax in its place

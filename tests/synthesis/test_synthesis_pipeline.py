@@ -142,3 +142,51 @@ def test_dicom_sources_give_dicom_edits_without_source_phi(tiny_generator, tmp_p
             assert value.encode() not in raw
         assert not any(name.encode() in raw for name in map(str, MADE_UP_NAMES))
         assert ds.pixel_array.shape == (64, 64)
+
+
+def test_swap_edits_are_synthesized_over_both_regions_and_scored_against_the_phantom_truth(
+        tiny_generator, phantom_dataset, phantom_model, tmp_path):
+    """A planned swap (effusion out, pneumothorax in) is carried out in one edit: its region covers both
+    findings' regions, QC reads the checker both ways, and the phantom's exact counterfactual (the effusion
+    removed and a pneumothorax drawn) is the ground truth it is scored against."""
+    import numpy as np
+
+    from cxr_audit.anatomy.masks import image_mask_folder, load_mask_folder
+    from cxr_audit.anatomy.regions import edit_mask
+    from cxr_audit.data import phantom
+    from cxr_audit.data.phantom.dataset import study_of
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.synthesis.planner import PlannedEdit
+    from cxr_audit.synthesis.synthesize import _phantom_truth
+
+    manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
+    frame = manifest.frame
+    rows = frame[(frame["Pleural Effusion"] == 1) & (frame["Pneumothorax"] == 0) & (frame["split"] == "train")].head(4)
+    names = list(phantom.PHANTOM_FINDINGS)
+    swap = {"op": "swap", "concept": "Pleural Effusion", "to": "Pneumothorax"}
+    edits = [PlannedEdit(edit_id=f"S{k}", cell_id="PTX", source_image_id=row["image_id"], source_path=row["path"],
+                         patient_id=row["patient_id"], operations=[swap],
+                         source_vector={n: float(row[n]) for n in names},
+                         target_vector={n: float(row[n]) for n in names} | {"Pleural Effusion": 0.0, "Pneumothorax": 1.0},
+                         regions=["costophrenic_angles", "apical_lateral_pleura"], seed=k)
+             for k, (_, row) in enumerate(rows.iterrows())]
+    out = SynthesisLayout(tmp_path / "synthetic")
+    summary = synthesize_into(out, PlanDocument(edits=edits), manifest, load_backend(tiny_generator),
+                              load_model(phantom_model), SynthesisOptions(settings=EditSettings(steps=4, strength=0.5),
+                                                                          progress=False, batch_size=4))
+    assert summary.planned == 4 and summary.mean_ground_truth_mae is not None
+    for edit, (_, row) in zip(edits, rows.iterrows()):
+        record = json.loads(out.record(edit.edit_id).read_text())
+        assert record["operations"] == [swap] and record["qc"]["ground_truth_mae"] is not None
+        assert record["qc"]["alignment"] is not None  # the checker read both ways (the weaker margin kept)
+        # the truth: the same patient with the effusion removed and a pneumothorax drawn
+        truth = _phantom_truth(row, edits[0].operations, 64)
+        drawn = phantom.render(phantom.counterfactual(phantom.counterfactual(study_of(row), remove="Pleural Effusion"),
+                                                      add="Pneumothorax"), 64).image
+        assert np.array_equal(truth, drawn)
+        # the region holds both findings' regions
+        region = load_image(out.mask(edit.edit_id)) > 0.5
+        anatomy = load_mask_folder(image_mask_folder(manifest, row["path"]), 64)
+        pleural_space, _ = edit_mask(["Pleural Effusion"], anatomy, side="both")
+        apex, _ = edit_mask(["Pneumothorax"], anatomy, side="both")
+        assert (region & pleural_space).any() and (region & apex).any()
