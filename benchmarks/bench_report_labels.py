@@ -117,12 +117,15 @@ def _print_phantom(labeler: Labeler, baseline: KeywordBaseline, n: int) -> None:
     ours = scores(rows, [{k: v for k, v in labeler.label(t).labels.items() if k != "No Finding"} for t, _ in rows])
     theirs = scores(rows, [baseline.label(t) for t, _ in rows])
     print(f"\nphantom reports: {len(rows)} (labels as each report's text states them)")
+    _print_table(ours, theirs)
+
+
+def _print_table(ours: dict, theirs: dict) -> None:
     print(f"{'concept':<28}{'n':>5}  {'labeler macro F1':>17}  {'keyword baseline':>17}   labeler F1 by value")
     for concept, entry in sorted(ours.items(), key=lambda item: -item[1]["support"]):
         by_value = ", ".join(f"{name} {v['f1']:.2f} ({v['support']})" for name, v in entry["values"].items())
         print(f"{concept:<28}{entry['support']:>5}  {entry['macro_f1']:>17.3f}  {theirs[concept]['macro_f1']:>17.3f}"
               f"   {by_value}")
-    print()
 
 
 def main() -> None:
@@ -136,11 +139,7 @@ def main() -> None:
     ours = scores(rows, [{k: v for k, v in labeler.label(s).labels.items() if k != "No Finding"} for s, _ in rows])
     theirs = scores(rows, [baseline.label(s) for s, _ in rows])
     print(f"development set: {len(rows)} sentences ({DEV_SET.name}); rules {rules_sha256[:12]}")
-    print(f"{'concept':<28}{'n':>5}  {'labeler macro F1':>17}  {'keyword baseline':>17}   labeler F1 by value")
-    for concept, entry in sorted(ours.items(), key=lambda item: -item[1]["support"]):
-        by_value = ", ".join(f"{name} {v['f1']:.2f} ({v['support']})" for name, v in entry["values"].items())
-        print(f"{concept:<28}{entry['support']:>5}  {entry['macro_f1']:>17.3f}  {theirs[concept]['macro_f1']:>17.3f}"
-              f"   {by_value}")
+    _print_table(ours, theirs)
     weighted = lambda table: sum(e["macro_f1"] * e["support"] for e in table.values()) / sum(  # noqa: E731
         e["support"] for e in table.values())
     print(f"{'mean over concepts':<33}{np.mean([e['macro_f1'] for e in ours.values()]):>17.3f}  "

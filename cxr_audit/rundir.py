@@ -156,6 +156,16 @@ class RunDir:
         return self.inputs / "dataset" / "labels.csv"
 
     @property
+    def made_reports(self) -> Path:
+        """The reports of the dataset the run made (the phantom writes one per study)."""
+        return self.made_dataset.with_name("reports.csv")
+
+    @property
+    def made_report_labels(self) -> Path:
+        """Labels the run made from those reports (`demo --labels-from-reports`)."""
+        return self.inputs / "report_labels" / "labels.csv"
+
+    @property
     def made_model(self) -> Path:
         """A deployed model the run made for itself (the demo's), with its card beside it."""
         return self.inputs / "model" / "deployed_model.safetensors"

@@ -207,13 +207,18 @@ def demo_command(
     rebuild_generator: Annotated[bool, typer.Option("--rebuild-generator", help="Retrain the shipped demo "
                                                     "generator (minutes on CPU) instead of using it.")] = False,
     minutes: Annotated[float, typer.Option("--generator-minutes", help="Time budget for --rebuild-generator.")] = 12.0,
+    labels_from_reports: Annotated[bool, typer.Option("--labels-from-reports", help="Derive the concept vectors from "
+                                                      "the phantom's radiology reports (label-reports) instead of its "
+                                                      "known findings (default --out: reports/demo-from-reports).")] = False,
     force: ForceOption = False,
 ) -> None:
     """The full audit on the embedded phantom: dataset with a rare cell, a small deployed classifier, the
     shipped generator, every stage, and report.pdf."""
     from cxr_audit.stages.demo import demo_context, rebuild_demo_generator
 
-    ctx = demo_context(out, force, check_generator=not rebuild_generator)
+    if labels_from_reports and out == Path("reports/demo"):
+        out = Path("reports/demo-from-reports")  # another dataset: never the labels-run's folder
+    ctx = demo_context(out, force, check_generator=not rebuild_generator, labels_from_reports=labels_from_reports)
     if rebuild_generator:
         rebuild_demo_generator(ctx, minutes)
     run_audit(ctx, force)

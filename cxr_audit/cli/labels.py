@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +25,9 @@ def label_reports_command(
                                                "rules (cxr_audit/labeling/rules.yaml).")] = None,
     processes: Annotated[int | None, typer.Option("--processes", min=1, help="Worker processes (default: every "
                                                   "core).")] = None,
+    image_suffix: Annotated[str | None, typer.Option("--image-suffix", help="A folder of .txt reports that mirrors "
+                                                     "the images' folders: each image path is the report's path "
+                                                     "with this suffix (e.g. .png), so labels.csv is a dataset.")] = None,
     force: ForceOption = False,
 ) -> None:
     """Label radiology reports: the findings and impression sections are read, each concept mention is found
@@ -33,35 +35,18 @@ def label_reports_command(
     every label keeps its evidence (sentence, span, rule, cue). labels.csv has the id column(s), then one column
     per concept: 1, 0, -1 or blank; a CSV with an image path column gives a file `--format csv` reads, the
     MIMIC layout also gives mimic-cxr-2.0.0-chexpert.csv."""
-    import spacy
+    from cxr_audit.stages.report_labels import OUTPUTS, label_reports_into
 
-    from cxr_audit.labeling.labels import LABELER_VERSION, label_reports, mimic_chexpert
-    from cxr_audit.labeling.rules import load_rules
-    from cxr_audit.labeling.sources import read_reports
-    from cxr_audit.provenance import atomic_write_json, atomic_write_text
-
-    written = {name: out / name for name in ("labels.csv", "evidence.jsonl", "labeling.json",
-                                             "mimic-cxr-2.0.0-chexpert.csv")}
+    written = {name: out / name for name in OUTPUTS}
     _check_out(out, reports, rules, written, force)
-    loaded_rules, rules_sha256 = load_rules(rules)
     columns = [c.strip() for c in text_columns.split(",") if c.strip()] if text_columns else None
-    source = read_reports(reports, id_column, columns)
-    table, evidence = label_reports(source, loaded_rules, processes)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(written["evidence.jsonl"], "".join(json.dumps(row) + "\n" for row in evidence))
-    if source.kind == "mimic":
-        atomic_write_text(written["mimic-cxr-2.0.0-chexpert.csv"], mimic_chexpert(table).to_csv(index=False))
-    counts = {c: {"present": int((table[c] == 1).sum()), "negated": int((table[c] == 0).sum()),
-                  "uncertain": int((table[c] == -1).sum())} for c in table.columns[len(source.ids.columns):]
-              if c in loaded_rules.targets or c == "No Finding" or c == "Lung Lesion"}
-    atomic_write_json(written["labeling.json"], {
-        "labeler_version": LABELER_VERSION, "rules_sha256": rules_sha256, "spacy": spacy.__version__,
-        "source": str(reports), "layout": source.kind, "reports": len(source.texts), "evidence_rows": len(evidence),
-        "sections_labelled": ["findings", "impression"], "counts": counts})
-    atomic_write_text(written["labels.csv"], table.to_csv(index=False))  # last: a labels file means it finished
-    console.print(f"Labelled {len(source.texts):,} reports ({source.kind}); {len(evidence):,} mentions as evidence.",
-                  markup=False)
-    if source.kind == "csv" and source.paths is None:
+    if image_suffix is not None and (Path(reports).is_file() or not image_suffix.startswith(".")):
+        raise UserInputError(f"--image-suffix {image_suffix!r}: for a folder of .txt reports, a file suffix such as "
+                             "'.png' (a CSV names its images in a column).")
+    record = label_reports_into(out, reports, rules, id_column, columns, processes, image_suffix=image_suffix)
+    console.print(f"Labelled {record['reports']:,} reports ({record['layout']}); {record['evidence_rows']:,} mentions "
+                  "as evidence.", markup=False)
+    if record["layout"] == "csv" and not record["has_image_paths"]:
         note("the reports file has no image path column: labels.csv has the report ids; join it to your images "
              "before `--format csv` reads it")
     console.print(f"Wrote {written['labels.csv']}, {written['evidence.jsonl']} and {written['labeling.json']}",

@@ -172,6 +172,10 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
         known, score, in_cell = target
         if data.frame is not None:
             known &= cell.subgroup_mask(data.frame)
+        if not known.any():
+            cells_out[cell.id] = CellMetrics(evaluated=False, reason="no test image in the cell's subgroup with "
+                                             "every concept of the cell labelled")
+            continue
         threshold = cell_threshold(cell, data.thresholds)
         replicated = _replicate_metrics(score[known], in_cell[known], weights[:, known], threshold, None)
         replicates[f"cell:{cell.id}"] = replicated

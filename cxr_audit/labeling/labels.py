@@ -100,5 +100,7 @@ def _plain(value):
 
 
 def mimic_chexpert(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as mimic-cxr-2.0.0-chexpert.csv: subject_id, study_id, the 14 observations alphabetically."""
-    return table[["subject_id", "study_id", *CHEXPERT_COLUMNS]]
+    """The table as mimic-cxr-2.0.0-chexpert.csv: subject_id, study_id, the 14 observations alphabetically (the
+    official file's columns), then the vocabulary's other concepts (NIH's findings, the fine concepts)."""
+    more = [c for c in vocabulary() if c not in CHEXPERT_COLUMNS]
+    return table[["subject_id", "study_id", *CHEXPERT_COLUMNS, *more]]

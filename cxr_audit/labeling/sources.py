@@ -32,7 +32,10 @@ class Reports:
     kept: pd.DataFrame | None = None  # a CSV's other columns (patient, split, sex, age, view...), kept as they are
 
 
-def read_reports(source: Path, id_column: str | None = None, text_columns: list[str] | None = None) -> Reports:
+def read_reports(source: Path, id_column: str | None = None, text_columns: list[str] | None = None,
+                 image_suffix: str | None = None) -> Reports:
+    """The reports at `source`. A folder of .txt files may mirror the images' folders: each report's id is its
+    path without the suffix, and with `image_suffix` (e.g. '.png') its image path is that id plus the suffix."""
     source = Path(source)
     if not source.exists():
         raise UserInputError(f"Reports {source} do not exist. Check --reports.")
@@ -40,7 +43,7 @@ def read_reports(source: Path, id_column: str | None = None, text_columns: list[
         files = source / "files" if (source / "files").is_dir() else source
         if any(files.glob("p[0-9][0-9]/p*/s*.txt")):
             return _mimic(source, files)
-        return _folder(source)
+        return _folder(source, image_suffix)
     return _csv(source, id_column, text_columns)
 
 
@@ -52,13 +55,15 @@ def _text(path: Path) -> str:
                              "latin1 -t utf-8`) and run again.") from None
 
 
-def _folder(folder: Path) -> Reports:
-    files = sorted(folder.glob("*.txt"))
+def _folder(folder: Path, image_suffix: str | None) -> Reports:
+    files = sorted(folder.rglob("*.txt"))
     if not files:
         raise UserInputError(f"{folder} holds no .txt report (a folder of reports, one file each, id = file "
                              "name; or the MIMIC-CXR layout files/pNN/pNNNNNNNN/sNNNNNNNN.txt).")
-    return _checked(Reports(folder, "folder", pd.DataFrame({"report_id": [f.stem for f in files]}),
-                            [_text(f) for f in files], [str(f) for f in files]))
+    ids = [f.relative_to(folder).with_suffix("").as_posix() for f in files]
+    paths = pd.Series([i + image_suffix for i in ids], name="path") if image_suffix else None
+    return _checked(Reports(folder, "folder", pd.DataFrame({"report_id": ids}), [_text(f) for f in files],
+                            [str(f) for f in files], paths, paths.to_frame() if paths is not None else None))
 
 
 def _mimic(source: Path, files: Path) -> Reports:

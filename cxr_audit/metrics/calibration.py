@@ -55,6 +55,8 @@ def calibration_errors(scores: np.ndarray, labels: np.ndarray, weights: np.ndarr
         else:  # Nixon et al.'s ACE: the plain mean over non-empty equal-mass bins
             out["ace"] = gap.sum(axis=1) / np.maximum((count > 0).sum(axis=1), 1)
     out["brier"] = (weights * (scores - labels) ** 2).sum(axis=1) / total
+    for name in ("mce", "ace"):  # a replicate (or a target) with no image has no calibration either
+        out[name] = np.where(total > 0, out[name], np.nan)
     return out
 
 

@@ -29,6 +29,8 @@ def _sorted_cumulative(scores: np.ndarray, labels: np.ndarray, weights: np.ndarr
 def weighted_auroc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """AUROC for each row of `weights` (B, N); NaN where a replicate has no positives or no negatives."""
     weights = np.ones((1, scores.size)) if weights is None else np.atleast_2d(weights)
+    if scores.size == 0:  # no image: no ranking
+        return np.full(len(weights), np.nan)
     tps, fps = _sorted_cumulative(scores, labels.astype(float), weights)
     p, n = tps[:, -1:], fps[:, -1:]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -44,6 +46,8 @@ def weighted_average_precision(scores: np.ndarray, labels: np.ndarray,
     """Average precision, sum over thresholds of (R_k - R_{k-1}) * P_k (scikit-learn's definition, no
     interpolation); NaN where a replicate has no positives."""
     weights = np.ones((1, scores.size)) if weights is None else np.atleast_2d(weights)
+    if scores.size == 0:  # no image: no positive
+        return np.full(len(weights), np.nan)
     tps, fps = _sorted_cumulative(scores, labels.astype(float), weights)
     p = tps[:, -1:]
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -90,6 +90,12 @@ class AssembleStage:
             "data": {"path": run.relative(ctx.path("data")), "sha256": ctx.data_sha256, "format": ctx.manifest.format},
             "spec": {"path": run.relative(ctx.path("spec")), "sha256": ctx.spec_sha256},
         }
+        labeling = ctx.path("data").with_name("labeling.json")  # labels made from report text by label-reports
+        if ctx.path("data").is_file() and labeling.is_file():
+            record = read_json(labeling, "")
+            inputs["report_labels"] = {"path": run.relative(labeling), "sha256": sha256_file(labeling),
+                                       "format": f"label-reports {record.get('labeler_version')}, rules sha256 "
+                                                 f"{record.get('rules_sha256')}, {record.get('reports')} reports"}
         if ctx.synthesis_modes:
             inputs["generator"] = {"path": run.relative(generator_folder(ctx)),
                                    "sha256": backend_sha256(generator_folder(ctx)), "trained_in_run": config.generator is None}

@@ -59,7 +59,7 @@ DEMO_SCENARIO = Prevalence(
 # The cells the scenario plants (the method validation measures these).
 DEMO_TARGET_CELLS = ["PHANTOM-COV-001", "PHANTOM-COV-006", "PHANTOM-COV-007"]
 # The concepts the demo's plan edits (a test checks this against the plan): most training regions go to them.
-DEMO_FOCUS = ["Cardiomegaly", "Pleural Effusion", "Support Devices"]
+DEMO_FOCUS = ["Cardiomegaly", "Pleural Effusion", "Support Devices", "Pneumothorax"]
 DEMO_CLASSIFIER = {"max_epochs": 40, "patience": 4, "width": 8, "lr": 2e-3}
 DEMO_INTENDED_USE = ("Demonstration on the procedural phantom: the small classifier stands in for a deployed chest "
                      "X-ray triage model that flags eight findings on frontal radiographs.")
@@ -117,20 +117,27 @@ class DeployedModelStage:
 
 
 def demo_context(out: Path, force: bool = False, images: int = DEMO_IMAGES, progress: bool = True,
-                 log=None, check_generator: bool = True, seed: int = DEMO_SEED, **changes) -> RunContext:
+                 log=None, check_generator: bool = True, seed: int = DEMO_SEED, labels_from_reports: bool = False,
+                 **changes) -> RunContext:
     """The demo run at `out` with its inputs made (or reused): ready for the audit's stages. `seed` draws the
-    data, the deployed model and the run (the method benchmark repeats the demo over seeds); `changes`
-    override configuration values (tests use smaller budgets)."""
+    data, the deployed model and the run (the method benchmark repeats the demo over seeds); with
+    `labels_from_reports` the concept vectors come from the phantom's reports (`label-reports`), not from its
+    known findings; `changes` override configuration values (tests use smaller budgets)."""
     from cxr_audit.stages.pipeline import open_run
+    from cxr_audit.stages.report_labels import ReportLabelsStage
 
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     run = RunDir(out)
     finetune = FinetuneConfig(steps=300, batch_size=32, lr=5e-4, eval_every=50, patience=4)
-    given = {"data": run.made_dataset, "format": "chexpert", "spec": DEMO_SPEC, "models": [run.made_model],
+    data = ({"data": run.made_report_labels, "format": "csv", "root": run.made_dataset.parent} if labels_from_reports
+            else {"data": run.made_dataset, "format": "chexpert"})
+    given = {**data, "spec": DEMO_SPEC, "models": [run.made_model],
              "generator": SHIPPED_GENERATOR, "finetune": {k: v for k, v in finetune.__dict__.items() if k != "seed"},
              "bootstrap": 1000, "mc_samples": 10, "seed": seed, "intended_use": DEMO_INTENDED_USE, **changes}
     ctx = open_run(run, given, force, progress=progress, log=log or print)
     run_stage(run, PhantomStage(run, images, seed), force, ctx.log)
+    if labels_from_reports:
+        run_stage(run, ReportLabelsStage(run), force, ctx.log)
     if check_generator:
         _check_shipped_generator(ctx)
     run_stage(run, DeployedModelStage(ctx, seed), force, ctx.log)
@@ -144,7 +151,8 @@ def _check_shipped_generator(ctx: RunContext) -> None:
     if not card_path.exists():
         raise UserInputError(f"The demo generator is missing ({card_path}). Rebuild it with "
                              "`cxr-audit demo --rebuild-generator`.")
-    if json.loads(card_path.read_text())["training_data_sha256"] != ctx.data_sha256:
+    # the generator was trained on the phantom's images and known findings (also under labels from reports)
+    if json.loads(card_path.read_text())["training_data_sha256"] != sha256_file(ctx.run.made_dataset):
         raise UserInputError(f"The shipped demo generator was trained on other data than {ctx.path('data')} (the "
                              "phantom renderer or the demo settings changed). Rebuild it: `cxr-audit demo "
                              "--rebuild-generator`.")

@@ -164,3 +164,17 @@ def test_spec_concepts_the_model_does_not_output_are_noted_with_their_cells(tmp_
     assert "Pleural Effusion" in note and "HF" in note
     assert "does not output" in " ".join(result.output.split())
     assert not metrics["cells"]["HF"]["evaluated"]
+
+
+def test_a_cell_whose_subgroup_has_no_test_image_is_not_evaluated_and_says_why(tmp_path):
+    """Labels without sex or age (as labels made from report text often are) and a cell for women 60-80: no
+    test image is in its subgroup, so the cell is not evaluated (with the reason), never a crash."""
+    labels = "path,patient_id,view,Cardiomegaly,Pleural Effusion\n" + "".join(
+        f"i{k}.png,p{k},PA,{k % 2},{k % 3 == 0:d}\n" for k in range(30))
+    scores = "path,prob_Cardiomegaly,prob_Effusion\n" + "".join(
+        f"i{k}.png,{0.3 + 0.01 * k:.2f},{0.2 + 0.01 * k:.2f}\n" for k in range(30))
+    spec = ("version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells:\n  - {id: HF-F, all_of: [Cardiomegaly, "
+            "Effusion], min_count: 5, subgroup: {sex: F, age: [60, 80]}}\n")
+    _, metrics = _evaluate_predictions(tmp_path, labels, scores, spec)
+    cell = metrics["cells"]["HF-F"]
+    assert not cell["evaluated"] and "no test image in the cell's subgroup" in cell["reason"]

@@ -4,6 +4,7 @@ sections), and `label-reports` on a CSV, a folder of .txt files and the MIMIC-CX
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -163,3 +164,65 @@ def test_a_folder_of_text_reports_and_the_mimic_layout(tmp_path, run_cli):
                        tmp_path / "run", "--split", "all")
     assert coverage.exit_code == 0, coverage.output
     assert json.loads((tmp_path / "run" / "coverage" / "coverage.json").read_text())["cells"][0]["count"] == 1
+
+
+def _audit_args(phantom_model, tiny_generator, phantom_checker, spec):
+    return ["--spec", spec, "--model", phantom_model, "--generator", tiny_generator, "--checker", phantom_checker,
+            "--arms", "baseline", "--bootstrap", 100, "--mc-samples", 0, "--edit-steps", 2, "--no-report"]
+
+
+@pytest.mark.slow  # two more audits (the CSV one runs in the regular suite)
+def test_a_text_folder_and_the_mimic_layout_feed_an_audit(phantom_dataset, phantom_model, tiny_generator,
+                                                         phantom_checker, tmp_path, run_cli):
+    """Reports as .txt files beside nothing but their names, and the MIMIC-CXR layout (reports, JPEG images,
+    metadata and split files), each labelled and audited end to end on the phantom's images."""
+    from PIL import Image
+
+    from cxr_audit.anatomy.masks import mask_folder
+
+    reports = pd.read_csv(phantom_dataset / "reports.csv")
+    truth = pd.read_csv(phantom_dataset / "labels.csv")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(Path("coverage_specs/phantom.yaml").read_text() + "synthesis: {budget_per_cell: 1}\n")
+    expected = int(((truth["split"] == "train") & (truth["Cardiomegaly"] == 1) & (truth["Pleural Effusion"] == 1)).sum())
+
+    # a folder of .txt reports mirroring the images' folders
+    for _, row in reports.iterrows():
+        path = (tmp_path / "txt" / row["Path"]).with_suffix(".txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(row["report"])
+    _run(run_cli, "--reports", tmp_path / "txt", "--out", tmp_path / "txt-labels", "--image-suffix", ".png")
+    labels = pd.read_csv(tmp_path / "txt-labels" / "labels.csv")
+    assert sorted(labels["path"]) == sorted(truth["Path"])
+    audited = run_cli("audit", "--out", tmp_path / "txt-run", "--data", tmp_path / "txt-labels" / "labels.csv",
+                      "--format", "csv", "--root", phantom_dataset,
+                      *_audit_args(phantom_model, tiny_generator, phantom_checker, spec))
+    assert audited.exit_code == 0, audited.output
+    assert json.loads((tmp_path / "txt-run" / "audit.json").read_text())["plan"]["edits"] >= 1
+
+    # the MIMIC-CXR layout: reports per study, JPEG images per DICOM id, metadata and split files
+    mimic = tmp_path / "mimic"
+    meta, splits = [], []
+    for k, row in truth.iterrows():
+        subject, study, dicom = 10000000 + int(row["patient_id"][-5:]), 50000000 + k, f"d{k:04d}"
+        folder = mimic / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder.with_suffix(".txt")).write_text(reports.loc[k, "report"])
+        Image.open(phantom_dataset / row["Path"]).convert("L").save(folder / f"{dicom}.jpg", quality=95)
+        image = f"{folder.relative_to(mimic).as_posix()}/{dicom}.jpg"
+        shutil.copytree(phantom_dataset / mask_folder(row["Path"]), mimic / mask_folder(image))
+        meta.append({"dicom_id": dicom, "subject_id": subject, "study_id": study, "ViewPosition": row["AP/PA"]})
+        splits.append({"dicom_id": dicom, "study_id": study, "subject_id": subject, "split": row["split"]})
+    pd.DataFrame(meta).to_csv(mimic / "mimic-cxr-2.0.0-metadata.csv", index=False)
+    pd.DataFrame(splits).to_csv(mimic / "mimic-cxr-2.0.0-split.csv", index=False)
+    _run(run_cli, "--reports", mimic, "--out", tmp_path / "mimic-labels")
+    audited = run_cli("audit", "--out", tmp_path / "mimic-run", "--data", mimic, "--format", "mimic", "--labels",
+                      tmp_path / "mimic-labels" / "mimic-cxr-2.0.0-chexpert.csv",
+                      *_audit_args(phantom_model, tiny_generator, phantom_checker, spec))
+    assert audited.exit_code == 0, audited.output
+    audit = json.loads((tmp_path / "mimic-run" / "audit.json").read_text())
+    cell = next(c for c in audit["coverage"]["cells"] if c["id"] == "PHANTOM-COV-001")
+    chexpert = pd.read_csv(tmp_path / "mimic-labels" / "mimic-cxr-2.0.0-chexpert.csv").merge(pd.DataFrame(splits))
+    train = chexpert[chexpert["split"] == "train"]
+    assert cell["count"] == int(((train["Cardiomegaly"] == 1) & (train["Pleural Effusion"] == 1)).sum())
+    assert abs(cell["count"] - expected) <= 3  # what the reports say is what the images show (hedges aside)

@@ -252,6 +252,30 @@ def test_a_demo_run_whose_inputs_were_deleted_makes_them_again(demo_runs, tmp_pa
     assert RunDir(run).made_model.is_file() and RunDir(run).made_dataset.is_file()
 
 
+def test_the_demo_with_labels_from_its_reports(tmp_path):
+    """`demo --labels-from-reports`: the phantom's reports are labelled (a stage of the run), the audit runs on
+    those labels with the phantom's images, and audit.json names the labeler's record in its provenance."""
+    import pandas as pd
+
+    from cxr_audit.stages.demo import demo_context
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 1}\n")
+    ctx = demo_context(tmp_path / "demo", images=240, progress=False, log=lambda message: None, check_generator=False,
+                       labels_from_reports=True, bootstrap=100, mc_samples=0, edit={"steps": 2}, spec=spec,
+                       arms=["baseline"])
+    run_audit(ctx, report=False)
+    layout = RunDir(tmp_path / "demo")
+    assert "demo_report_labels" in _records(tmp_path / "demo")
+    audit = json.loads(layout.audit.read_text())
+    assert audit["inputs"]["data"]["path"] == "inputs/report_labels/labels.csv"
+    assert audit["inputs"]["report_labels"]["path"] == "inputs/report_labels/labeling.json"
+    labels = pd.read_csv(layout.made_report_labels)
+    train = labels[labels["split"] == "train"]
+    cell = next(c for c in audit["coverage"]["cells"] if c["id"] == "PHANTOM-COV-001")
+    assert cell["count"] == int(((train["Cardiomegaly"] == 1) & (train["Pleural Effusion"] == 1)).sum())
+
+
 def test_the_probe_by_round_trip_equals_the_probe_with_the_model_in_hand(demo_runs, tmp_path, run_cli):
     """A vendor's model known only by its outputs: it scores the images the run lists (score_me.csv), and
     `probe --predictions` reads the scores back. With the deployed model exported that way, probe.json is the
