@@ -170,6 +170,12 @@ def resolve(name: str, where: str = "") -> str:
     )
 
 
+def is_pathology(name: str) -> bool:
+    """Whether a positive `name` rules out No Finding: every finding but a support device (of any kind)."""
+    concept = _BY_NAME.get(name)
+    return name != NO_FINDING and (concept is None or concept.group != "device")
+
+
 def get(name: str) -> Concept:
     """The :class:`Concept` for a name or alias."""
     return _BY_NAME[resolve(name)]

@@ -39,7 +39,8 @@ def audit_verdict(document) -> dict:
             concerns.append(f"coverage gap hurts the model: {gap.context} ({gap.cell_id}) AUROC "
                             f"{gap.auroc_cell_context.value:.3f} against {gap.auroc_covered.value:.3f} elsewhere")
     for effect in document.findings.probe:
-        concerns.append(f"probe: '{effect.edit}' moves the {effect.concept} score the wrong way in "
+        concerns.append(f"probe: '{effect.edit}' moves the {effect.concept} score the wrong way ({effect.concept} "
+                        f"{'present' if effect.concept_present else 'absent'}) in "
                         f"{effect.share_harmful.value:.0%} of {effect.pairs} pairs")
     for entry in (document.probe.by_concept.values() if document.probe else []):
         share = entry.share_expected_direction.value

@@ -83,7 +83,7 @@ def derive_target(source: dict[str, float | None], operations: list[Operation],
         if parent in target:
             target[parent] = 1.0
     if concepts.NO_FINDING in target:
-        pathology = {c for c, v in target.items() if v == 1.0} - {concepts.NO_FINDING, "Support Devices"}
+        pathology = {c for c, v in target.items() if v == 1.0 and concepts.is_pathology(c)}
         target[concepts.NO_FINDING] = 0.0 if pathology else 1.0
     return target
 
@@ -105,7 +105,7 @@ def _operations_for(cell: Cell, row: np.ndarray, index: dict[str, int]) -> list[
         if c == concepts.NO_FINDING:
             # No Finding is derived, never drawn: reaching it means deleting every pathology present.
             if value != 1:
-                pathology = [p for p in index if p not in (concepts.NO_FINDING, "Support Devices")]
+                pathology = [p for p in index if concepts.is_pathology(p)]
                 if any(np.isnan(row[index[p]]) for p in pathology):
                     return None  # an unknown finding could remain: the target cannot be certified normal
                 operations += [Operation(op="delete", concept=p) for p in pathology if row[index[p]] == 1]

@@ -191,3 +191,32 @@ def test_the_plan_schema_shows_the_swap_operation(run_cli):
     operation = schema["$defs"]["Operation"]
     assert "swap" in operation["properties"]["op"]["enum"] and "to" in operation["properties"]
     assert PLAN_SCHEMA_VERSION == "2.1"
+
+
+def test_a_fine_concept_can_be_planned_and_sets_its_label(tmp_path):
+    """A spec may name fine concepts (labels made from report text have them): inserting an endotracheal tube
+    makes the target a support-device image, and inserting a meniscus an effusion (a fine concept implies its
+    label)."""
+    rules = RuleSet()
+    source = {"No Finding": 1.0, "Support Devices": 0.0, "Endotracheal Tube": 0.0, "Pleural Effusion": 0.0,
+              "Layering Effusion": 0.0}
+    tube = derive_target(source, [Operation(op="insert", concept="Endotracheal Tube")], rules)
+    assert tube["Support Devices"] == 1 and tube["No Finding"] == 1  # a device is no pathology
+    meniscus = derive_target(source, [Operation(op="insert", concept="Layering Effusion")], rules)
+    assert meniscus["Pleural Effusion"] == 1 and meniscus["No Finding"] == 0
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,patient_id,split,Support Devices,Endotracheal Tube\n" + "".join(
+        f"i{k}.png,p{k},train,{int(k < 3)},{int(k < 1)}\n" for k in range(6)))
+    spec, path = spec_file(tmp_path, """\
+        version: 1
+        concepts: [Support Devices, Endotracheal Tube]
+        synthesis: {allow_unseen_combinations: true}
+        cells:
+          - {id: ETT, all_of: [Endotracheal Tube], min_count: 3}
+    """)
+    train = read_manifest(csv, "csv").split("train")
+    coverage = analyse_coverage(train, spec, path, {})
+    assert coverage.cells[0].count == 1 and coverage.cells[0].deficit == 2
+    plan = plan_edits(train, spec, coverage)
+    assert plan.edits and all(e.operations[0].concept == "Endotracheal Tube" and
+                              e.target_vector["Support Devices"] == 1 for e in plan.edits)
