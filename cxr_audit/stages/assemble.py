@@ -142,16 +142,14 @@ class AssembleStage:
 
     def _skipped(self) -> dict[str, str]:
         """The parts of the audit this run does not have, each with the reason the report gives."""
-        from cxr_audit.stages.pipeline import why_no_stage
-
         ctx = self.ctx
         skipped = {}
         if ctx.black_box:
-            skipped["fine-tune arms"] = why_no_stage(ctx, "finetune_cars")
+            skipped["fine-tune arms"] = ctx.why_no_stage("finetune_cars")
         if not ctx.synthesis_modes:
-            skipped["synthesis"] = why_no_stage(ctx, "synthetic")
+            skipped["synthesis"] = ctx.why_no_stage("synthetic")
         if not ctx.probes:
-            skipped["probe"] = why_no_stage(ctx, "probe")
+            skipped["probe"] = ctx.why_no_stage("probe")
         return skipped
 
 

@@ -168,6 +168,22 @@ class RunContext:
         """Whether the run probes the frozen model: with the model in hand, or with a black box's scores."""
         return bool(self.synthesis_modes) and (not self.black_box or self.config.probe_predictions is not None)
 
+    def why_no_stage(self, name: str) -> str:
+        """Why a run has no stage of this name (said by a command that asked for it, and by the report)."""
+        if not self.black_box:
+            return "no such stage."
+        if name.startswith(("finetune_", "evaluate_")):
+            return ("the model is known only by its predictions (--predictions), and fine-tuning needs its weights. "
+                    "Audit with --model to compare fine-tuned arms.")
+        if not self.config.generator:
+            return ("the model is known only by its predictions, and such an audit trains no generator: pass "
+                    "--generator (a trained generator folder) to synthesize the plan's edits and probe the model.")
+        if name == "probe":
+            return ("the model is known only by its predictions: have it score every image listed in "
+                    "synthetic/score_me.csv and null_edits/score_me.csv (a CSV with a 'path' column as listed and a "
+                    "probability column per concept), then run `cxr-audit probe --run RUN --predictions SCORES.csv`.")
+        return "no such stage."
+
     # -- the deployed model -----------------------------------------------------------------------------------
     @property
     def model_path(self) -> Path:

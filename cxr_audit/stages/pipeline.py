@@ -72,29 +72,12 @@ def stages_for(ctx: RunContext, targets: Iterable[str]) -> list[Stage]:
         name = todo.pop()
         if name not in by_name:  # (refused before any work: the run keeps the options it had)
             restore_request(ctx)
-            raise UserInputError(f"{ctx.run.path} has no '{name}' stage: {why_no_stage(ctx, name)}")
+            raise UserInputError(f"{ctx.run.path} has no '{name}' stage: {ctx.why_no_stage(name)}")
         if name not in wanted:
             wanted.add(name)
             # a stage the run does not have (the generator, given with --generator) is simply absent
             todo += [need for need in by_name[name].needs if need in by_name]
     return [s for s in stages if s.name in wanted]
-
-
-def why_no_stage(ctx: RunContext, name: str) -> str:
-    """Why a run has no stage of this name (said by a command that asked for it, and by the report)."""
-    if not ctx.black_box:
-        return "no such stage."
-    if name.startswith(("finetune_", "evaluate_")):
-        return ("the model is known only by its predictions (--predictions), and fine-tuning needs its weights. "
-                "Audit with --model to compare fine-tuned arms.")
-    if not ctx.config.generator:
-        return ("the model is known only by its predictions, and such an audit trains no generator: pass "
-                "--generator (a trained generator folder) to synthesize the plan's edits and probe the model.")
-    if name == "probe":
-        return ("the model is known only by its predictions: have it score every image listed in "
-                "synthetic/score_me.csv and null_edits/score_me.csv (a CSV with a 'path' column as listed and a "
-                "probability column per concept), then run `cxr-audit probe --run RUN --predictions SCORES.csv`.")
-    return "no such stage."
 
 
 def open_run(run: RunDir, given: dict, force: bool, defaults: dict | None = None, **context) -> RunContext:
