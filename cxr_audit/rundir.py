@@ -127,6 +127,30 @@ class GalleryLayout:
         return f"{self.folder.name}/{safe_name(edit_id, 'edit id')}.png"
 
 
+@dataclass(frozen=True)
+class ReaderStudyLayout:
+    """The run's side of a blinded reader study: the key never leaves the run; the kit goes to the readers."""
+
+    folder: Path
+    key = _file("key.json", "which case is which (real, or the edit it shows): never given to readers")
+    results = _file("reader_study.json", "the readers' answers scored against the key")
+
+
+@dataclass(frozen=True)
+class ReaderKitLayout:
+    """A kit given to readers: blinded cases, the form and the template; only the key's SHA-256 ties it to
+    its run."""
+
+    folder: Path
+    images = _file("images")
+    form = _file("form.html", "self-contained: every case embedded, the answers saved as a CSV, works offline")
+    template = _file("responses_template.csv")
+    manifest = _file("kit.json", "the kit's case ids, concept list and the key's SHA-256")
+
+    def image(self, case_id: str, suffix: str = ".png") -> Path:
+        return self.images / f"{safe_name(case_id, 'case id')}{suffix}"
+
+
 class RunDir:
     """A run directory and every path inside it."""
 
@@ -172,6 +196,10 @@ class RunDir:
 
     # -- stage outputs ---------------------------------------------------------------------------------------
     @property
+    def datasheet(self) -> Path:
+        return self.path / "datasheet" / "datasheet.json"
+
+    @property
     def coverage(self) -> CoverageLayout:
         return CoverageLayout(self.path / "coverage")
 
@@ -207,6 +235,10 @@ class RunDir:
     @property
     def gallery(self) -> GalleryLayout:
         return GalleryLayout(self.path / "gallery")
+
+    @property
+    def reader_study(self) -> ReaderStudyLayout:
+        return ReaderStudyLayout(self.path / "reader_study")
 
     @property
     def audit(self) -> Path:

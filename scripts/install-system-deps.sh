@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages cxr-audit needs, only when one is missing (quick when all are there):
 # Pango/HarfBuzz for weasyprint's PDF rendering, fonts so text never renders as squares, poppler-utils
-# for checking rendered PDFs (pdftotext, pdftoppm).
+# for checking rendered PDFs (pdftotext, pdftoppm), chromium and its driver for the reader-study form's browser
+# test.
 set -euo pipefail
 
-packages=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-liberation poppler-utils)
+packages=(libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-liberation poppler-utils
+          chromium chromium-driver)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -130,6 +130,36 @@ def tiny_generator(phantom_dataset, tmp_path_factory) -> Path:
     return out
 
 
+PHANTOM_SPEC = REPO / "coverage_specs" / "phantom.yaml"
+
+
+def audit_options(phantom_dataset, phantom_model, tiny_generator, spec, checker, **changes) -> dict:
+    """Small budgets keep the test fast; the flow is the real one (the checker is given: the stage contract's
+    tests train one in the run)."""
+    return {"models": [phantom_model], "data": phantom_dataset / "labels.csv", "spec": spec,
+            "generator": tiny_generator, "checker": checker, "edit": {"steps": 4, "strength": 0.5, "guidance": 2.0}, "bootstrap": 100,
+            "mc_samples": 2, "finetune": {"steps": 6, "batch_size": 16, "eval_every": 3, "checkpoint_every": 3},
+            **changes}
+
+
+def audit(out, options: dict, force: bool = False):
+    from cxr_audit.rundir import RunDir
+    from cxr_audit.stages.pipeline import open_run, run_audit
+
+    ctx = open_run(RunDir(out), options, force, progress=False, log=lambda message: None, workers=0)
+    return run_audit(ctx, force).model_dump(mode="json")
+
+
+@pytest.fixture(scope="session")
+def audit_run(phantom_dataset, phantom_model, tiny_generator, phantom_checker, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audit")
+    spec = folder / "spec.yaml"  # small synthesis budgets keep the test fast
+    spec.write_text(PHANTOM_SPEC.read_text() + "synthesis: {budget_per_cell: 3}\n")
+    out = folder / "run"
+    document = audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec, phantom_checker))
+    return out, spec, document
+
+
 def minimal_audit_document(metrics, test_set: str = "T" * 64, coverage_count: int = 12, synthetic: int = 5,
                            rejected: int = 2, replicates_sha256: str = "r" * 64, model_path: str = "model.pt") -> dict:
     """A complete, valid audit.json around real metrics (a MetricsDocument's scores, from `evaluate`), with the

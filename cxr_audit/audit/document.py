@@ -148,6 +148,13 @@ class AuditDocument(Document):
     comparisons: dict[str, Comparison]
     probe: ProbeDocument | None = Field(None, description="the probe of the frozen model; none when not run")
     skipped: dict[str, str] = Field(default_factory=dict, description="parts of the audit not run, and why")
+    reader_study: dict[str, Any] | None = Field(None, description="the blinded reader study of the synthetic images "
+                                                "(reader_study.json), once readers' answers were scored")
+    data_sheet: dict[str, Any] | None = Field(None, description="per partition (train, val, test, synthetic): "
+                                              "images, patients, prevalence, sex, age bands, views, devices; the "
+                                              "patient-overlap check and near-duplicate images across partitions")
+    evidence: dict[str, Any] | None = Field(None, description="where the report answers each item of the "
+                                            "regulatory and reporting frameworks (audit/frameworks/*.yaml)")
     test_set: TestSet
     findings: MethodFindings = Field(default_factory=MethodFindings,
                                      description="coverage gaps, probe side effects, CARS against each control")

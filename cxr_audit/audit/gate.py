@@ -47,6 +47,25 @@ class MaxEce(_Rule):
     use_upper_bound: bool = False
 
 
+class MaxSmoothEce(_Rule):
+    """Each concept's smooth ECE (relplot's estimator, no bins to choose) must be at most `max`, on the point
+    estimate or, with `use_upper_bound`, on the upper 95% bound."""
+    type: Literal["max_smece"]
+    concepts: ConceptSelection = "all"
+    max: float = Field(ge=0, le=1)
+    use_upper_bound: bool = False
+
+
+class CalibrationSlope(_Rule):
+    """Each concept's calibration slope must be consistent with 1 (its 95% interval contains 1), or, with
+    `min`/`max`, its interval must lie within them (a slope below 1: predictions too extreme; above: too
+    timid)."""
+    type: Literal["calibration_slope"]
+    concepts: ConceptSelection = "all"
+    min: float | None = Field(None, gt=0)
+    max: float | None = Field(None, gt=0)
+
+
 class NonInferiority(_Rule):
     """Against the baseline model: the lower CI bound of (new - old) must be above -margin."""
     type: Literal["non_inferiority"]
@@ -96,7 +115,7 @@ class QcRule(_Rule):
     max_rejected_share: float = Field(ge=0, le=1)
 
 
-Rule = Annotated[Union[MinMetric, MaxEce, NonInferiority, CellMetric, CoverageRule, MaxUncertaintyRise, QcRule,
+Rule = Annotated[Union[MinMetric, MaxEce, MaxSmoothEce, CalibrationSlope, NonInferiority, CellMetric, CoverageRule, MaxUncertaintyRise, QcRule,
                        MaxSubgroupGap],
                  Field(discriminator="type")]
 
@@ -286,13 +305,29 @@ def _cell_metric(rule: CellMetric, c: _Context, rule_id: str) -> Iterator[Check]
                                    rule.metric, rule.min)
 
 
-def _max_ece(rule: MaxEce, c: _Context, rule_id: str) -> Iterator[Check]:
+def _max_ece(rule: MaxEce | MaxSmoothEce, c: _Context, rule_id: str) -> Iterator[Check]:
+    metric, label = ("ece", "ECE") if rule.type == "max_ece" else ("smece", "smooth ECE")
     for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
-        entry = c.metrics.concepts[concept].metric("ece")
+        entry = c.metrics.concepts[concept].metric(metric)
         value = (entry.ci[1] if entry.estimable else None) if rule.use_upper_bound else entry.value
         bound = f" (upper bound {_num(value)})" if rule.use_upper_bound else ""
-        yield c.judged(f"{concept}: ECE {_num(entry.value)}{bound} (max {rule.max})", value,
+        yield c.judged(f"{concept}: {label} {_num(entry.value)}{bound} (max {rule.max})", value,
                        value is not None and value <= rule.max, entry)
+
+
+def _calibration_slope(rule: CalibrationSlope, c: _Context, rule_id: str) -> Iterator[Check]:
+    low, high = (1.0, 1.0) if rule.min is None and rule.max is None else (rule.min, rule.max)
+    for concept in _select(rule.concepts, c.concepts, "concepts", rule_id):
+        entry = c.metrics.concepts[concept].metric("calibration_slope")
+        interval = entry.ci if entry.estimable else None
+        if rule.min is None and rule.max is None:
+            wanted, passed = "interval contains 1", interval is not None and interval[0] <= 1.0 <= interval[1]
+        else:
+            wanted = f"interval within [{_num(low)}, {_num(high)}]"
+            passed = interval is not None and (low is None or interval[0] >= low) and (high is None or interval[1] <= high)
+        shown = f"[{_num(interval[0])}, {_num(interval[1])}]" if interval else "not estimable"
+        yield c.judged(f"{concept}: calibration slope {_num(entry.value)} {shown} ({wanted})",
+                       interval[0] if interval else None, passed, entry)
 
 
 def _non_inferiority(rule: NonInferiority, c: _Context, rule_id: str) -> Iterator[Check]:
@@ -365,7 +400,8 @@ def _max_subgroup_gap(rule: MaxSubgroupGap, c: _Context, rule_id: str) -> Iterat
                            gap)
 
 
-_RULE_CHECKS = {"min_metric": _min_metric, "max_ece": _max_ece, "cell_metric": _cell_metric,
+_RULE_CHECKS = {"min_metric": _min_metric, "max_ece": _max_ece, "max_smece": _max_ece,
+                "calibration_slope": _calibration_slope, "cell_metric": _cell_metric,
                 "non_inferiority": _non_inferiority, "max_uncertainty_rise": _max_uncertainty_rise,
                 "coverage": _coverage, "qc": _qc, "max_subgroup_gap": _max_subgroup_gap}
 

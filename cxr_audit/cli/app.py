@@ -46,8 +46,8 @@ def log(message: str) -> None:
     error_console.print(message, markup=False, highlight=False, style="dim" if "skipped" in message else "bold")
 
 
-def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`app.command` that prints user errors as a paragraph (no traceback) and exits 2."""
+def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`app.command` (or a command `group`'s) that prints user errors as a paragraph (no traceback) and exits 2."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
@@ -63,7 +63,7 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callabl
                 print_error(str(exc))
                 raise typer.Exit(EXIT_BAD_INPUT) from None
 
-        return app.command(*args, **kwargs)(wrapper)
+        return (group or app).command(*args, **kwargs)(wrapper)
 
     return decorate
 
@@ -87,6 +87,9 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Redo stages whose re
                                            "(otherwise refused).")]
 AllowDuplicatesOption = Annotated[bool, typer.Option("--allow-duplicates", help="Keep a row repeated with the same "
                                                   "labels once, with a note (else a repeated image is refused).")]
+AllowNearDuplicatesOption = Annotated[bool, typer.Option(
+    "--allow-near-duplicates", help="Go on when test images are near-duplicates (perceptual hash) of images in other "
+    "partitions, with a note (else refused).")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")]
 
 

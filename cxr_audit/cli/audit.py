@@ -10,13 +10,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, LabelsOption, ForceOption, FormatOption, OutOption
+from cxr_audit.cli.app import AllowDuplicatesOption, AllowNearDuplicatesOption, DataOption, LabelsOption, ForceOption, FormatOption, OutOption
 from cxr_audit.cli.app import RootOption, RunOption, SeedOption, SpecOption, command, console, dataset
 from cxr_audit.cli.app import open_run
 from cxr_audit.errors import UserInputError
 
-ArmsOption = Annotated[str | None, typer.Option("--arms", help="Comma-separated arms: baseline, real_only, cars, "
-                                                "unconstrained, null_edits (default: all).")]
+ArmsOption = Annotated[str | None, typer.Option("--arms", help="Comma-separated arms: baseline, recalibrated, "
+                                                "real_only, cars, unconstrained, null_edits (default: all).")]
 
 
 NoCacheOption = Annotated[bool, typer.Option("--no-cache", help="Neither reuse nor store cached predictions and "
@@ -48,6 +48,7 @@ def audit_command(
     data_format: FormatOption = None,
     root: RootOption = None,
     allow_duplicates: AllowDuplicatesOption = False,
+    allow_near_duplicates: AllowNearDuplicatesOption = False,
     labels: LabelsOption = None,
     card: Annotated[Path | None, typer.Option("--card", help="Model card YAML (default: <model>.card.yaml).")] = None,
     generator: Annotated[Path | None, typer.Option("--generator", help="Trained generator folder; without one the "
@@ -55,6 +56,9 @@ def audit_command(
     checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker for synthesis QC "
                                                  "(never the audited model); default: one trained here.")] = None,
     arms: ArmsOption = None,
+    recalibration: Annotated[str | None, typer.Option(
+        "--recalibration", help="The recalibrated arm's map, fitted per concept on the validation split: temperature "
+        "(default), platt or isotonic.")] = None,
     finetune_steps: Annotated[int | None, typer.Option("--finetune-steps", help="Optimizer steps per fine-tune arm "
                                                        "(default 300).")] = None,
     micro_batches: MicroBatchesOption = None,
@@ -83,6 +87,7 @@ def audit_command(
                              "fine-tune; its audit has the baseline arm only. Drop --arms, or pass --model.")
     ctx = open_run(out, {"models": [model] if model else None, "predictions": predictions, "spec": spec,
                          **dataset(data, data_format, root, allow_duplicates, labels), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
+                         "recalibration": recalibration, "allow_near_duplicates": allow_near_duplicates or None,
                          "finetune": _finetune(finetune_steps, micro_batches),
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,
                          "edit": None if edit_steps is None else {"steps": edit_steps},

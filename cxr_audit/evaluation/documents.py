@@ -12,7 +12,8 @@ from cxr_audit.provenance import Document
 
 METRICS_SCHEMA_VERSION = "2.0"
 PROBE_SCHEMA_VERSION = "2.0"
-SUMMARY_METRICS = ("auprc", "auroc", "ece", "ace", "mce", "brier", "entropy")
+SUMMARY_METRICS = ("auprc", "auroc", "ece", "ace", "mce", "brier", "smece", "calibration_intercept", "calibration_slope",
+                   "entropy")
 THRESHOLD_METRICS = ("precision", "recall", "specificity", "f1")
 
 
@@ -52,6 +53,9 @@ class _Scores(Document):
     ace: Interval | None = None
     mce: Interval | None = None
     brier: Interval | None = None
+    smece: Interval | None = Field(None, description="smooth ECE (Blasiok and Nakkiran), relplot's estimator")
+    calibration_intercept: Interval | None = Field(None, description="a in logit P(y) = a + logit(p); 0 is calibrated")
+    calibration_slope: Interval | None = Field(None, description="b in logit P(y) = a + b logit(p); 1 is calibrated")
     entropy: Interval | None = None
     mutual_information: Interval | None = None
     precision: Interval | None = None
@@ -121,11 +125,24 @@ class ContextGap(Document):
     auprc_gap: Difference | None = None
 
 
+class SmoothReliability(Document):
+    """relplot's smooth reliability curve on a mesh of predicted probabilities, with a 95% patient-bootstrap
+    band and the density of the predictions (metrics/calibration.smooth_reliability)."""
+
+    sigma: float
+    mesh: list[float]
+    mean: list[float]
+    lower: list[float]
+    upper: list[float]
+    density: list[float]
+
+
 class Reliability(Document):
     bin_edges: list[float]
     confidence: list[float | None]
     frequency: list[float | None]
     count: list[int]
+    smooth: SmoothReliability | None = None
 
 
 class Curve(Document):
@@ -145,6 +162,8 @@ class ModelInfo(Document):
     format: str
     card: dict[str, Any] | None = None
     ensemble: list[dict[str, str]] | None = None
+    recalibration: dict[str, Any] | None = Field(None, description="the recalibrated arm: method and, per concept, "
+                                                 "the map fitted on the validation split")
 
 
 class DataInfo(Document):

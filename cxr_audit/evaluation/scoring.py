@@ -27,7 +27,13 @@ from cxr_audit.evaluation.documents import (
     UncertaintyMethod,
 )
 from cxr_audit.metrics.bootstrap import paired_difference, patient_weights, percentile_ci
-from cxr_audit.metrics.calibration import calibration_errors, reliability_diagram
+from cxr_audit.metrics.calibration import (
+    calibration_errors,
+    calibration_line,
+    reliability_diagram,
+    smooth_ece,
+    smooth_reliability,
+)
 from cxr_audit.metrics.discrimination import (
     choose_threshold,
     precision_recall_curve,
@@ -97,6 +103,8 @@ def _metric_rows(scores, labels, both, threshold, mutual_information) -> dict[st
     for name in ("auprc", "auroc"):
         values[name] = np.where(one_class, np.nan, values[name])
     values.update(calibration_errors(scores, labels, both))
+    values["smece"] = smooth_ece(scores, labels, both)
+    values.update(calibration_line(scores, labels, both))
     values["entropy"] = both @ binary_entropy(scores) / both.sum(axis=1)
     if mutual_information is not None:
         values["mutual_information"] = both @ mutual_information / both.sum(axis=1)
@@ -159,7 +167,8 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
             n=int(known.sum()), positives=int(labels.sum()), patients=int(np.unique(data.patient_ids[known]).size),
             prevalence=round(float(labels.mean()), 6) if labels.size else None,
             threshold={"value": threshold, "source": data.thresholds[concept][1]}, **_summarise(replicated))
-        reliability[concept] = Reliability(**reliability_diagram(scores, labels))
+        reliability[concept] = Reliability(**reliability_diagram(scores, labels),
+                                           smooth=smooth_reliability(scores, labels, weights[:, known]))
         curves[concept] = Curve(**precision_recall_curve(scores, labels))
 
     cells_out = {}

@@ -12,9 +12,9 @@ from matplotlib.colors import LogNorm
 
 from cxr_audit.plots import data_uri, save_png  # noqa: F401 - how callers save and embed these figures
 
-ARM_COLOURS = {"baseline": "#444444", "real_only": "#1f77b4", "cars": "#d62728", "unconstrained": "#9467bd",
+ARM_COLOURS = {"baseline": "#444444", "recalibrated": "#2ca02c", "real_only": "#1f77b4", "cars": "#d62728", "unconstrained": "#9467bd",
                "null_edits": "#8c8c3c"}
-ARM_LABELS = {"baseline": "deployed", "real_only": "real-only FT", "cars": "CARS FT", "unconstrained": "unconstrained FT",
+ARM_LABELS = {"baseline": "deployed", "recalibrated": "recalibrated", "real_only": "real-only FT", "cars": "CARS FT", "unconstrained": "unconstrained FT",
               "null_edits": "null-edit FT"}
 
 
@@ -123,6 +123,8 @@ def pr_curves_figure(arms: dict, targets: list[str]):
 
 
 def reliability_figure(arms: dict, concepts: list[str]):
+    """Per concept and arm: relplot's smooth reliability curve with its 95% patient-bootstrap band, over the
+    equal-width binned points (dots); the diagonal is perfect calibration."""
     figure, axes = _grid(len(concepts))
     for ax, concept in zip(axes, concepts):
         ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle="--")
@@ -130,12 +132,17 @@ def reliability_figure(arms: dict, concepts: list[str]):
             diagram = metrics.reliability.get(concept)
             if diagram is None:
                 continue
+            colour = ARM_COLOURS.get(arm, "#444444")
+            smooth = diagram.smooth
+            if smooth is not None:
+                ax.fill_between(smooth.mesh, smooth.lower, smooth.upper, color=colour, alpha=0.15, linewidth=0)
+                ax.plot(smooth.mesh, smooth.mean, color=colour, linewidth=1.1, label=ARM_LABELS[arm])
             keep = np.array(diagram.count) > 0
             confidence = np.array(diagram.confidence, dtype=float)[keep]
             frequency = np.array(diagram.frequency, dtype=float)[keep]
-            ax.plot(confidence, frequency, marker="o", markersize=2.5, linewidth=1, color=ARM_COLOURS[arm],
-                    label=ARM_LABELS[arm])
-        _unit_axes(ax, concept, "mean predicted", "observed")
+            ax.plot(confidence, frequency, marker="o", markersize=2.2, linewidth=0, color=colour,
+                    label=None if smooth is not None else ARM_LABELS[arm])
+        _unit_axes(ax, concept, "predicted", "observed")
     axes[0].legend(loc="upper left", frameon=False)
     figure.tight_layout()
     return figure

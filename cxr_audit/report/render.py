@@ -112,7 +112,7 @@ def build_html(document, gallery_panels: list[bytes]) -> str:
         "pr_concepts": figures.data_uri(figures.pr_curves_figure(arms, concepts)),
         "pr_cells": figures.data_uri(figures.pr_curves_figure(arms, cell_targets[:12])) if cell_targets else None,
         "reliability": figures.data_uri(figures.reliability_figure(
-            {a: arms[a] for a in arms if a in ("baseline", "cars", "real_only")}, concepts)),
+            {a: arms[a] for a in arms if a in ("baseline", "recalibrated", "cars")}, concepts)),
         "uncertainty": figures.data_uri(figures.uncertainty_figure(baseline, concepts)),
         "probe": figures.data_uri(figures.probe_figure(probe)) if probe else None,
         "subgroups": figures.data_uri(figures.subgroup_figure(baseline, concepts)) if baseline.subgroups else None,

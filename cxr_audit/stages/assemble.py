@@ -9,16 +9,18 @@ from pathlib import Path
 from cxr_audit import __version__
 from cxr_audit.provenance import atomic_write_json, read_document, read_json, sha256_file
 from cxr_audit.rundir import SYNTHESIS_FOLDERS, RunDir
+from cxr_audit.stages.config import FINETUNE_ARMS
 from cxr_audit.stages.context import RunContext
 from cxr_audit.stages.runner import stage_seconds
 
-ARM_TITLES = {"baseline": "Deployed model (no fine-tune)", "real_only": "Fine-tuned on real only",
+ARM_TITLES = {"baseline": "Deployed model (no fine-tune)",
+              "recalibrated": "Deployed model, recalibrated on the validation split", "real_only": "Fine-tuned on real only",
               "cars": "Fine-tuned on real + CARS edits", "unconstrained": "Fine-tuned on real + unconstrained regeneration",
               "null_edits": "Fine-tuned on real + null edits (texture control)"}
 # Paired comparisons in the report: (new, old). The CARS arm against the real-only arm is the one that
 # controls for extra training; against the unconstrained arm, for anatomy preservation; against the null
 # edits, for generator texture.
-COMPARISONS = (("cars", "real_only"), ("cars", "baseline"), ("real_only", "baseline"), ("unconstrained", "real_only"),
+COMPARISONS = (("cars", "real_only"), ("cars", "baseline"), ("recalibrated", "baseline"), ("real_only", "baseline"), ("unconstrained", "real_only"),
                ("cars", "unconstrained"), ("null_edits", "real_only"), ("cars", "null_edits"))
 
 
@@ -34,22 +36,23 @@ class AssembleStage:
         """Every stage whose results audit.json holds."""
         ctx = self.ctx
         synthesis = ("generator", "checker", "gallery") if ctx.synthesis_modes else ()
-        return ("coverage", "plan", *synthesis, *(("probe",) if ctx.probes else ()),
+        return ("datasheet", "coverage", "plan", *synthesis, *(("probe",) if ctx.probes else ()),
                 *(SYNTHESIS_FOLDERS[mode] for mode in ctx.synthesis_modes), *(f"evaluate_{arm}" for arm in ctx.arms),
-                *(f"finetune_{arm}" for arm in ctx.arms if arm != "baseline"))
+                *(f"finetune_{arm}" for arm in ctx.arms if arm in FINETUNE_ARMS))
 
     def outputs(self) -> list[Path]:
         return [self.ctx.run.audit]
 
     def _upstream(self) -> list[Path]:
         ctx, run = self.ctx, self.ctx.run
-        files = [run.coverage.document, run.plan]
+        files = [run.datasheet, run.coverage.document, run.plan]
         files += [run.gallery.document] if ctx.synthesis_modes else []
         files += [run.probe] if ctx.probes else []
         files += [run.synthesis(mode).summary for mode in ctx.synthesis_modes]
+        files += [run.reader_study.results] if run.reader_study.results.is_file() else []
         for arm in ctx.arms:
             files += [run.evaluation(arm).metrics, run.evaluation(arm).replicates]
-            if arm != "baseline":
+            if arm in FINETUNE_ARMS:
                 files.append(run.finetune(arm).record)
         return files
 
@@ -61,6 +64,7 @@ class AssembleStage:
 
     def run(self) -> None:
         from cxr_audit.audit.document import AuditDocument, GalleryDocument
+        from cxr_audit.audit.evidence import evidence_map
         from cxr_audit.audit.findings import method_findings
         from cxr_audit.audit.verdict import audit_verdict
         from cxr_audit.evaluation.scoring import compare, load_replicates, test_set_sha256
@@ -79,7 +83,7 @@ class AssembleStage:
         comparisons = {f"{new} vs {old}": {"new": new, "old": old, "differences": compare(replicates[old], replicates[new])}
                        for new, old in COMPARISONS if new in arms and old in arms}
         finetune = {arm: read_json(run.finetune(arm).record, "Run the fine-tune stage first.")
-                    for arm in arms if arm != "baseline"}
+                    for arm in arms if arm in FINETUNE_ARMS}
         plan = read_plan(ctx)
         baseline = arms["baseline"]
         layout = run.evaluation("baseline")
@@ -116,7 +120,7 @@ class AssembleStage:
             "seeds": {"audit": config.seed, "bootstrap": config.seed, "synthesis": "per edit, from the plan"},
             "command_line": self.command_line,
             "stage_seconds": stage_seconds(run),
-            "notes": ctx.notes,
+            "notes": ctx.notes + self._data_sheet_notes(),
             "coverage": read_coverage(ctx),
             "plan": {"edits": len(plan.edits), "cells": plan.cells, "rejections": plan.rejections},
             "synthesis": {mode: read_summary(run.synthesis(mode)) for mode in ctx.synthesis_modes},
@@ -128,6 +132,8 @@ class AssembleStage:
             "comparisons": comparisons,
             "probe": read_probe(ctx) if ctx.probes else None,
             "skipped": self._skipped(),
+            "reader_study": read_json(run.reader_study.results, "") if run.reader_study.results.is_file() else None,
+            "data_sheet": self._data_sheet(list(baseline.concepts)),
             "test_set": {"sha256": test_set_sha256(layout.predictions), "predictions": run.relative(layout.predictions),
                          "predictions_sha256": sha256_file(layout.predictions),
                          "replicates": run.relative(layout.replicates),
@@ -136,9 +142,30 @@ class AssembleStage:
         }
         audit = AuditDocument.model_validate(document)
         audit.findings = method_findings(audit)
+        audit.evidence = evidence_map(audit)
         audit.verdict = audit.verdict.model_validate(audit_verdict(audit))
         atomic_write_json(run.audit, audit.model_dump(mode="json"))
 
+
+    def _data_sheet(self, concepts: list[str]) -> dict | None:
+        """The data sheet of the real partitions, with the accepted synthetic edits as one more partition."""
+        from cxr_audit.stages.datasheet import read_datasheet, synthetic_partition
+
+        sheet = read_datasheet(self.ctx)
+        if sheet is not None and "cars" in self.ctx.synthesis_modes:
+            synthetic = synthetic_partition(self.ctx, sheet["concepts"])
+            if synthetic is not None:
+                sheet["partitions"]["synthetic (accepted CARS edits)"] = synthetic
+        return sheet
+
+    def _data_sheet_notes(self) -> list[str]:
+        from cxr_audit.stages.datasheet import read_datasheet
+
+        duplicates = (read_datasheet(self.ctx) or {}).get("near_duplicates", {})
+        if duplicates.get("allowed"):
+            return [f"{duplicates['pairs_with_test']} test images are near-duplicates of images in other partitions; "
+                    "the audit went on with --allow-near-duplicates (see the data sheet)"]
+        return []
 
     def _skipped(self) -> dict[str, str]:
         """The parts of the audit this run does not have, each with the reason the report gives."""
@@ -146,6 +173,9 @@ class AssembleStage:
         skipped = {}
         if ctx.black_box:
             skipped["fine-tune arms"] = ctx.why_no_stage("finetune_cars")
+            skipped["recalibrated arm"] = ("the model is known only by its predictions of the test split; a "
+                                           "recalibration is fitted on its scores of the validation split. Audit "
+                                           "with --model to have the recalibrated arm.")
         if not ctx.synthesis_modes:
             skipped["synthesis"] = ctx.why_no_stage("synthetic")
         if not ctx.probes:
@@ -170,7 +200,8 @@ def environment() -> dict:
 
     packages = {}
     for name in ("numpy", "pandas", "scikit-learn", "torchvision", "diffusers", "accelerate", "netcal", "pydicom",
-                 "weasyprint", "jinja2", "matplotlib", "onnxruntime", "torchxrayvision"):
+                 "weasyprint", "jinja2", "matplotlib", "onnxruntime", "torchxrayvision", "relplot", "statsmodels",
+                 "imagehash"):
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

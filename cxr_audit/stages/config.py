@@ -20,8 +20,11 @@ from cxr_audit.errors import UserInputError
 from cxr_audit.rundir import RunDir
 from cxr_audit.synthesis.editor import EditSettings
 
-ARMS = ("baseline", "real_only", "cars", "unconstrained", "null_edits")
-FINETUNE_ARMS = ARMS[1:]
+# baseline: the deployed model; recalibrated: its probabilities recalibrated on the site's validation split
+# (post hoc, no training); the rest are fine-tuned copies.
+ARMS = ("baseline", "recalibrated", "real_only", "cars", "unconstrained", "null_edits")
+POSTHOC_ARMS = ("recalibrated",)
+FINETUNE_ARMS = ("real_only", "cars", "unconstrained", "null_edits")
 DATA_FORMATS = ("auto", *READ_FORMATS)
 DEFAULT_INTENDED_USE = ("Triage support: flag frontal chest radiographs of adults for the findings listed, for "
                         "review by a radiologist.")
@@ -83,6 +86,8 @@ class RunConfig(BaseModel):
     labels: str | None = Field(None, description="MIMIC: a chexpert labels file in place of the folder's")
     root: str | None = None
     allow_duplicates: bool = Field(False, description="keep a repeated row (same image, same labels) once")
+    allow_near_duplicates: bool = Field(False, description="go on when test images are near-duplicates of images in "
+                                        "other partitions (listed in the data sheet and noted)")
     spec: str | None = None
     models: list[str] = Field(default_factory=list, description="the deployed model; several: an ensemble")
     card: str | None = None
@@ -101,6 +106,8 @@ class RunConfig(BaseModel):
     bootstrap: int = Field(1000, ge=100)
     mc_samples: int = Field(10, ge=0)
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    recalibration: Literal["temperature", "platt", "isotonic"] = Field(
+        "temperature", description="the recalibrated arm's map, fitted per concept on the validation split")
     generator_training: GeneratorTraining = Field(default_factory=GeneratorTraining)
     # Strength 1.0: the region is regenerated from noise (an inpainting generator sees the image around it);
     # outside the region the source is kept exactly.
@@ -115,7 +122,7 @@ class RunConfig(BaseModel):
         unknown = [a for a in arms if a not in ARMS]
         if unknown:
             raise ValueError(f"unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}")
-        return ["baseline", *[a for a in FINETUNE_ARMS if a in arms]]  # baseline always, in the flow's order
+        return [a for a in ARMS if a == "baseline" or a in arms]  # baseline always, in the flow's order
 
     @field_validator("edit")
     @classmethod
@@ -154,7 +161,7 @@ def recorded_settings(config: RunConfig) -> dict[str, Any]:
     checker and edits) only with a given generator; a given generator is not trained."""
     unused: set[str] = set()
     if not config.models and config.predictions is not None:
-        unused |= {"models", "card", "allow_pickle", "mc_samples", "arms", "finetune"}
+        unused |= {"models", "card", "allow_pickle", "mc_samples", "arms", "recalibration", "finetune"}
         if config.generator is None:
             unused |= {"generator_training", "edit", "checker", "gallery_size"}
     if config.generator is not None:

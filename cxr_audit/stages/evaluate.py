@@ -16,6 +16,7 @@ from cxr_audit.errors import UserInputError
 from cxr_audit.evaluation.documents import MetricsDocument
 from cxr_audit.evaluation.scoring import EvaluationInput, choose_thresholds, evaluate, save_replicates
 from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, read_document, sha256_file
+from cxr_audit.stages.config import FINETUNE_ARMS
 from cxr_audit.stages.context import RunContext
 
 
@@ -25,14 +26,16 @@ class EvaluateStage:
     def __init__(self, ctx: RunContext, arm: str = "baseline"):
         self.ctx, self.arm, self.requested_split = ctx, arm, ctx.config.evaluate_split
         self.name = f"evaluate_{arm}"
-        self.needs = () if arm == "baseline" else (f"finetune_{arm}",)  # a candidate scores its own model
+        # a candidate scores its own model; the recalibrated arm maps the baseline's probabilities
+        # (the deployed model is scored once the data sheet has found no test image duplicating a training one)
+        self.needs = {"baseline": ("datasheet",), "recalibrated": ("evaluate_baseline",)}.get(arm, (f"finetune_{arm}",))
         self.layout = ctx.run.evaluation(arm)
         self.folder = self.layout.folder
 
     @property
     def split(self) -> str:
         split = evaluation_split(self.ctx.manifest, self.requested_split)
-        if self.arm != "baseline" and split != "test":  # a fine-tuned copy has seen train and val
+        if self.arm != "baseline" and split != "test":  # a fine-tuned copy has seen train and val (a recalibration, val)
             raise UserInputError(f"{self.ctx.run.path} scores on split {split!r} (recorded by an earlier evaluate), "
                                  "but the fine-tuned arms must be scored on the test split, like the baseline they "
                                  "are compared with. Audit in a new --out folder, or re-score the baseline first: "
@@ -45,7 +48,7 @@ class EvaluateStage:
     def _models(self) -> list[tuple[Path, Path | None]]:
         """(model file, card file) of each model scored: the run's deployed model(s), or an arm's candidate."""
         ctx = self.ctx
-        if self.arm != "baseline":
+        if self.arm in FINETUNE_ARMS:
             layout = ctx.run.finetune(self.arm)
             candidate = layout.candidate()
             return [(candidate, card_file(candidate))]
@@ -74,7 +77,10 @@ class EvaluateStage:
             "data": ctx.data_sha256, "format": ctx.manifest.format, "spec": ctx.spec_sha256, "split": split,
             "images": ctx.ids_sha256(split), "validation": ctx.ids_sha256("val") if split not in ("all", "val") else None,
             "bootstrap": ctx.config.bootstrap, "seed": ctx.config.seed,
-            "mc_samples": ctx.config.mc_samples if models else None,  # a black box is not sampled
+            "mc_samples": ctx.config.mc_samples if models and self.arm != "recalibrated" else None,  # a black box is not sampled
+            **({"recalibration": ctx.config.recalibration,
+                "baseline_predictions": sha256_file(ctx.run.evaluation("baseline").predictions)}
+               if self.arm == "recalibrated" else {}),
         }
 
     def run(self) -> None:
@@ -92,7 +98,8 @@ class EvaluateStage:
         if self.ctx.config.predictions and self.arm == "baseline":
             predicted = _blackbox(ctx, test, notes)
         else:
-            predicted = _model_predictions(ctx, self._models(), test, validation, notes)
+            predicted = _model_predictions(ctx, self._models(), test, validation, notes,
+                                           recalibrating=self.arm == "recalibrated")
         if not distributed.is_main():  # the other processes scored their share; the main process goes on
             return
         concepts, probabilities, model_info, stochastic, method, val_probabilities = predicted
@@ -101,6 +108,9 @@ class EvaluateStage:
         if val_probabilities is not None:
             validation_data = (val_probabilities, validation.labels(concepts, ctx.label_policy))
         thresholds = choose_thresholds(concepts, model_info.pop("card_thresholds"), validation_data)
+        if self.arm == "recalibrated":
+            probabilities, thresholds = _recalibrate(ctx, concepts, probabilities, thresholds, validation_data,
+                                                     model_info, notes)
         cells = spec.all_cells() if spec else []
         rules = spec.rule_set() if spec else None
         evaluation = evaluate(EvaluationInput(
@@ -136,7 +146,7 @@ def _with_equipment(manifest: Manifest):
 
 
 def _model_predictions(ctx: RunContext, models: list[tuple[Path, Path | None]], test: Manifest,
-                       validation: Manifest | None, notes: list[str]):
+                       validation: Manifest | None, notes: list[str], recalibrating: bool = False):
     from cxr_audit.classifier.inference import predict, stochastic_predictions
     from cxr_audit.classifier.loading import load_model
 
@@ -159,18 +169,46 @@ def _model_predictions(ctx: RunContext, models: list[tuple[Path, Path | None]], 
         info["ensemble"] = [{"path": m.path.name, "sha256": m.sha256, "format": m.format} for m in members]
         notes.append(f"ensemble of {len(members)} models: probabilities averaged; uncertainty from their spread")
     val_probabilities = None
-    if validation is not None and len(validation) and any(c not in model.card.thresholds for c in concepts):
+    if validation is not None and len(validation) and (recalibrating or
+                                                       any(c not in model.card.thresholds for c in concepts)):
         val_paths = [validation.resolve_image(p) for p in validation.frame["path"]]
         val_probabilities = np.mean([predict(m, val_paths, cache_dir=ctx.cache_dir, **run) for m in members],
                                     axis=0)[:, columns]
     stochastic, method = None, None
     if len(members) > 1:
         stochastic, method = member_probabilities[:, :, columns], "ensemble"
-    elif ctx.config.mc_samples > 0:
+    elif ctx.config.mc_samples > 0 and not recalibrating:  # the recalibrated arm maps the point predictions
         sampled = stochastic_predictions(model, paths, ctx.config.mc_samples, seed=ctx.config.seed,
                                          cache_dir=ctx.cache_dir, **run)
         stochastic, method = sampled.samples[:, :, columns], sampled.method
     return concepts, probabilities, info, stochastic, method, val_probabilities
+
+
+def _recalibrate(ctx: RunContext, concepts: list[str], probabilities: np.ndarray, thresholds: dict,
+                 validation: tuple[np.ndarray, np.ndarray] | None, model_info: dict, notes: list[str]):
+    """The deployed model's test probabilities through a map fitted per concept on the validation split. Each
+    operating threshold goes through the same (monotone) map, so the operating point, and with it sensitivity
+    and specificity, stay the deployed model's: only calibration moves."""
+    from cxr_audit.metrics.recalibration import fit_recalibration
+
+    if validation is None:
+        raise UserInputError(f"{ctx.path('data')} has no validation split to fit the recalibration on. Give the "
+                             "data a 'val' split, or audit without the recalibrated arm (--arms).")
+    val_probabilities, val_labels = validation
+    recalibrated, mapped, fitted = np.empty_like(probabilities), {}, {}
+    for j, concept in enumerate(concepts):
+        known = ~np.isnan(val_labels[:, j])
+        recalibration = fit_recalibration(ctx.config.recalibration, val_probabilities[known, j], val_labels[known, j])
+        recalibrated[:, j] = recalibration.apply(probabilities[:, j])
+        value, source = thresholds[concept]
+        # not rounded: the mapped threshold must order the mapped scores exactly as the original did
+        mapped[concept] = (float(recalibration.apply(np.array([value]))[0]), f"{source}, through the recalibration")
+        fitted[concept] = recalibration.to_json()
+        if recalibration.reason:
+            notes.append(f"recalibrated arm, {concept}: {recalibration.reason}")
+    model_info["recalibration"] = {"method": ctx.config.recalibration, "fitted_on": "validation split",
+                                   "validation_images": int(len(val_labels)), "concepts": fitted}
+    return recalibrated, mapped
 
 
 def _blackbox(ctx: RunContext, test: Manifest, notes: list[str]):

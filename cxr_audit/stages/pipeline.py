@@ -17,9 +17,10 @@ from cxr_audit.provenance import atomic_write_bytes
 from cxr_audit.rundir import RunDir
 from cxr_audit.stages.assemble import AssembleStage
 from cxr_audit.stages.checker import CheckerStage
-from cxr_audit.stages.config import ARMS, merge_config, recorded_settings
+from cxr_audit.stages.config import ARMS, POSTHOC_ARMS, merge_config, recorded_settings
 from cxr_audit.stages.context import RunContext
 from cxr_audit.stages.coverage import CoverageStage
+from cxr_audit.stages.datasheet import DataSheetStage
 from cxr_audit.stages.evaluate import EvaluateStage
 from cxr_audit.stages.finetune import FinetuneStage
 from cxr_audit.stages.gallery import GalleryStage
@@ -43,14 +44,14 @@ def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = 
     if ctx.black_box:
         arms = ["baseline"]
     modes = ctx.modes_for(arms)
-    stages: list[Stage] = [CoverageStage(ctx), EvaluateStage(ctx, "baseline"), PlanStage(ctx)]
+    stages: list[Stage] = [DataSheetStage(ctx), CoverageStage(ctx), EvaluateStage(ctx, "baseline"), PlanStage(ctx)]
     if modes and config.generator is None:
         stages.append(GeneratorStage(ctx))
     if modes and config.checker is None:
         stages.append(CheckerStage(ctx))
     stages += [SynthesizeStage(ctx, mode) for mode in modes]
     for arm in arms[1:]:
-        stages += [FinetuneStage(ctx, arm), EvaluateStage(ctx, arm)]
+        stages += [EvaluateStage(ctx, arm)] if arm in POSTHOC_ARMS else [FinetuneStage(ctx, arm), EvaluateStage(ctx, arm)]
     if modes and (not ctx.black_box or config.probe_predictions):
         stages.append(ProbeStage(ctx))
     if modes:

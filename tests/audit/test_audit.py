@@ -4,38 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+import numpy as np
 from pypdf import PdfReader
 
+from conftest import audit, audit_options
 from cxr_audit.report.render import ReportError, html_to_pdf
 from cxr_audit.rundir import RunDir
 from cxr_audit.stages.config import ARMS
-from cxr_audit.stages.pipeline import open_run, run_audit
-
-SPEC = Path("coverage_specs/phantom.yaml")
-
-
-def audit_options(phantom_dataset, phantom_model, tiny_generator, spec, checker, **changes) -> dict:
-    """Small budgets keep the test fast; the flow is the real one (the checker is given: the stage contract's
-    tests train one in the run)."""
-    return {"models": [phantom_model], "data": phantom_dataset / "labels.csv", "spec": spec,
-            "generator": tiny_generator, "checker": checker, "edit": {"steps": 4, "strength": 0.5, "guidance": 2.0}, "bootstrap": 100,
-            "mc_samples": 2, "finetune": {"steps": 6, "batch_size": 16, "eval_every": 3, "checkpoint_every": 3},
-            **changes}
-
-
-def audit(out, options: dict, force: bool = False):
-    ctx = open_run(RunDir(out), options, force, progress=False, log=lambda message: None, workers=0)
-    return run_audit(ctx, force).model_dump(mode="json")
-
-
-@pytest.fixture(scope="module")
-def audit_run(phantom_dataset, phantom_model, tiny_generator, phantom_checker, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("audit")
-    spec = folder / "spec.yaml"  # small synthesis budgets keep the test fast
-    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 3}\n")
-    out = folder / "run"
-    document = audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec, phantom_checker))
-    return out, spec, document
 
 
 def _pdf_text(path: Path) -> str:
@@ -166,3 +141,53 @@ def test_every_table_of_the_report_fits_the_page(audit_run):
             tables += 1
             assert table.position_x + table.margin_width() <= right + 0.5, f"a table leaves page {number}"
     assert tables >= 8
+
+
+def test_every_page_drawn_keeps_inside_its_margins_and_the_appendices_are_there(audit_run, tmp_path):
+    """The PDF as pictures: each page rendered (pdftoppm), nothing drawn in the side margins (a table or text cut
+    off at the page edge would be), and the evidence map and data sheet appendices are pages of their own."""
+    import subprocess
+
+    from PIL import Image
+
+    out, _, _ = audit_run
+    pdf = out / "report.pdf"
+    pages = PdfReader(pdf).pages
+    titles = {number: " ".join(page.extract_text().replace("\u2010\n", "").split())
+              for number, page in enumerate(pages, 1)}
+    evidence = [n for n, text in titles.items() if text.lstrip().startswith("Appendix A. Evidence map")]
+    sheet = [n for n, text in titles.items() if text.lstrip().startswith("Appendix B. Data sheet")]
+    assert evidence and sheet and evidence[0] < sheet[0]
+    assert "Modification protocol" in " ".join(titles[n] for n in range(evidence[0], sheet[0]))
+    assert "Near-duplicate images across partitions" in " ".join(titles[n] for n in range(sheet[0], len(pages) + 1))
+    subprocess.run(["pdftoppm", "-r", "36", "-png", str(pdf), str(tmp_path / "page")], check=True)
+    rendered = sorted(tmp_path.glob("page-*.png"))
+    assert len(rendered) == len(pages)
+    for number, path in enumerate(rendered, 1):
+        page = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+        height, width = page.shape
+        margin = int(width * 10 / 210)  # 10 of the 14 mm side margins of an A4 page
+        body = slice(int(height * 0.02), int(height * 0.94))  # the footer sits in the bottom margin
+        for side in (page[body, :margin], page[body, width - margin:]):
+            assert side.min() > 200, f"page {number} draws in its side margin"
+
+
+def test_the_recalibrated_arm_moves_only_calibration(audit_run):
+    """Temperature scaling fitted on the validation split: the ranking and the operating point are the deployed
+    model's (equal AUROC, sensitivity and specificity); the map and its paired comparison are recorded."""
+    out, _, _ = audit_run
+    document = json.loads((out / "audit.json").read_text())
+    baseline, recalibrated = (document["arms"][arm]["metrics"] for arm in ("baseline", "recalibrated"))
+    fitted = recalibrated["model"]["recalibration"]
+    assert fitted["method"] == "temperature" and fitted["fitted_on"] == "validation split"
+    for concept, entry in recalibrated["concepts"].items():
+        before = baseline["concepts"][concept]
+        assert entry["auroc"]["value"] == pytest.approx(before["auroc"]["value"], abs=1e-9), concept
+        assert entry["recall"]["value"] == pytest.approx(before["recall"]["value"], abs=1e-9), concept
+        assert entry["specificity"]["value"] == pytest.approx(before["specificity"]["value"], abs=1e-9), concept
+        assert "parameters" in fitted["concepts"][concept]
+        for key in ("smece", "calibration_intercept", "calibration_slope"):
+            assert key in entry and key in before
+    differences = document["comparisons"]["recalibrated vs baseline"]["differences"]
+    assert "smece" in next(iter(differences.values()))
+    assert document["arms"]["recalibrated"]["finetune"] is None

@@ -36,9 +36,9 @@ def test_the_audit_of_real_chexnet_predictions_is_written_with_what_it_skipped(b
     model = audit["inputs"]["model"]
     assert Path(model["path"]).resolve() == (nih / "chexnet_predictions.csv").resolve()
     assert model["format"] == "predictions csv" and model["card"] is None and len(model["sha256"]) == 64
-    assert set(audit["skipped"]) == {"fine-tune arms", "synthesis", "probe"}
+    assert set(audit["skipped"]) == {"fine-tune arms", "recalibrated arm", "synthesis", "probe"}
     assert "--generator" in audit["skipped"]["synthesis"] and "weights" in audit["skipped"]["fine-tune arms"]
-    assert {p.stem for p in RunDir(run).stages.glob("*.json")} == {"coverage", "evaluate_baseline", "plan",
+    assert {p.stem for p in RunDir(run).stages.glob("*.json")} == {"datasheet", "coverage", "evaluate_baseline", "plan",
                                                                    "assemble", "report"}
     # AUROC recomputed straight from the vendor's CSV on the audit's own test images
     predictions = np.load(RunDir(run).evaluation("baseline").predictions)

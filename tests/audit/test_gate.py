@@ -86,6 +86,10 @@ def _gate(run_cli, candidate, policy, baseline=None):
     ({"type": "min_metric", "metric": "auprc", "concepts": ["Cardiomegaly"], "min": 0.8}, True),
     ({"type": "max_ece", "max": 0.5}, True),
     ({"type": "max_ece", "max": 0.001}, False),
+    ({"type": "max_smece", "max": 0.5}, True),
+    ({"type": "max_smece", "max": 0.5, "use_upper_bound": True}, True),
+    ({"type": "max_smece", "max": 0.001}, False),
+    ({"type": "calibration_slope"}, False),            # nearly separated scores: the slope is not estimable
     ({"type": "cell_metric", "cells": ["HF"], "metric": "auprc", "min": 0.3}, True),
     ({"type": "cell_metric", "cells": ["HF"], "metric": "auprc", "min": 0.999}, False),
     ({"type": "coverage", "cells": ["HF"]}, False),                               # 12 real < 15
@@ -170,6 +174,22 @@ def test_tampered_replicates_are_refused(audits, tmp_path, run_cli):
     result = _gate(run_cli, audits["small_regression"], _policy(tmp_path, [{"type": "non_inferiority", "margin": 0.1}]),
                    audits["old"])
     assert result.exit_code == 2 and "SHA-256" in result.output
+
+
+def test_the_calibration_slope_rule_passes_a_calibrated_model_and_fails_an_overconfident_one(tmp_path, run_cli):
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(0.05, 0.95, (600, 2))
+    labels = (rng.uniform(size=scores.shape) < scores).astype(np.float32)
+    calibrated = _write_audit(tmp_path / "calibrated", scores, labels)
+    contains_one = _policy(tmp_path, [{"type": "calibration_slope"}, {"type": "max_smece", "max": 0.1,
+                                                                      "use_upper_bound": True}])
+    assert _gate(run_cli, calibrated, contains_one).exit_code == 0
+    overconfident = 1 / (1 + np.exp(-3 * np.log(scores / (1 - scores))))
+    extreme = _write_audit(tmp_path / "extreme", overconfident, labels)
+    result = _gate(run_cli, extreme, _policy(tmp_path, [{"type": "calibration_slope"}]))
+    assert result.exit_code == 1 and "calibration slope 0.3" in result.output
+    within = _policy(tmp_path, [{"type": "calibration_slope", "min": 0.2, "max": 0.5}])
+    assert _gate(run_cli, extreme, within).exit_code == 0
 
 
 def test_junit_xml_validates_against_the_common_schema(audits, tmp_path, run_cli):

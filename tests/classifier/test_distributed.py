@@ -199,6 +199,7 @@ def test_sharded_inference_is_bit_identical_to_one_process(shared_data, tmp_path
     assert np.array_equal(np.load(tmp_path / "again.predict.npy"), np.load(tmp_path / "one.predict.npy"))
 
 
+@pytest.mark.slow  # a torchrun launch of the evaluate command (about 17 s)
 def test_the_evaluate_command_on_two_processes_writes_what_one_process_writes(phantom_dataset, phantom_model,
                                                                               tmp_path):
     import json

@@ -729,3 +729,77 @@ _run_case("--labels without subject_id (MIMIC)", "subject_id",
           _write(f / "mimic", "dicom_id,split\nd1,train\n", "mimic-cxr-2.0.0-split.csv") and
           ["coverage", "--out", f / "new", "--data", f / "mimic", "--format", "mimic", "--labels",
            _write(f, "study_id,Cardiomegaly\n2,1\n", "chexpert.csv"), "--spec", _write(f, SPEC, "spec.yaml")])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A reader study's responses: every malformed answer names the file, line and column
+
+def _reader_key(run: Path) -> str:
+    """A reader-study key written into the run (three cases; what `reader-study export` would leave), its hash."""
+    import hashlib
+
+    key = {"schema_version": "1.0", "concepts": ["Cardiomegaly", "Pleural Effusion"], "image_size": 64,
+           "cases": {"case_0001": {"truth": "real", "image_id": "x"},
+                     "case_0002": {"truth": "synthetic", "edit_id": "E000001", "operation": "insert",
+                                   "edit": "insert Cardiomegaly", "shown": ["Cardiomegaly"], "removed": []},
+                     "case_0003": {"truth": "synthetic", "edit_id": "E000002", "operation": "delete",
+                                   "edit": "delete Pleural Effusion", "shown": [], "removed": ["Pleural Effusion"]}}}
+    (run / "reader_study").mkdir(exist_ok=True)
+    data = (json.dumps(key, indent=2, sort_keys=True) + "\n").encode()
+    (run / "reader_study" / "key.json").write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _answers(key: str, rows: list[str] | None = None) -> str:
+    rows = rows if rows is not None else [f"{key},case_0001,R1,real,3,", f"{key},case_0002,R1,synthetic,4,Cardiomegaly",
+                                          f"{key},case_0003,R1,real,2,"]
+    return "kit_key_sha256,case_id,reader,judged,confidence,findings\n" + "\n".join(rows) + "\n"
+
+
+def _responses_case(name: str, culprit: str, answers: Callable[[str], str | bytes], key: bool = True):
+    def spoil(run: Path, folder: Path) -> list:
+        digest = _reader_key(run) if key else "0" * 64
+        content = answers(digest)
+        path = folder / "r1.csv"
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return ["reader-study", "score", "--run", run, "--responses", path]
+    _run_case(f"reader-study score: {name}", culprit, spoil)
+
+
+def _replace(row: int, column: int, value: str) -> Callable[[str], str]:
+    def answers(key: str) -> str:
+        lines = _answers(key).strip().split("\n")
+        cells = lines[row].split(",")
+        cells[column] = value
+        lines[row] = ",".join(cells)
+        return "\n".join(lines) + "\n"
+    return answers
+
+
+_responses_case("responses not a CSV", "r1.csv", lambda k: bytes(range(256)) * 4)
+_responses_case("responses empty", "r1.csv", lambda k: "")
+_responses_case("header only", "no answers", lambda k: _answers(k, []))
+_responses_case("no confidence column", "'confidence'", lambda k: _answers(k).replace(",confidence", ",certainty"))
+_responses_case("an unknown case", "line 3, column case_id", _replace(2, 1, "case_0099"))
+_responses_case("a case missing", "did not answer 1 of the 3 cases",
+                lambda k: _answers(k, [f"{k},case_0001,R1,real,3,", f"{k},case_0002,R1,real,3,"]))
+_responses_case("a case answered twice", "more than once",
+                lambda k: _answers(k) + f"{k},case_0001,R1,synthetic,5,\n")
+_responses_case("judged 'maybe'", "line 2, column judged", _replace(1, 3, "maybe"))
+_responses_case("confidence 7", "line 4, column confidence", _replace(3, 4, "7"))
+_responses_case("confidence 'high'", "line 2, column confidence", _replace(1, 4, "high"))
+_responses_case("confidence 2.5", "column confidence", _replace(1, 4, "2.5"))
+_responses_case("a finding not in the kit", "column findings", _replace(2, 5, "Cardiomegaly;Dragons"))
+_responses_case("an empty reader", "line 3, column reader", _replace(2, 2, " "))
+_responses_case("answers to another kit", "column kit_key_sha256", _replace(1, 0, "f" * 64))
+_responses_case("not UTF-8", "UTF-8", lambda k: _answers(k).encode("utf-16"))
+_responses_case("a run with no reader-study key", "no reader-study key", lambda k: _answers(k), key=False)
+_run_case("reader-study score: responses a folder", "--responses",
+          lambda r, f: _reader_key(r) and (f / "folder.csv").mkdir() or
+          ["reader-study", "score", "--run", r, "--responses", f / "folder.csv"])
+_run_case("reader-study export: --out the run itself", "outside the run",
+          lambda r, f: ["reader-study", "export", "--run", r, "--out", r])
+_run_case("reader-study export: --out a file", "is a file",
+          lambda r, f: ["reader-study", "export", "--run", r, "--out", _write(f, "x", "kit.txt")])
+_run_case("reader-study export: --synthetic-fraction 2", "--synthetic-fraction",
+          lambda r, f: ["reader-study", "export", "--run", r, "--out", f / "kit", "--synthetic-fraction", "2"])

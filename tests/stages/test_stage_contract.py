@@ -71,7 +71,7 @@ def copy_of(finished, tmp_path):
 
 def test_the_audit_is_the_list_of_stages(finished):
     _, run, _, _ = finished
-    assert set(_records(run)) == {"coverage", "evaluate_baseline", "plan", "generator", "checker", "synthetic",
+    assert set(_records(run)) == {"datasheet", "coverage", "evaluate_baseline", "evaluate_recalibrated", "plan", "generator", "checker", "synthetic",
                                   "unconstrained", "finetune_real_only", "evaluate_real_only", "finetune_cars",
                                   "evaluate_cars", "finetune_unconstrained", "evaluate_unconstrained", "null_edits",
                                   "finetune_null_edits", "evaluate_null_edits", "probe", "gallery", "assemble",
@@ -91,13 +91,14 @@ def test_a_copied_run_resumes_in_its_new_place(copy_of, phantom_dataset, phantom
 
 # The report re-runs whenever audit.json changes; the card case renders it, the others stop at audit.json.
 @pytest.mark.parametrize("change,expected", [
-    ("card", {"evaluate_baseline", "finetune_real_only", "finetune_cars", "finetune_unconstrained",
+    ("card", {"evaluate_baseline", "evaluate_recalibrated", "finetune_real_only", "finetune_cars", "finetune_unconstrained",
               "finetune_null_edits", "probe", "assemble", "report"}),
-    ("bootstrap", {"evaluate_baseline", "evaluate_real_only", "evaluate_cars", "evaluate_unconstrained",
+    ("bootstrap", {"evaluate_baseline", "evaluate_recalibrated", "evaluate_real_only", "evaluate_cars", "evaluate_unconstrained",
                    "evaluate_null_edits", "probe", "assemble"}),
     # the synthesis re-runs; the arms trained on it re-run only if what they read (the accepted edits) changed
     ("generator budget", {"generator", "synthetic", "unconstrained", "null_edits", "probe", "gallery", "assemble"}),
-    ("seed", None),  # everything seeded; the coverage of official splits does not depend on the seed
+    # everything seeded; the coverage and data sheet of official splits do not depend on the seed
+    pytest.param("seed", None, marks=pytest.mark.slow),  # (every stage again: about 15 s)
 ])
 def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(copy_of, phantom_dataset, phantom_model,
                                                                      change, expected):
@@ -122,7 +123,7 @@ def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(copy_of, ph
     _audit(run, options, force=True, report=change == "card")
     ran = _ran_again(before, _records(run))
     if expected is None:
-        assert ran == set(before) - {"coverage", "report"}
+        assert ran == set(before) - {"datasheet", "coverage", "report"}
         return
     for mode in modes:  # each arm is named after the synthesis it trains on
         if RunDir(run).synthesis(mode).manifest.read_bytes() != accepted[mode]:
@@ -130,6 +131,7 @@ def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(copy_of, ph
     assert ran == expected
 
 
+@pytest.mark.slow  # every stage through its own command, then the audit (about 40 s)
 def test_stand_alone_commands_build_a_run_the_audit_then_finishes(phantom_dataset, phantom_model, tmp_path,
                                                                    run_cli):
     spec = tmp_path / "spec.yaml"
@@ -195,31 +197,41 @@ def _predictions(phantom_dataset, tmp_path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def demo_runs(tmp_path_factory):
-    """The demo's flow (dataset and model made in the run, the shipped generator, then every stage) twice, each
-    from its own working folder with a relative --out."""
+def _demo_flow(root: Path, name: str) -> Path:
+    """The demo's flow (dataset and model made in the run, the shipped generator, then every stage), from its
+    own working folder `root/name` with a relative --out."""
     import os
 
     from cxr_audit.stages.demo import demo_context
 
-    root = tmp_path_factory.mktemp("demo-flow")
     spec = root / "spec.yaml"  # a small synthesis budget: the same flow, fewer edits
-    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2}\n")
+    if not spec.exists():
+        spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2}\n")
     here = os.getcwd()
     try:
-        for name in ("a", "b"):
-            (root / name).mkdir()
-            os.chdir(root / name)
-            ctx = demo_context(Path("demo"), images=240, progress=False, log=lambda message: None,
-                               check_generator=False, bootstrap=100, mc_samples=2, edit={"steps": 3}, spec=spec,
-                               finetune={"steps": 4, "eval_every": 2, "checkpoint_every": 2})
-            run_audit(ctx, report=False)  # the PDF is rendered from audit.json, which is compared
+        (root / name).mkdir()
+        os.chdir(root / name)
+        ctx = demo_context(Path("demo"), images=240, progress=False, log=lambda message: None,
+                           check_generator=False, bootstrap=100, mc_samples=2, edit={"steps": 3}, spec=spec,
+                           finetune={"steps": 4, "eval_every": 2, "checkpoint_every": 2})
+        run_audit(ctx, report=False)  # the PDF is rendered from audit.json, which is compared
     finally:
         os.chdir(here)
-    return root / "a" / "demo", root / "b" / "demo"
+    return root / name / "demo"
 
 
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    return _demo_flow(tmp_path_factory.mktemp("demo-flow"), "a")
+
+
+@pytest.fixture(scope="module")
+def demo_runs(demo_run) -> tuple[Path, Path]:
+    """The demo's flow twice, each in a fresh folder."""
+    return demo_run, _demo_flow(demo_run.parents[1], "b")
+
+
+@pytest.mark.slow  # a second demo flow (about 45 s)
 def test_two_runs_in_fresh_folders_write_the_same_audit_json(demo_runs):
     """Only the keys listed may differ (when it was made, how long each stage took)."""
     documents = [json.loads(RunDir(run).audit.read_text()) for run in demo_runs]
@@ -235,23 +247,24 @@ def test_two_runs_in_fresh_folders_write_the_same_audit_json(demo_runs):
     assert documents[0] == documents[1]
 
 
-def test_a_demo_run_whose_inputs_were_deleted_makes_them_again(demo_runs, tmp_path):
+def test_a_demo_run_whose_inputs_were_deleted_makes_them_again(demo_run, tmp_path):
     """RUN/inputs (the demo's dataset and model) removed: the demo makes them again (the same, from their seed)
     and every later stage is found finished; no message about a --data the demo does not have."""
     from cxr_audit.stages.demo import demo_context
 
     run = tmp_path / "demo"
-    shutil.copytree(demo_runs[0], run)
+    shutil.copytree(demo_run, run)
     shutil.rmtree(RunDir(run).inputs)
     before = _records(run)
     ctx = demo_context(run, images=240, progress=False, log=lambda message: None, check_generator=False,
-                       bootstrap=100, mc_samples=2, edit={"steps": 3}, spec=demo_runs[0].parents[1] / "spec.yaml",
+                       bootstrap=100, mc_samples=2, edit={"steps": 3}, spec=demo_run.parents[1] / "spec.yaml",
                        finetune={"steps": 4, "eval_every": 2, "checkpoint_every": 2})
     run_audit(ctx, report=False)
     assert _ran_again(before, _records(run)) <= {"demo_phantom", "demo_model", "assemble"}
     assert RunDir(run).made_model.is_file() and RunDir(run).made_dataset.is_file()
 
 
+@pytest.mark.slow  # the demo flow from its reports (about 15 s)
 def test_the_demo_with_labels_from_its_reports(tmp_path):
     """`demo --labels-from-reports`: the phantom's reports are labelled (a stage of the run), the audit runs on
     those labels with the phantom's images, and audit.json names the labeler's record in its provenance."""
@@ -276,7 +289,7 @@ def test_the_demo_with_labels_from_its_reports(tmp_path):
     assert cell["count"] == int(((train["Cardiomegaly"] == 1) & (train["Pleural Effusion"] == 1)).sum())
 
 
-def test_the_probe_by_round_trip_equals_the_probe_with_the_model_in_hand(demo_runs, tmp_path, run_cli):
+def test_the_probe_by_round_trip_equals_the_probe_with_the_model_in_hand(demo_run, tmp_path, run_cli):
     """A vendor's model known only by its outputs: it scores the images the run lists (score_me.csv), and
     `probe --predictions` reads the scores back. With the deployed model exported that way, probe.json is the
     one the model in hand made (pairs, side effects against the null edits), and audit.json takes it."""
@@ -287,7 +300,7 @@ def test_the_probe_by_round_trip_equals_the_probe_with_the_model_in_hand(demo_ru
     from cxr_audit.provenance import sha256_file
 
     run = tmp_path / "demo"
-    shutil.copytree(demo_runs[1], run)
+    shutil.copytree(demo_run, run)
     layout = RunDir(run)
     listed = pd.concat([pd.read_csv(layout.synthesis(mode).score_list) for mode in ("cars", "null_edits")])
     assert set(listed["role"]) == {"source", "edited", "null_edit"}
