@@ -24,7 +24,7 @@ def black_box_run(shared_data, tmp_path_factory):
     run = tmp_path_factory.mktemp("black-box") / "run"
     result = CliRunner().invoke(app, [str(a) for a in (
         "audit", "--predictions", nih / "chexnet_predictions.csv", "--data", nih / "labels.csv", "--format", "nih",
-        "--spec", "coverage_specs/nih.yaml", "--out", run, "--bootstrap", 200)])
+        "--spec", "coverage_specs/nih.yaml", "--out", run, "--bootstrap", 100)])
     assert result.exit_code == 0, result.output
     return run, nih
 
@@ -51,7 +51,7 @@ def test_the_audit_of_real_chexnet_predictions_is_written_with_what_it_skipped(b
     recorded = json.loads(RunDir(run).request.read_text())["config"]
     assert not {"models", "card", "allow_pickle", "mc_samples", "arms", "finetune", "generator_training", "edit",
                 "checker", "gallery_size"} & set(recorded)
-    assert recorded["predictions"].endswith("chexnet_predictions.csv") and recorded["bootstrap"] == 200
+    assert recorded["predictions"].endswith("chexnet_predictions.csv") and recorded["bootstrap"] == 100
     # the report says what the audit could not do, and why
     assert (run / "report.pdf").read_bytes()[:5] == b"%PDF-"
     html = build_html(load_audit(run / "audit.json"), [])

@@ -42,8 +42,10 @@ def _write_audit(folder: Path, scores: np.ndarray, labels: np.ndarray, test_set:
     return run.audit
 
 
-@pytest.fixture()
-def audits(tmp_path):
+@pytest.fixture(scope="module")
+def audit_folders(tmp_path_factory):
+    """The audits, evaluated once for the module (evaluation is the slow part)."""
+    tmp_path = tmp_path_factory.mktemp("gate-audits")
     labels, scores = _labels_and_scores()
     made = {}
     positives = np.flatnonzero(labels[:, 0] == 1)
@@ -63,6 +65,18 @@ def audits(tmp_path):
     other.mkdir()
     made["other_test_set"] = _write_audit(other, scores, labels, test_set="U" * 64)
     return made
+
+
+@pytest.fixture()
+def audits(audit_folders, tmp_path):
+    """A fresh copy of the audits for each test (tests write gate results beside them, or damage them)."""
+    import shutil
+
+    copies = {}
+    for name, path in audit_folders.items():
+        shutil.copytree(path.parent, tmp_path / name)
+        copies[name] = tmp_path / name / path.name
+    return copies
 
 
 def _policy(tmp_path: Path, rules: list[dict]) -> Path:

@@ -18,7 +18,7 @@ REQUIRED = ("n", "positives", "auprc", "auroc", "ece", "ace", "mce", "brier", "e
 def test_black_box_chexnet_predictions_on_real_nih_images(shared_data, tmp_path, run_cli):
     nih = shared_data / "nih621"
     result = run_cli("evaluate", "--predictions", nih / "chexnet_predictions.csv", "--data", nih / "labels.csv",
-                     "--format", "nih", "--spec", "coverage_specs/nih.yaml", "--out", tmp_path, "--bootstrap", 300)
+                     "--format", "nih", "--spec", "coverage_specs/nih.yaml", "--out", tmp_path, "--bootstrap", 100)
     assert result.exit_code == 0, result.output
     assert "Cardiomegaly" in result.output and "AUROC" in result.output
     document = json.loads(run_dir(tmp_path).evaluation("baseline").metrics.read_text())
