@@ -194,11 +194,17 @@ def test_a_text_folder_and_the_mimic_layout_feed_an_audit(phantom_dataset, phant
     _run(run_cli, "--reports", tmp_path / "txt", "--out", tmp_path / "txt-labels", "--image-suffix", ".png")
     labels = pd.read_csv(tmp_path / "txt-labels" / "labels.csv")
     assert sorted(labels["path"]) == sorted(truth["Path"])
-    audited = run_cli("audit", "--out", tmp_path / "txt-run", "--data", tmp_path / "txt-labels" / "labels.csv",
-                      "--format", "csv", "--root", phantom_dataset,
-                      *_audit_args(phantom_model, tiny_generator, phantom_checker, spec))
+    # the reports name no patient, so each image is its own patient and one patient's studies may fall in both
+    # train and test: the data sheet finds them as near-duplicates, and the audit goes on only when told to
+    args = ["audit", "--out", tmp_path / "txt-run", "--data", tmp_path / "txt-labels" / "labels.csv", "--format", "csv",
+            "--root", phantom_dataset, *_audit_args(phantom_model, tiny_generator, phantom_checker, spec)]
+    refused = run_cli(*args)
+    assert refused.exit_code == 2 and "near-duplicates" in refused.output
+    audited = run_cli(*args, "--allow-near-duplicates")
     assert audited.exit_code == 0, audited.output
-    assert json.loads((tmp_path / "txt-run" / "audit.json").read_text())["plan"]["edits"] >= 1
+    document = json.loads((tmp_path / "txt-run" / "audit.json").read_text())
+    assert document["plan"]["edits"] >= 1 and document["data_sheet"]["near_duplicates"]["allowed"]
+    assert any("--allow-near-duplicates" in note for note in document["notes"])
 
     # the MIMIC-CXR layout: reports per study, JPEG images per DICOM id, metadata and split files
     mimic = tmp_path / "mimic"
