@@ -220,3 +220,28 @@ def test_a_fine_concept_can_be_planned_and_sets_its_label(tmp_path):
     plan = plan_edits(train, spec, coverage)
     assert plan.edits and all(e.operations[0].concept == "Endotracheal Tube" and
                               e.target_vector["Support Devices"] == 1 for e in plan.edits)
+
+
+def test_edit_counts_on_whole_columns_equal_the_operations_row_by_row():
+    """The planner counts edits on the whole label matrix at once; the count is len(_operations_for) (None: -1)
+    for every row, across insert, delete, No Finding, unknown labels and swaps."""
+    import numpy as np
+
+    from cxr_audit.spec import Cell
+    from cxr_audit.synthesis.planner import _operations_for, edit_counts
+
+    names = ["No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax", "Consolidation", "Atelectasis",
+             "Support Devices"]
+    index = {c: j for j, c in enumerate(names)}
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0.0, 1.0, np.nan], size=(3000, len(names)), p=[0.55, 0.35, 0.10])
+    cells = [Cell(id="A", all_of=["Cardiomegaly", "Pleural Effusion"], min_count=1),
+             Cell(id="B", all_of=["Pneumothorax"], none_of=["Pleural Effusion"], swaps=[("Pleural Effusion", "Pneumothorax")],
+                  min_count=1),
+             Cell(id="C", all_of=["No Finding"], min_count=1),
+             Cell(id="D", all_of=["Atelectasis"], none_of=["Consolidation", "No Finding"], min_count=1),
+             Cell(id="E", all_of=["Consolidation", "Support Devices"], none_of=["Atelectasis"],
+                  swaps=[("Atelectasis", "Consolidation")], min_count=1)]
+    for cell in cells:
+        expected = [-1 if (ops := _operations_for(cell, row, index)) is None else len(ops) for row in labels]
+        assert edit_counts(cell, labels, index).tolist() == expected, cell.id
