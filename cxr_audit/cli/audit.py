@@ -82,9 +82,10 @@ def audit_command(
     """Run the whole audit into one run directory: coverage, evaluation, plan, synthesis, fine-tune arms,
     probe, audit.json and report.pdf. Re-running resumes; finished stages with unchanged inputs are skipped."""
     training = {k: v for k, v in {"steps": generator_steps, "minutes": generator_minutes}.items() if v is not None}
-    if predictions is not None and _arms(arms) not in (None, ["baseline"]):
+    if predictions is not None and arms is not None:
         raise UserInputError("--arms: a model known only by its predictions (--predictions) has no weights to "
-                             "fine-tune; its audit has the baseline arm only. Drop --arms, or pass --model.")
+                             "fine-tune; its arms follow from the predictions: the baseline, and the recalibrated "
+                             "arm when they also score the validation split. Drop --arms, or pass --model.")
     ctx = open_run(out, {"models": [model] if model else None, "predictions": predictions, "spec": spec,
                          **dataset(data, data_format, root, allow_duplicates, labels), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
                          "recalibration": recalibration, "allow_near_duplicates": allow_near_duplicates or None,

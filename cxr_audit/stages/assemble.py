@@ -173,9 +173,11 @@ class AssembleStage:
         skipped = {}
         if ctx.black_box:
             skipped["fine-tune arms"] = ctx.why_no_stage("finetune_cars")
-            skipped["recalibrated arm"] = ("the model is known only by its predictions of the test split; a "
-                                           "recalibration is fitted on its scores of the validation split. Audit "
-                                           "with --model to have the recalibrated arm.")
+            if "recalibrated" not in ctx.arms:
+                skipped["recalibrated arm"] = (
+                    "the predictions file does not score every image of the validation split, which a recalibration "
+                    "is fitted on: add the model's scores of the validation images to it (the audit then "
+                    "recalibrates the black box).")
         if not ctx.synthesis_modes:
             skipped["synthesis"] = ctx.why_no_stage("synthetic")
         if not ctx.probes:

@@ -161,7 +161,7 @@ def recorded_settings(config: RunConfig) -> dict[str, Any]:
     checker and edits) only with a given generator; a given generator is not trained."""
     unused: set[str] = set()
     if not config.models and config.predictions is not None:
-        unused |= {"models", "card", "allow_pickle", "mc_samples", "arms", "recalibration", "finetune"}
+        unused |= {"models", "card", "allow_pickle", "mc_samples", "arms", "finetune"}
         if config.generator is None:
             unused |= {"generator_training", "edit", "checker", "gallery_size"}
     if config.generator is not None:

@@ -147,8 +147,25 @@ class RunContext:
 
     @property
     def arms(self) -> list[str]:
-        """The arms the run evaluates: a black box has only itself."""
-        return ["baseline"] if self.black_box else self.config.arms
+        """The arms the run evaluates. A black box has no fine-tuned arm; it is recalibrated when its predictions
+        also score the validation split (what the map is fitted on)."""
+        if not self.black_box:
+            return self.config.arms
+        return ["baseline"] + (["recalibrated"] if self.black_box_scores_validation else [])
+
+    @cached_property
+    def black_box_scores_validation(self) -> bool:
+        """Whether the black box's predictions file scores every frontal image of the validation split."""
+        from cxr_audit.classifier.blackbox import read_predictions
+
+        validation = self.frontal("val")
+        if not len(validation) or not self.path("predictions").is_file():
+            return False
+        try:
+            read_predictions(self.path("predictions"), validation)
+        except UserInputError:
+            return False
+        return True
 
     @property
     def synthesis_modes(self) -> list[str]:

@@ -95,8 +95,8 @@ class EvaluateStage:
         notes = list(ctx.notes if split != "all" else ctx.manifest.notes)
         if split == "all" and self.requested_split == "auto":
             notes.append("the data has no test split: every image is evaluated (an external test set)")
-        if self.ctx.config.predictions and self.arm == "baseline":
-            predicted = _blackbox(ctx, test, notes)
+        if self.ctx.config.predictions and self.arm in ("baseline", "recalibrated"):
+            predicted = _blackbox(ctx, test, validation if self.arm == "recalibrated" else None, notes)
         else:
             predicted = _model_predictions(ctx, self._models(), test, validation, notes,
                                            recalibrating=self.arm == "recalibrated")
@@ -211,16 +211,18 @@ def _recalibrate(ctx: RunContext, concepts: list[str], probabilities: np.ndarray
     return recalibrated, mapped
 
 
-def _blackbox(ctx: RunContext, test: Manifest, notes: list[str]):
+def _blackbox(ctx: RunContext, test: Manifest, validation: Manifest | None, notes: list[str]):
+    """A black box's probabilities of the test images (and, to recalibrate, of the validation images)."""
     from cxr_audit.classifier.blackbox import read_predictions
 
     path = ctx.path("predictions")
     predicted_concepts, predicted, more = read_predictions(path, test)
-    notes += more
+    notes += [note for note in more if "outside the evaluated set" not in note or validation is None]
     concepts = _evaluated_concepts(ctx, predicted_concepts, notes)
-    probabilities = predicted[:, [predicted_concepts.index(c) for c in concepts]]
+    columns = [predicted_concepts.index(c) for c in concepts]
     info = {"path": path.name, "sha256": sha256_file(path), "format": "predictions csv", "card_thresholds": {}}
-    return concepts, probabilities, info, None, None, None
+    val_probabilities = read_predictions(path, validation)[1][:, columns] if validation is not None else None
+    return concepts, predicted[:, columns], info, None, None, val_probabilities
 
 
 def _evaluated_concepts(ctx: RunContext, model_concepts: list[str], notes: list[str]) -> list[str]:

@@ -42,7 +42,7 @@ def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = 
     only with a given generator and is probed only with its scores of the edits."""
     config = ctx.config
     if ctx.black_box:
-        arms = ["baseline"]
+        arms = ctx.arms
     modes = ctx.modes_for(arms)
     stages: list[Stage] = [DataSheetStage(ctx), CoverageStage(ctx), EvaluateStage(ctx, "baseline"), PlanStage(ctx)]
     if modes and config.generator is None:

@@ -32,13 +32,21 @@ def black_box_run(shared_data, tmp_path_factory):
 def test_the_audit_of_real_chexnet_predictions_is_written_with_what_it_skipped(black_box_run):
     run, nih = black_box_run
     audit = json.loads((run / "audit.json").read_text())
-    assert audit["scope"]["black_box"] and list(audit["arms"]) == ["baseline"] and audit["probe"] is None
+    assert audit["scope"]["black_box"] and list(audit["arms"]) == ["baseline", "recalibrated"] and audit["probe"] is None
     model = audit["inputs"]["model"]
     assert Path(model["path"]).resolve() == (nih / "chexnet_predictions.csv").resolve()
     assert model["format"] == "predictions csv" and model["card"] is None and len(model["sha256"]) == 64
-    assert set(audit["skipped"]) == {"fine-tune arms", "recalibrated arm", "synthesis", "probe"}
+    assert set(audit["skipped"]) == {"fine-tune arms", "synthesis", "probe"}
+    # the vendor's file scores every image, the validation split's too: the black box is recalibrated
+    assert set(audit["arms"]) == {"baseline", "recalibrated"}
+    recalibrated = audit["arms"]["recalibrated"]["metrics"]
+    assert recalibrated["model"]["recalibration"]["method"] == "temperature"
+    baseline = audit["arms"]["baseline"]["metrics"]
+    assert recalibrated["concepts"]["Cardiomegaly"]["auroc"]["value"] == pytest.approx(
+        baseline["concepts"]["Cardiomegaly"]["auroc"]["value"], abs=1e-9)
     assert "--generator" in audit["skipped"]["synthesis"] and "weights" in audit["skipped"]["fine-tune arms"]
-    assert {p.stem for p in RunDir(run).stages.glob("*.json")} == {"datasheet", "coverage", "evaluate_baseline", "plan",
+    assert {p.stem for p in RunDir(run).stages.glob("*.json")} == {"datasheet", "coverage", "evaluate_baseline",
+                                                                   "evaluate_recalibrated", "plan",
                                                                    "assemble", "report"}
     # AUROC recomputed straight from the vendor's CSV on the audit's own test images
     predictions = np.load(RunDir(run).evaluation("baseline").predictions)
@@ -84,3 +92,21 @@ def test_a_black_box_cannot_be_fine_tuned_and_the_refusal_records_nothing(black_
     result = run_cli("audit", "--out", run, "--predictions", nih / "chexnet_predictions.csv", "--arms", "cars")
     assert result.exit_code == 2 and "--arms" in result.output and "weights" in result.output
     assert RunDir(run).request.read_bytes() == before
+
+
+def test_a_black_box_scored_on_the_test_split_only_is_not_recalibrated_and_says_why(shared_data, tmp_path,
+                                                                                    open_test_run):
+    nih = shared_data / "nih621"
+    full = open_test_run(tmp_path / "full", predictions=nih / "chexnet_predictions.csv", data=nih / "labels.csv",
+                         format="nih", spec=Path("coverage_specs/nih.yaml"))
+    assert full.arms == ["baseline", "recalibrated"]
+    test_ids = set(full.frontal("test").frame["image_id"].astype(str))
+    scores = pd.read_csv(nih / "chexnet_predictions.csv")
+    partial = tmp_path / "test_only.csv"
+    scores[scores["Image Index"].isin(test_ids)].to_csv(partial, index=False)
+    only_test = open_test_run(tmp_path / "partial", predictions=partial, data=nih / "labels.csv", format="nih",
+                              spec=Path("coverage_specs/nih.yaml"))
+    assert only_test.arms == ["baseline"]
+    from cxr_audit.stages.assemble import AssembleStage
+
+    assert "validation split" in AssembleStage(only_test)._skipped()["recalibrated arm"]
