@@ -162,18 +162,17 @@ def calibration_line(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray
     """Calibration intercept and slope for each row of `weights` (B, N)."""
     weights = np.ones((1, scores.size)) if weights is None else np.atleast_2d(weights)
     x, y = logit(scores), labels.astype(float)
-    drawn = weights > 0
-    one_class = (weights @ y == 0) | (weights @ (1 - y) == 0)
-    # separated: every drawn positive scores above every drawn negative (the slope's likelihood has no maximum)
-    separated = (np.where(drawn & (y == 1), x, np.inf).min(axis=1) > np.where(drawn & (y == 0), x, -np.inf).max(axis=1))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         intercept = _fit_offset_intercept(x, y, weights)
         slope = _fit_line(x, y, weights)[1]
-    return {"calibration_intercept": np.where(one_class, np.nan, intercept),
-            "calibration_slope": np.where(one_class | separated, np.nan, slope)}
+    return {"calibration_intercept": np.where(_one_class(y, weights), np.nan, intercept), "calibration_slope": slope}
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def _one_class(y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return (weights @ y == 0) | (weights @ (1 - y) == 0)
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1 + np.tanh(0.5 * z))  # no overflow for large |z|
 
 
@@ -186,7 +185,7 @@ def _newton(parameters: np.ndarray, design: np.ndarray, offset: np.ndarray, y: n
     replicates, k = weights.shape[0], design.shape[0]
     converged = np.zeros(replicates, dtype=bool)
     for _ in range(_NEWTON_STEPS):
-        p = _sigmoid(offset[None, :] + parameters @ design)
+        p = sigmoid(offset[None, :] + parameters @ design)
         residual, variance = weights * (y - p), weights * p * (1 - p)
         if k == 1:
             step = (residual @ design[0] / (variance @ (design[0] * design[0])))[:, None]
@@ -221,12 +220,17 @@ def _fit_offset_intercept(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> 
 
 
 def _fit_line(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) per replicate; NaN for one class, or where every drawn positive scores above every drawn negative
+    (separated: the likelihood has no maximum, and Newton would stop on a saturated, meaningless slope)."""
     fitted = _warm_started(np.vstack([np.ones(x.size), x]), np.zeros(x.size), y, weights)
+    drawn = weights > 0
+    separated = np.where(drawn & (y == 1), x, np.inf).min(axis=1) > np.where(drawn & (y == 0), x, -np.inf).max(axis=1)
+    fitted[_one_class(y, weights) | separated] = np.nan
     return fitted[:, 0], fitted[:, 1]
 
 
 def fit_line(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(a, b) of logit P(y) = a + b logit(p), unpenalised: Platt's recalibration map."""
+    """(a, b) of logit P(y) = a + b logit(p), unpenalised: Platt's recalibration map (NaN when not estimable)."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         a, b = _fit_line(logit(scores), labels.astype(float), np.ones((1, scores.size)))
     return float(a[0]), float(b[0])

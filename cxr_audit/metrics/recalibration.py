@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from cxr_audit.metrics.calibration import calibration_line, fit_line, logit
+from cxr_audit.metrics.calibration import fit_line, logit, sigmoid
 
 Method = Literal["temperature", "platt", "isotonic"]
 METHODS: tuple[str, ...] = ("temperature", "platt", "isotonic")
@@ -35,9 +35,9 @@ class Recalibration:
         if self.reason:
             return scores
         if self.method == "temperature":
-            return _sigmoid(logit(scores) / self.parameters["temperature"])
+            return sigmoid(logit(scores) / self.parameters["temperature"])
         if self.method == "platt":
-            return _sigmoid(self.parameters["intercept"] + self.parameters["slope"] * logit(scores))
+            return sigmoid(self.parameters["intercept"] + self.parameters["slope"] * logit(scores))
         return np.asarray(self._isotonic.predict(scores), dtype=float)
 
     def to_json(self) -> dict:
@@ -58,7 +58,7 @@ def fit_recalibration(method: str, scores: np.ndarray, labels: np.ndarray) -> Re
         return Recalibration(method, {"temperature": _fit_temperature(scores, labels)})
     if method == "platt":
         intercept, slope = fit_line(scores, labels)
-        if not (np.isfinite(intercept) and np.isfinite(slope)) or np.isnan(calibration_line(scores, labels)["calibration_slope"][0]):
+        if not (np.isfinite(intercept) and np.isfinite(slope)):
             return Recalibration(method, reason="the validation labels are separated by the scores: the logistic fit "
                                                 "does not converge, probabilities kept")
         return Recalibration(method, {"intercept": intercept, "slope": slope})
@@ -81,6 +81,3 @@ def _fit_temperature(scores: np.ndarray, labels: np.ndarray) -> float:
                              options={"xatol": 1e-8})
     return float(np.exp(fitted.x))
 
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1 + np.tanh(0.5 * z))
