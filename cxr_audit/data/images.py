@@ -27,6 +27,15 @@ def is_dicom(path: Path) -> bool:
         return handle.read(4) == b"DICM"
 
 
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """An 8-bit (or 16-bit) greyscale array as PNG bytes, with no ancillary chunk (no text, time or gamma)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """A 2-D float32 array in [0, 1] for a DICOM, PNG (8/16 bit) or JPEG radiograph."""
     path = Path(path)

@@ -177,6 +177,27 @@ class Manifest:
 
         return load_images([self.resolve_image(p) for p in self.frame["path"]], size, cache_dir, workers, progress)
 
+    def holds_dicom(self, sample: int = 20) -> bool:
+        """Whether the images are DICOM (judged on the first `sample`: a dataset is one format)."""
+        from cxr_audit.data.images import is_dicom
+
+        paths = [self.resolve_image(p) for p in self.frame["path"][:sample]]
+        return any(p.suffix.lower() in (".dcm", ".dicom") or (p.is_file() and is_dicom(p)) for p in paths)
+
+    def with_equipment(self) -> pd.DataFrame:
+        """The frame, with each DICOM image's manufacturer and model from its header (subgroups, the data
+        sheet); unchanged for other images."""
+        from cxr_audit.data.dicom import equipment
+
+        frame = self.frame.copy()
+        if not len(frame) or not self.holds_dicom():
+            return frame
+        fields = [equipment(self.resolve_image(p)) for p in frame["path"]]
+        frame["manufacturer"] = [f["Manufacturer"] for f in fields]
+        frame["model"] = [" ".join(v for v in (f["Manufacturer"], f["ManufacturerModelName"]) if v) or None
+                          for f in fields]
+        return frame
+
 
 def check_integrity(manifest: Manifest, allow_duplicates: bool = False) -> Manifest:
     """What every reader's manifest must satisfy before any count or metric is computed from it:

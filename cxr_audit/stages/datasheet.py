@@ -49,14 +49,12 @@ class DataSheetStage:
     def run(self) -> None:
         import pandas as pd
 
-        from cxr_audit.stages.evaluate import _with_equipment
-
         ctx = self.ctx
         parts = {split: ctx.frontal(split) for split in PARTITIONS}
         concepts = [c for c in (ctx.spec.concepts if ctx.spec else ctx.manifest.concepts) if c in ctx.manifest.concepts]
         document = {"schema_version": "1.0", "concepts": concepts, "partitions": {}}
         for split, part in parts.items():
-            frame = _with_equipment(part) if len(part) else part.frame
+            frame = part.with_equipment()
             document["partitions"][split] = partition_summary(frame, concepts, part.labels(concepts, ctx.label_policy))
         everything = pd.concat([part.frame.assign(split=split) for split, part in parts.items()], ignore_index=True)
         document["patient_overlap"] = patient_overlap(everything)

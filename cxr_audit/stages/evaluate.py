@@ -116,7 +116,7 @@ class EvaluateStage:
         evaluation = evaluate(EvaluationInput(
             concepts=concepts, probabilities=probabilities, labels=labels,
             patient_ids=test.frame["patient_id"].to_numpy(), thresholds=thresholds, stochastic=stochastic,
-            stochastic_method=method, frame=_with_equipment(test), cells=cells,
+            stochastic_method=method, frame=test.with_equipment(), cells=cells,
             cell_plausibility={c.id: not rules.violations(c.all_of, c.none_of) for c in cells} if rules else {},
         ), n_replicates=ctx.config.bootstrap, seed=ctx.config.seed)
         document = MetricsDocument(
@@ -128,21 +128,6 @@ class EvaluateStage:
         _write_predictions(self.layout.predictions, test, concepts, probabilities, labels)
         save_replicates(self.layout.replicates, evaluation.replicates)
         atomic_write_json(self.layout.metrics, document.model_dump(mode="json"))
-
-
-def _with_equipment(manifest: Manifest):
-    """The manifest's frame, with each DICOM image's manufacturer and model (for subgroup metrics)."""
-    from cxr_audit.data.dicom import equipment
-    from cxr_audit.data.images import is_dicom
-
-    frame = manifest.frame.copy()
-    paths = [manifest.resolve_image(p) for p in frame["path"]]
-    if not any(p.suffix.lower() in (".dcm", ".dicom") or (p.is_file() and is_dicom(p)) for p in paths[:20]):
-        return frame
-    fields = [equipment(p) for p in paths]
-    frame["manufacturer"] = [f["Manufacturer"] for f in fields]
-    frame["model"] = [" ".join(v for v in (f["Manufacturer"], f["ManufacturerModelName"]) if v) or None for f in fields]
-    return frame
 
 
 def _model_predictions(ctx: RunContext, models: list[tuple[Path, Path | None]], test: Manifest,

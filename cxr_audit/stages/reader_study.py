@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from cxr_audit.audit.reader_study import (
     parse_responses,
     score_reader_study,
 )
+from cxr_audit.data.images import png_bytes
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from cxr_audit.rundir import ReaderKitLayout
@@ -67,7 +67,7 @@ def export_kit(ctx: RunContext, out: Path, n: int, synthetic_fraction: float, se
                              "scored. Pass --force to make a new kit (its key replaces the old one).")
     kit = {"kit": "cxr-audit blinded reader study", "cases": [c for c, _, _ in cases], "concepts": key["concepts"],
            "key_sha256": key_sha256, "image_size": size, "response_columns": list(RESPONSE_COLUMNS)}
-    dicom = _data_is_dicom(train)
+    dicom = train.holds_dicom()
     staging = out.with_name(f".{out.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     _write_kit(ReaderKitLayout(staging), cases, pixels, kit, dicom, seed)
@@ -120,15 +120,6 @@ def _case_pixels(ctx: RunContext, cases, layout, train) -> dict[str, np.ndarray]
     return {case_id: np.round(np.clip(image, 0, 1) * 255).astype(np.uint8) for case_id, image in pixels.items()}
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    """8-bit greyscale PNG with no ancillary chunk (no text, time, gamma or resolution)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", optimize=False)
-    return buffer.getvalue()
-
-
 def _write_kit(kit: ReaderKitLayout, cases, pixels: dict[str, np.ndarray], manifest: dict, dicom: bool,
                seed: int) -> None:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -136,7 +127,7 @@ def _write_kit(kit: ReaderKitLayout, cases, pixels: dict[str, np.ndarray], manif
     kit.images.mkdir(parents=True)
     shown = []
     for case_id, _, _ in sorted(cases):
-        png = _png(pixels[case_id])
+        png = png_bytes(pixels[case_id])
         kit.image(case_id).write_bytes(png)
         if dicom:
             from cxr_audit.synthesis.dicom_out import write_reader_study_dicom
@@ -153,13 +144,6 @@ def _write_kit(kit: ReaderKitLayout, cases, pixels: dict[str, np.ndarray], manif
         f"{manifest['key_sha256']},{c['id']},,,,\n" for c in shown)
     kit.template.write_text(template, encoding="utf-8")
     atomic_write_json(kit.manifest, manifest)
-
-
-def _data_is_dicom(train) -> bool:
-    from cxr_audit.data.images import is_dicom
-
-    paths = [train.resolve_image(p) for p in train.frame["path"][:20]]
-    return any(p.suffix.lower() in (".dcm", ".dicom") or (p.is_file() and is_dicom(p)) for p in paths)
 
 
 def _check_kit_folder(ctx: RunContext, out: Path, force: bool) -> None:

@@ -4,14 +4,13 @@ texture control), each with QC by the independent checker."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from cxr_audit.classifier.card import card_file
+from cxr_audit.data.images import png_bytes
 from cxr_audit.provenance import (
     atomic_write_bytes,
     atomic_write_json,
@@ -98,23 +97,17 @@ def score_list(layout: SynthesisLayout, null_edits: bool = False):
                          for role, edit_id, path in rows], columns=["path", "role", "edit_id"])
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_edit(layout: SynthesisLayout, edit) -> None:
     """One finished edit (synthesis.synthesize.FinishedEdit): its image (and a DICOM copy when the source was
     DICOM, with no source PHI), its region, and its record last: a record says the edit is complete."""
     edit_id = edit.record.edit_id
-    atomic_write_bytes(layout.image(edit_id), _png(edit.pixels))
-    atomic_write_bytes(layout.source(edit_id), _png(edit.source_pixels))
+    atomic_write_bytes(layout.image(edit_id), png_bytes(edit.pixels))
+    atomic_write_bytes(layout.source(edit_id), png_bytes(edit.source_pixels))
     if edit.source_is_dicom:
         from cxr_audit.synthesis.dicom_out import write_synthetic_dicom
 
         write_synthetic_dicom(layout.dicom(edit_id), edit.pixels, edit_id, edit.description, edit.view)
-    atomic_write_bytes(layout.mask(edit_id), _png((edit.region * 255).astype(np.uint8)))
+    atomic_write_bytes(layout.mask(edit_id), png_bytes((edit.region * 255).astype(np.uint8)))
     atomic_write_json(layout.record(edit_id), edit.record.model_dump(mode="json"))
 
 
