@@ -44,6 +44,17 @@ def patient_overlap(frame: pd.DataFrame) -> dict:
     return {"checked": True, "patients_in_several_partitions": len(crossing), "examples": crossing[:10]}
 
 
+def perceptual_hashes(images: np.ndarray) -> np.ndarray:
+    """(N, HASH_SIZE**2) bool: imagehash's pHash of each image ((N, 1, H, W) in [0, 1], as decoded)."""
+    import imagehash
+    from PIL import Image
+
+    if not len(images):
+        return np.zeros((0, HASH_SIZE * HASH_SIZE), bool)
+    return np.stack([imagehash.phash(Image.fromarray(np.round(image[0] * 255).astype(np.uint8)),
+                                     hash_size=HASH_SIZE).hash.ravel() for image in images])
+
+
 def near_duplicate_pairs(hashes: np.ndarray, partitions: np.ndarray, max_bits: int = NEAR_DUPLICATE_BITS
                          ) -> list[tuple[int, int, int]]:
     """(i, j, differing bits) for images of different partitions whose hash bits (N, B bool) differ in at most

@@ -18,6 +18,7 @@ from cxr_audit.evaluation.datasheet import (
     NEAR_DUPLICATE_BITS,
     near_duplicate_pairs,
     partition_summary,
+    perceptual_hashes,
     patient_overlap,
 )
 from cxr_audit.errors import UserInputError
@@ -63,9 +64,6 @@ class DataSheetStage:
         atomic_write_json(self.path, document)
 
     def _near_duplicates(self, parts: dict) -> dict:
-        import imagehash
-        from PIL import Image
-
         from cxr_audit.data.decoded import load_images
 
         ctx = self.ctx
@@ -82,10 +80,7 @@ class DataSheetStage:
             return {**method, "checked": False, "reason": f"{len(missing)} of {len(paths)} images are not on disk "
                     f"(first: {missing[0]}); audit with the images to check for near-duplicates", "pairs": []}
         images = load_images(paths, HASH_IMAGE_SIZE, ctx.cache_dir, ctx.workers, ctx.progress, desc="hashing images")
-        hashes = np.stack([imagehash.phash(Image.fromarray(np.round(image[0] * 255).astype(np.uint8)),
-                                           hash_size=HASH_SIZE).hash.ravel() for image in images]) if len(images) \
-            else np.zeros((0, HASH_SIZE * HASH_SIZE), bool)
-        pairs = near_duplicate_pairs(hashes, np.array(partitions))
+        pairs = near_duplicate_pairs(perceptual_hashes(images), np.array(partitions))
         listed = [{"image": ids[i], "partition": partitions[i], "other": ids[j], "other_partition": partitions[j],
                    "bits": bits} for i, j, bits in pairs]
         in_test = [p for p in listed if "test" in (p["partition"], p["other_partition"])]
