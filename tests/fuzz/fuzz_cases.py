@@ -458,6 +458,10 @@ _option_case("synthesize --strength 2", "strength", ["synthesize", "--run", "RUN
 _option_case("audit --finetune-steps 0", "steps", ["audit", "--out", "RUN", "--finetune-steps", "0"], needs="run")
 _option_case("audit --edit-steps 0", "steps", ["audit", "--out", "RUN", "--edit-steps", "0"], needs="run")
 _option_case("audit --arms bogus", "bogus", ["audit", "--out", "RUN", "--arms", "baseline,bogus"], needs="run")
+_option_case("audit --recalibration beta", "recalibration", ["audit", "--out", "RUN", "--recalibration", "beta"],
+             needs="run")
+_option_case("reader-study export --n 1", "--n", ["reader-study", "export", "--run", "RUN", "--out", "RUN-kit", "--n",
+                                                  "1"], needs="run")
 _option_case("finetune --arms baseline", "baseline", ["finetune", "--run", "RUN", "--arms", "baseline"], needs="run")
 _option_case("train-generator --steps 0", "steps", ["train-generator", "--out", "OUT", "--data", "DATA", "--spec",
                                                     "SPEC", "--steps", "0"])
@@ -803,3 +807,25 @@ _run_case("reader-study export: --out a file", "is a file",
           lambda r, f: ["reader-study", "export", "--run", r, "--out", _write(f, "x", "kit.txt")])
 _run_case("reader-study export: --synthetic-fraction 2", "--synthetic-fraction",
           lambda r, f: ["reader-study", "export", "--run", r, "--out", f / "kit", "--synthetic-fraction", "2"])
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data integrity the data sheet checks: a test image that nearly duplicates a training image
+
+def _near_duplicate(folder: Path, base) -> tuple[list, str]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["path,patient_id,split,view,Cardiomegaly,Pleural Effusion"]
+    (folder / "images").mkdir()
+    for k in range(36):
+        Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / f"images/{k}.png")
+        rows.append(f"images/{k}.png,p{k},{('train', 'val', 'test')[k % 3]},PA,{k % 2},{(k // 2) % 2}")
+    shutil.copyfile(folder / "images/0.png", folder / "images/2.png")  # a training image again, in the test split
+    _write(folder, "\n".join(rows) + "\n")
+    return ["audit", "--data", folder / "labels.csv", "--spec", _write(folder, SPEC, "spec.yaml"), "--model", base.model,
+            "--card", base.card, "--out", folder / "run", "--no-cache"], "--allow-near-duplicates"
+
+
+case("data integrity", "a test image copying a training image")(_near_duplicate)
