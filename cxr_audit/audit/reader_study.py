@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxr_audit.errors import UserInputError
 from cxr_audit.metrics.bootstrap import proportion_interval
 from cxr_audit.metrics.discrimination import weighted_auroc
 
@@ -215,8 +216,6 @@ def parse_responses(path, rows: list[dict[str, str]], columns: list[str], key: d
                     concepts: list[str]) -> list[Response]:
     """One responses file's rows (as read, every value text) checked and typed. Every problem is a
     UserInputError naming the file, line and column."""
-    from cxr_audit.errors import UserInputError
-
     missing = [c for c in RESPONSE_COLUMNS if c not in columns]
     if missing:
         raise UserInputError(f"{path}: no column {', '.join(repr(c) for c in missing)} (a responses file has the "
@@ -260,8 +259,6 @@ def parse_responses(path, rows: list[dict[str, str]], columns: list[str], key: d
 
 def check_complete(responses_by_file: dict, key: dict[str, KeyCase]) -> None:
     """Every reader answered every case once, across all the files given."""
-    from cxr_audit.errors import UserInputError
-
     seen: dict[tuple[str, str], str] = {}
     for path, responses in responses_by_file.items():
         for response in responses:

@@ -108,6 +108,7 @@ class AssembleStage:
         if ctx.probes and config.probe_predictions:
             inputs["probe_scores"] = {"path": run.relative(ctx.path("probe_predictions")),
                                       "sha256": sha256_file(ctx.path("probe_predictions")), "format": "predictions csv"}
+        data_sheet = self._data_sheet()
         document = {
             "tool_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -120,7 +121,7 @@ class AssembleStage:
             "seeds": {"audit": config.seed, "bootstrap": config.seed, "synthesis": "per edit, from the plan"},
             "command_line": self.command_line,
             "stage_seconds": stage_seconds(run),
-            "notes": ctx.notes + self._data_sheet_notes(),
+            "notes": ctx.notes + _near_duplicate_notes(data_sheet),
             "coverage": read_coverage(ctx),
             "plan": {"edits": len(plan.edits), "cells": plan.cells, "rejections": plan.rejections},
             "synthesis": {mode: read_summary(run.synthesis(mode)) for mode in ctx.synthesis_modes},
@@ -133,7 +134,7 @@ class AssembleStage:
             "probe": read_probe(ctx) if ctx.probes else None,
             "skipped": self._skipped(),
             "reader_study": read_json(run.reader_study.results, "") if run.reader_study.results.is_file() else None,
-            "data_sheet": self._data_sheet(list(baseline.concepts)),
+            "data_sheet": data_sheet,
             "test_set": {"sha256": test_set_sha256(layout.predictions), "predictions": run.relative(layout.predictions),
                          "predictions_sha256": sha256_file(layout.predictions),
                          "replicates": run.relative(layout.replicates),
@@ -147,7 +148,7 @@ class AssembleStage:
         atomic_write_json(run.audit, audit.model_dump(mode="json"))
 
 
-    def _data_sheet(self, concepts: list[str]) -> dict | None:
+    def _data_sheet(self) -> dict | None:
         """The data sheet of the real partitions, with the accepted synthetic edits as one more partition."""
         from cxr_audit.stages.datasheet import read_datasheet, synthetic_partition
 
@@ -157,15 +158,6 @@ class AssembleStage:
             if synthetic is not None:
                 sheet["partitions"]["synthetic (accepted CARS edits)"] = synthetic
         return sheet
-
-    def _data_sheet_notes(self) -> list[str]:
-        from cxr_audit.stages.datasheet import read_datasheet
-
-        duplicates = (read_datasheet(self.ctx) or {}).get("near_duplicates", {})
-        if duplicates.get("allowed"):
-            return [f"{duplicates['pairs_with_test']} test images are near-duplicates of images in other partitions; "
-                    "the audit went on with --allow-near-duplicates (see the data sheet)"]
-        return []
 
     def _skipped(self) -> dict[str, str]:
         """The parts of the audit this run does not have, each with the reason the report gives."""
@@ -183,6 +175,14 @@ class AssembleStage:
         if not ctx.probes:
             skipped["probe"] = ctx.why_no_stage("probe")
         return skipped
+
+
+def _near_duplicate_notes(sheet: dict | None) -> list[str]:
+    duplicates = (sheet or {}).get("near_duplicates", {})
+    if duplicates.get("allowed"):
+        return [f"{duplicates['pairs_with_test']} test images are near-duplicates of images in other partitions; "
+                "the audit went on with --allow-near-duplicates (see the data sheet)"]
+    return []
 
 
 def open_audit(path: Path, arm: str):
