@@ -53,7 +53,7 @@ def run_matched_arm(out: Path, seed: int) -> dict:
         outputs, size = model.concepts, model.card.input_size
         rows = matched_rows(run, seed)
         synthetic = read_synthetic_training_images(run.synthesis("unconstrained"), outputs, size)
-        subsample = TrainingImages(synthetic.images[rows], synthetic.labels[rows], synthetic.synthetic[rows])
+        subsample = TrainingImages(synthetic.images.take(rows), synthetic.labels[rows], synthetic.synthetic[rows])
         train = TrainingImages.concatenate([TrainingImages.real(ctx.images("train", size),
                                                                 ctx.labels("train", outputs)), subsample])
         validation = TrainingImages.real(ctx.images("val", size), ctx.labels("val", outputs))

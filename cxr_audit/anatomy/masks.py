@@ -6,6 +6,7 @@ masks/<image path without suffix>/{lung_right,lung_left,heart,mediastinum}.png, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +47,39 @@ def image_mask_folder(manifest: Manifest, rel_path: str) -> Path:
     return manifest.resolve_image(str(mask_folder(rel_path)))  # inside the dataset root, like the images
 
 
-def dataset_anatomy(manifest: Manifest, size: int) -> list[dict[str, np.ndarray]] | None:
+class DatasetAnatomy(Sequence):
+    """Anatomy masks of every image of a manifest, by position, read from disk when asked for: a generator
+    training on a large archive touches only its batches' masks, so memory does not grow with the archive
+    (the last `keep` images' masks are kept, since training draws the same images again)."""
+
+    def __init__(self, folders: list[Path], size: int, keep: int = 4096):
+        from functools import lru_cache
+
+        self.folders, self.size = folders, size
+        self._load = lru_cache(maxsize=keep)(self._read)
+
+    def _read(self, index: int) -> dict[str, np.ndarray]:
+        return load_mask_folder(self.folders[index], self.size)
+
+    def __len__(self) -> int:
+        return len(self.folders)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self._load(int(index))
+
+
+def dataset_anatomy(manifest: Manifest, size: int) -> DatasetAnatomy | None:
     """Anatomy masks of every image (phantom layout, or written by `cxr-audit segment`), or None when the
-    data has none (the generator then trains without regions)."""
+    data has none (the generator then trains without regions). Every image's lung masks must exist (checked
+    now); the masks are read as they are used."""
     paths = list(manifest.frame["path"])
     if not paths or not (image_mask_folder(manifest, paths[0]) / "lung_right.png").exists():
         return None
-    anatomies = []
+    folders = []
     for path in paths:
         folder = image_mask_folder(manifest, path)
         if not (folder / "lung_right.png").exists():
             raise UserInputError(f"No anatomy masks for {path} (looked in {folder}); other images have them. Write "
                                  "masks for every image with `cxr-audit segment`.")
-        anatomies.append(load_mask_folder(folder, size))
-    return anatomies
+        folders.append(folder)
+    return DatasetAnatomy(folders, size)

@@ -16,6 +16,7 @@ import io
 import json
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -33,6 +34,7 @@ from cxr_audit.classifier.micro_batches import (
     fingerprint_config,
 )
 from cxr_audit.classifier.small_cnn import masked_bce
+from cxr_audit.data.image_rows import ArrayImages, ConcatenatedImages, ImageRows, as_image_rows, read_ahead
 from cxr_audit.errors import UserInputError
 from cxr_audit.metrics.discrimination import weighted_average_precision
 from cxr_audit.progress import progress_bar
@@ -56,19 +58,23 @@ class FinetuneConfig:
 
 @dataclass
 class TrainingImages:
-    """Images in [0, 1] at the model's input size, their labels (NaN unknown) and whether each is synthetic."""
+    """Images in [0, 1] at the model's input size (in memory or rows of the decoded-image store, read a batch
+    at a time), their labels (NaN unknown) and whether each is synthetic."""
 
-    images: np.ndarray     # (N, 1, S, S) float32
+    images: ImageRows      # (N, 1, S, S) float32 (an array is wrapped)
     labels: np.ndarray     # (N, K) float32
     synthetic: np.ndarray  # (N,) bool
 
+    def __post_init__(self):
+        self.images = as_image_rows(self.images)
+
     @staticmethod
-    def real(images: np.ndarray, labels: np.ndarray) -> TrainingImages:
+    def real(images: np.ndarray | ImageRows, labels: np.ndarray) -> TrainingImages:
         return TrainingImages(images, labels.astype(np.float32), np.zeros(len(images), bool))
 
     @staticmethod
     def concatenate(parts: list[TrainingImages]) -> TrainingImages:
-        return TrainingImages(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
+        return TrainingImages(ConcatenatedImages([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
                               np.concatenate([p.synthetic for p in parts]))
 
 
@@ -120,10 +126,11 @@ def _logits(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _validation_auprc(model: LoadedModel, images: torch.Tensor, labels: np.ndarray, batch_size: int) -> float:
+def _validation_auprc(model: LoadedModel, images: ImageRows, labels: np.ndarray, batch_size: int,
+                      device: torch.device) -> float:
     model.module.eval()
-    scores = torch.cat([torch.sigmoid(_logits(model, images[i:i + batch_size]))
-                        for i in range(0, len(images), batch_size)]).cpu().numpy()
+    scores = torch.cat([torch.sigmoid(_logits(model, torch.from_numpy(batch).to(device)))
+                        for batch in images.batches(batch_size)]).cpu().numpy()
     values = []
     for j in range(labels.shape[1]):
         known = ~np.isnan(labels[:, j])
@@ -187,7 +194,7 @@ class _TrainingRun:
         self.main = accelerator.is_main_process
         self.micro = effective_micro_batches(config.micro_batches, config.batch_size, self.world)
         self.per_process, self.micro_size = self.micro // self.world, config.batch_size // self.micro
-        self.checkpoints, self.validation_labels = checkpoints, validation.labels
+        self.checkpoints, self.validation = checkpoints, validation
         self.candidate = _trainable_copy(model).to(self.device)
         # Seeded after the copy is built: building a state-dict model draws random initial weights, and the
         # dropout masks must not depend on how the model's weights were stored.
@@ -196,13 +203,12 @@ class _TrainingRun:
         self.optimizer = torch.optim.AdamW([p for p in self.net.parameters() if p.requires_grad], lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.sampler = torch.Generator().manual_seed(config.seed)  # the same global batches on every process
+        self.sampler_state = self.sampler.get_state()  # as of the last step taken (batches are drawn ahead)
         self.weights = torch.tensor(sample_weights(train.labels) if config.balanced
                                     else np.full(len(train.labels), 1 / len(train.labels)))
-        # shared with the array, not copied: the training images are the fine-tune's largest memory (only
-        # batches are read from them, never written)
-        self.x_train = torch.from_numpy(np.require(train.images, np.float32, ["C", "W"]))
+        # read a batch at a time: from the decoded-image store, the training set never is in memory
+        self.x_train = train.images
         self.y_train = torch.tensor(train.labels)
-        self.x_val = torch.tensor(validation.images).to(self.device) if self.main else None
         self.state = {"step": 0, "best_score": -1.0, "best_step": 0, "bad_evaluations": 0, "history": []}
         self.best_weights = copy.deepcopy(self.net.state_dict())
         self.fingerprint = json.dumps({"config": fingerprint_config(config, self.world), "inputs": inputs_sha256},
@@ -229,6 +235,7 @@ class _TrainingRun:
         self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.sampler.set_state(saved["sampler"])
+        self.sampler_state = saved["sampler"]
         torch.set_rng_state(saved["torch_rng"])  # dropout masks continue as if never interrupted
         self.best_weights = saved["best_model"]
         self.state = json.loads(saved["state"])
@@ -239,8 +246,10 @@ class _TrainingRun:
         bar = progress_bar(total=config.steps, initial=state["step"], desc=f"fine-tuning ({arm})", unit="step",
                            disable=not (progress and self.main))
         stopped_early = False
+        batches = read_ahead(self.x_train, self._draws(config))
         while state["step"] < config.steps:
-            step_loss = self.step(config)
+            images = next(batches)  # read first: it draws the batch (and any read ahead)
+            step_loss = self.step(config, *self._drawn.popleft(), images)
             state["step"] += 1
             bar.update()
             if state["step"] % config.eval_every == 0 or state["step"] == config.steps:
@@ -249,14 +258,28 @@ class _TrainingRun:
                 self.checkpoints.save(self.checkpoint())
             if stopped_early:
                 break
+        batches.close()
         bar.close()
         return stopped_early
 
-    def step(self, config: FinetuneConfig) -> torch.Tensor:
-        """One optimizer step on one global batch, this process's micro-batches of it; returns its loss share."""
+    def _draws(self, config: FinetuneConfig):
+        """This process's rows of each global batch, drawn in step order from the sampler. The images are read
+        ahead of the step that uses them, so the draws are kept (with the sampler's state after each) until
+        their step takes them: a checkpoint then holds the state of the last step taken, not of the last read."""
+        self._drawn: deque[tuple] = deque()
+        mine = slice(self.rank * self.per_process * self.micro_size, (self.rank + 1) * self.per_process * self.micro_size)
+        while True:
+            batch = torch.multinomial(self.weights, config.batch_size, replacement=True, generator=self.sampler)
+            gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=self.sampler)  # exposure jitter
+            self._drawn.append((batch, gain, self.sampler.get_state()))
+            yield batch[mine].numpy()
+
+    def step(self, config: FinetuneConfig, batch: torch.Tensor, gain: torch.Tensor, sampler_state: torch.Tensor,
+             images: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on one global batch (`images`: this process's rows of it), this process's
+        micro-batches of it; returns its loss share."""
         self.trained.train()
-        batch = torch.multinomial(self.weights, config.batch_size, replacement=True, generator=self.sampler)
-        gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=self.sampler)  # exposure jitter, as in training
+        self.sampler_state = sampler_state
         known = int((~torch.isnan(self.y_train[batch])).sum())
         if self.running_stats:
             self.running_stats.snapshot()
@@ -265,7 +288,8 @@ class _TrainingRun:
         first, last = self.rank * self.per_process, (self.rank + 1) * self.per_process - 1
         for k in range(first, last + 1):
             part = slice(k * self.micro_size, (k + 1) * self.micro_size)
-            x = (self.x_train[batch[part]] * gain[part]).clamp(0, 1).to(self.device)
+            local = slice((k - first) * self.micro_size, (k - first + 1) * self.micro_size)
+            x = (images[local] * gain[part]).clamp(0, 1).to(self.device)
             y = self.y_train[batch[part]].to(self.device)
             if self.micro > 1:  # the micro-batch's dropout masks, whichever process runs it
                 torch.manual_seed(dropout_seed(config.seed, self.state["step"], k, self.micro))
@@ -283,8 +307,8 @@ class _TrainingRun:
     def evaluate(self, config: FinetuneConfig, step_loss: torch.Tensor, bar) -> bool:
         """Validation AUPRC on the main process, its early-stopping decision shared; returns whether to stop."""
         state = self.state
-        score = _validation_auprc(self.candidate, self.x_val, self.validation_labels, config.batch_size * 2) \
-            if self.main else None
+        score = _validation_auprc(self.candidate, self.validation.images, self.validation.labels,
+                                  config.batch_size * 2, self.device) if self.main else None
         score = distributed.broadcast(score)  # every process takes the main process's early-stopping decision
         state["history"].append({"step": state["step"], "loss": round(distributed.all_reduce_sum(step_loss).item(), 6),
                                  "val_mean_auprc": round(score, 6)})
@@ -298,7 +322,7 @@ class _TrainingRun:
 
     def checkpoint(self) -> dict:
         return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "sampler": self.sampler.get_state(), "torch_rng": torch.get_rng_state(),
+                "sampler": self.sampler_state, "torch_rng": torch.get_rng_state(),
                 "best_model": self.best_weights, "state": json.dumps(self.state), "fingerprint": self.fingerprint}
 
 
@@ -336,8 +360,8 @@ def synthetic_training_images(frame, images: np.ndarray, concepts: list[str], si
     """Accepted synthetic images (`frame`: the synthetic manifest's rows, `images`: theirs, (N, S, S)); concepts
     the edit's target vector does not name are unknown (NaN), never assumed negative."""
     if not len(frame):
-        return TrainingImages(np.zeros((0, 1, size, size), np.float32), np.zeros((0, len(concepts)), np.float32),
-                              np.zeros(0, bool))
+        return TrainingImages(ArrayImages(np.zeros((0, 1, size, size), np.float32)),
+                              np.zeros((0, len(concepts)), np.float32), np.zeros(0, bool))
     labels = np.stack([frame[c].to_numpy(np.float32) if c in frame else np.full(len(frame), np.nan, np.float32)
                        for c in concepts], axis=1)
-    return TrainingImages(images[:, None].astype(np.float32), labels, np.ones(len(frame), bool))
+    return TrainingImages(ArrayImages(images[:, None].astype(np.float32)), labels, np.ones(len(frame), bool))

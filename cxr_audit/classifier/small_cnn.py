@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 from cxr_audit.classifier.card import card_file
+from cxr_audit.data.image_rows import ArrayImages, ImageRows, as_image_rows, read_ahead
 from cxr_audit.progress import progress_bar
 from cxr_audit.provenance import atomic_write_bytes, atomic_write_text
 
@@ -62,16 +63,18 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "me
     return nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known], reduction=reduction)
 
 
-def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 6, batch_size: int = 32,
+def train_small_classifier(images: np.ndarray | ImageRows, labels: np.ndarray, epochs: int = 6, batch_size: int = 32,
                            lr: float = 2e-3, seed: int = 0, width: int = 16,
-                           progress: bool = False) -> SmallCXRNet:
-    """Train :class:`SmallCXRNet` on (N, 1, H, W) images in [0, 1] and (N, K) labels (NaN = unknown).
+                           progress: bool = False, max_steps: int | None = None) -> SmallCXRNet:
+    """Train :class:`SmallCXRNet` on (N, 1, H, W) images in [0, 1] (an array, or rows read a batch at a time)
+    and (N, K) labels (NaN = unknown).
 
     Exposure jitter is the only augmentation: it keeps the model from keying on global brightness.
+    `max_steps` stops early (benchmarks time a fixed number of steps on any set).
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.tensor(images, dtype=torch.float32)  # a copy: pandas hands out read-only arrays
+    x = as_image_rows(images)
     y = torch.tensor(labels, dtype=torch.float32)
     net = SmallCXRNet(y.shape[1], width=width)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -79,26 +82,33 @@ def train_small_classifier(images: np.ndarray, labels: np.ndarray, epochs: int =
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     bar = progress_bar(total=steps, desc="training classifier", unit="step", disable=not progress)
 
+    done = [0]
+
     def after_step() -> None:
         schedule.step()
         bar.update()
+        done[0] += 1
 
     for _ in range(epochs):
-        _train_epoch(net, optimizer, x, y, batch_size, generator, after_step)
+        left = None if max_steps is None else max_steps - done[0]
+        if left is not None and left <= 0:
+            break
+        _train_epoch(net, optimizer, x, y, batch_size, generator, after_step, max_steps=left)
     bar.close()
     return net.eval()
 
 
-def _train_epoch(net: SmallCXRNet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                 batch_size: int, generator: torch.Generator, after_step=None) -> None:
+def _train_epoch(net: SmallCXRNet, optimizer: torch.optim.Optimizer, x: ImageRows, y: torch.Tensor,
+                 batch_size: int, generator: torch.Generator, after_step=None, max_steps: int | None = None) -> None:
     """One pass over (x, y) in a seeded random order, with exposure jitter (the only augmentation: it keeps
-    the model from keying on global brightness)."""
+    the model from keying on global brightness). The order is drawn first, so the epoch's batches are read
+    ahead while earlier ones train."""
     net.train()
     order = torch.randperm(len(x), generator=generator)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)][:max_steps]
+    for batch, images in zip(batches, read_ahead(x, (b.numpy() for b in batches))):
         gain = 0.9 + 0.2 * torch.rand(len(batch), 1, 1, 1, generator=generator)
-        loss = masked_bce(net(x[batch] * gain), y[batch])
+        loss = masked_bce(net(images * gain), y[batch])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -131,7 +141,7 @@ def train_to_convergence(images: np.ndarray, labels: np.ndarray, val_images: np.
     cannot know how long training will run)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    x, y = torch.tensor(images, dtype=torch.float32), torch.tensor(labels, dtype=torch.float32)
+    x, y = ArrayImages(np.asarray(images, np.float32)), torch.tensor(labels, dtype=torch.float32)
     x_val, y_val = torch.tensor(val_images, dtype=torch.float32), torch.tensor(val_labels, dtype=torch.float32)
     net = SmallCXRNet(y.shape[1], width=width)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -155,7 +165,8 @@ def train_to_convergence(images: np.ndarray, labels: np.ndarray, val_images: np.
     return net.eval(), record
 
 
-def train_checker(images: np.ndarray, labels: np.ndarray, seed: int = 0, progress: bool = False) -> SmallCXRNet:
+def train_checker(images: np.ndarray | ImageRows, labels: np.ndarray, seed: int = 0,
+                  progress: bool = False) -> SmallCXRNet:
     """The independent concept checker that grades synthetic edits (QC): a small classifier trained on real
     images only. Seeded apart from the run's seed so it never shares initial weights with a model trained
     alongside it."""
@@ -163,10 +174,11 @@ def train_checker(images: np.ndarray, labels: np.ndarray, seed: int = 0, progres
 
 
 @torch.inference_mode()
-def predict_probabilities(net: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_probabilities(net: nn.Module, images: np.ndarray | ImageRows, batch_size: int = 256) -> np.ndarray:
     net.eval()
-    x = torch.as_tensor(images, dtype=torch.float32)
-    return torch.cat([torch.sigmoid(net(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]).numpy()
+    batches = as_image_rows(np.asarray(images, np.float32) if isinstance(images, np.ndarray) else images)
+    scores = [torch.sigmoid(net(torch.from_numpy(batch))) for batch in batches.batches(batch_size)]
+    return torch.cat(scores).numpy() if scores else np.zeros((0, net.head.out_features), np.float32)
 
 
 def small_cnn_from_state(state: dict[str, torch.Tensor], n_outputs: int) -> SmallCXRNet:

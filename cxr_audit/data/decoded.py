@@ -8,7 +8,14 @@ the exact float32 output of `load_resized`, so a cached image gives bit-identica
 
 Layout: `pixels.f32` (rows of size x size float32, append-only) and `index.tsv` (hash, row). A row is
 written and synced before its index line, under a file lock, so a killed process leaves at most an unindexed
-partial row, which the next writer truncates.
+partial row, which the next writer truncates. Rows are read with `pread` (data/image_rows.py says why not a
+memory map).
+
+Cost: 4 x size^2 bytes an image (16 KiB at 64 px, 64 KiB at 128, 196 KiB at 224). Rows stay float32: they are
+the decoder's exact output, so an image read from the store and one decoded now are the same bits, and
+nothing a run computes depends on whether the store was warm (a 16-bit store would halve the disk and read
+time, but the model inputs would then depend on whether an image came from the store, or every input would
+have to be rounded, changing every audit's numbers; benchmarks/bench_finetune_scale.py measures both errors).
 """
 
 from __future__ import annotations
@@ -52,7 +59,8 @@ class DecodedImageStore:
         self.rows: dict[str, int] = {}
         self._index_read = 0  # bytes of the index already parsed into `rows`
         self._read_new_index_lines()
-        self._map: np.memmap | None = None
+        self._fd: int | None = None
+        self._fd_pid = -1
 
     def _complete_rows(self) -> int:
         return self.pixels_path.stat().st_size // self._row_bytes if self.pixels_path.exists() else 0
@@ -76,11 +84,21 @@ class DecodedImageStore:
     def __contains__(self, sha256: str) -> bool:
         return sha256 in self.rows
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_fd_pid": -1}  # a worker process opens the file itself
+
     def get(self, sha256: str) -> np.ndarray:
-        row = self.rows[sha256]
-        if self._map is None or row >= len(self._map):
-            self._map = np.memmap(self.pixels_path, np.float32, "r", shape=(self._complete_rows(), self.size, self.size))
-        return np.array(self._map[row])
+        from cxr_audit.data.image_rows import read_store_rows
+
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd, self._fd_pid = os.open(self.pixels_path, os.O_RDONLY), os.getpid()
+        return read_store_rows(self._fd, self.pixels_path, self.size, np.array([self.rows[sha256]]))[0, 0]
+
+    def images(self, hashes: list[str]):
+        """The stored images of these hashes (every one stored), as rows read on demand."""
+        from cxr_audit.data.image_rows import StoredImages
+
+        return StoredImages(self.pixels_path, self.size, np.array([self.rows[sha] for sha in hashes], np.int64))
 
     def _index_ends_mid_line(self) -> bool:
         """A killed writer's torn last line: the next entry must start on a line of its own."""
@@ -176,20 +194,54 @@ def decoded_batches(loader: DataLoader):
         yield images
 
 
-def load_images(paths: list[Path], size: int, cache_dir: Path | None = None, workers: int | None = None,
-                progress: bool = False, desc: str = "loading images") -> np.ndarray:
-    """Images at `paths` as (N, 1, size, size) float32 in [0, 1], decoded in parallel, from and into the
-    decoded-image store under `cache_dir` when one is given."""
+def store_images(paths: list[Path], size: int, cache_dir: Path, workers: int | None = None, progress: bool = False,
+                 desc: str = "decoding images"):
+    """Images at `paths` as rows of the decoded-image store under `cache_dir` (data/image_rows.StoredImages):
+    those not stored yet are decoded into it first, a batch at a time, so memory stays flat however many there
+    are."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from cxr_audit.progress import progress_bar
 
-    if not paths:
-        return np.zeros((0, 1, size, size), np.float32)
+    store = DecodedImageStore(cache_dir, size)
+    workers = min(4, os.cpu_count() or 1) if workers is None else max(workers, 1)
+    with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL while it hashes
+        hashes = list(pool.map(image_sha256, paths, chunksize=64))
+    first_of = {}
+    for k, sha in enumerate(hashes):
+        if sha not in store:
+            first_of.setdefault(sha, k)  # an image stored twice in the dataset is decoded once
+    missing = sorted(first_of.values())
+    if missing:
+        with progress_bar(total=len(missing), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            loader = image_loader([paths[k] for k in missing], size, 64, workers, store, [hashes[k] for k in missing])
+            for images in decoded_batches(loader):
+                bar.update(len(images))
+    return store.images(hashes)
+
+
+def image_batches(paths: list[Path], size: int, cache_dir: Path | None = None, workers: int | None = None,
+                  progress: bool = False, desc: str = "loading images"):
+    """Images at `paths`, in order, a batch at a time as (n, 1, size, size) float32 in [0, 1]: decoded in
+    parallel, from and into the decoded-image store under `cache_dir` when one is given. For work that needs
+    each image once (hashes, scores), so memory does not grow with the number of images."""
+    from cxr_audit.progress import progress_bar
+
     store = DecodedImageStore(cache_dir, size) if cache_dir is not None else None
-    out = np.empty((len(paths), 1, size, size), np.float32)
-    start = 0
     with progress_bar(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for images in decoded_batches(image_loader(paths, size, 64, workers, store)):
-            out[start:start + len(images)] = images.numpy()
-            start += len(images)
             bar.update(len(images))
+            yield images.numpy()
+
+
+def load_images(paths: list[Path], size: int, cache_dir: Path | None = None, workers: int | None = None,
+                progress: bool = False, desc: str = "loading images") -> np.ndarray:
+    """Images at `paths` as (N, 1, size, size) float32 in [0, 1], all in memory (for sets known to be small;
+    `store_images` and `image_batches` for any size)."""
+    out = np.empty((len(paths), 1, size, size), np.float32)
+    start = 0
+    if paths:
+        for images in image_batches(paths, size, cache_dir, workers, progress, desc):
+            out[start:start + len(images)] = images
+            start += len(images)
     return out

@@ -177,6 +177,17 @@ class Manifest:
 
         return load_images([self.resolve_image(p) for p in self.frame["path"]], size, cache_dir, workers, progress)
 
+    def image_rows(self, size: int, progress: bool = False, cache_dir: Path | None = None,
+                   workers: int | None = None):
+        """Every image, in row order, as data.image_rows.ImageRows: rows of the decoded-image store under
+        `cache_dir` (decoded into it first where missing), read on demand; in memory without a cache."""
+        from cxr_audit.data.decoded import store_images
+        from cxr_audit.data.image_rows import ArrayImages
+
+        if cache_dir is None or not len(self.frame):
+            return ArrayImages(self.images(size, progress, None, workers))
+        return store_images([self.resolve_image(p) for p in self.frame["path"]], size, cache_dir, workers, progress)
+
     def holds_dicom(self, sample: int = 20) -> bool:
         """Whether the images are DICOM (judged on the first `sample`: a dataset is one format)."""
         from cxr_audit.data.images import is_dicom

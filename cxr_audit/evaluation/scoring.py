@@ -152,6 +152,12 @@ class Evaluation:
     replicates: dict[str, dict[str, tuple[float, np.ndarray]]]  # target id -> metric -> (point, reps)
 
 
+def columns(weights: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """The bootstrap weights of the known images: the matrix itself when every image is known (a copy of a
+    replicates x images matrix per concept is what large test sets cannot afford)."""
+    return weights if known.all() else weights[:, known]
+
+
 def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> Evaluation:
     weights = patient_weights(data.patient_ids, n_replicates, seed)
     mutual = decompose(data.stochastic)["mutual_information"] if data.stochastic is not None else None
@@ -160,7 +166,8 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
         known = ~np.isnan(data.labels[:, j])
         scores, labels = data.probabilities[known, j], data.labels[known, j]
         threshold = data.thresholds[concept][0]
-        replicated = _replicate_metrics(scores, labels, weights[:, known], threshold,
+        known_weights = columns(weights, known)
+        replicated = _replicate_metrics(scores, labels, known_weights, threshold,
                                         None if mutual is None else mutual[known, j])
         replicates[concept] = replicated
         concepts_out[concept] = ConceptMetrics(
@@ -168,7 +175,7 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
             prevalence=round(float(labels.mean()), 6) if labels.size else None,
             threshold={"value": threshold, "source": data.thresholds[concept][1]}, **_summarise(replicated))
         reliability[concept] = Reliability(**reliability_diagram(scores, labels),
-                                           smooth=smooth_reliability(scores, labels, weights[:, known]))
+                                           smooth=smooth_reliability(scores, labels, known_weights))
         curves[concept] = Curve(**precision_recall_curve(scores, labels))
 
     cells_out = {}
@@ -186,7 +193,7 @@ def evaluate(data: EvaluationInput, n_replicates: int = 1000, seed: int = 0) -> 
                                              "every concept of the cell labelled")
             continue
         threshold = cell_threshold(cell, data.thresholds)
-        replicated = _replicate_metrics(score[known], in_cell[known], weights[:, known], threshold, None)
+        replicated = _replicate_metrics(score[known], in_cell[known], columns(weights, known), threshold, None)
         replicates[f"cell:{cell.id}"] = replicated
         cells_out[cell.id] = CellMetrics(
             evaluated=True, all_of=cell.all_of, none_of=cell.none_of,

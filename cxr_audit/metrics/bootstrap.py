@@ -18,16 +18,29 @@ DEFAULT_REPLICATES = 1000
 MIN_USABLE_SHARE = 0.95
 
 
+# Drawing a replicate needs two (replicates x patients) temporaries (the draws and their counts); they are made
+# for as many replicates at a time as fit in this budget, so the draws cost at most this beyond the matrix
+# itself. Successive draws from one generator give the numbers of a single draw, so the weights do not depend
+# on the budget.
+DRAW_BUDGET_BYTES = 256 * 2**20
+
+
 def patient_weights(patient_ids: np.ndarray, n_replicates: int = DEFAULT_REPLICATES,
                     seed: int = 0) -> np.ndarray:
-    """(n_replicates, n_images) multiplicities of a patient-level bootstrap."""
+    """(n_replicates, n_images) multiplicities of a patient-level bootstrap (float64: 8 bytes per replicate and
+    image, 0.8 GB for 1,000 replicates of 100,000 test images)."""
     codes, _ = _factorize(patient_ids)
     n_patients = int(codes.max()) + 1 if codes.size else 0
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_patients, size=(n_replicates, n_patients))
-    per_patient = np.zeros((n_replicates, n_patients))
-    np.add.at(per_patient, (np.arange(n_replicates)[:, None], draws), 1.0)
-    return per_patient[:, codes]
+    weights = np.empty((n_replicates, codes.size))
+    per_chunk = max(1, DRAW_BUDGET_BYTES // (16 * max(n_patients, 1)))
+    for start in range(0, n_replicates, per_chunk):
+        count = min(per_chunk, n_replicates - start)
+        draws = rng.integers(0, n_patients, size=(count, n_patients))
+        flat = (np.arange(count)[:, None] * n_patients + draws).ravel()
+        per_patient = np.bincount(flat, minlength=count * n_patients).reshape(count, n_patients)
+        weights[start:start + count] = per_patient[:, codes]
+    return weights
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

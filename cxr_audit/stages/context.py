@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_audit import concepts
+from cxr_audit.data.image_rows import ImageRows
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import dataset_sha256, sha256_file
@@ -31,7 +32,7 @@ class RunContext:
         self.log = log or print
         self.created = False  # whether this command created the run directory (open_run says)
         self.previous_request: bytes | None = None  # request.json as the command found it (restored on refusal)
-        self._images: dict[tuple[str, int], np.ndarray] = {}
+        self._images: dict[tuple[str, int], ImageRows] = {}
 
     # -- inputs named in the configuration -------------------------------------------------------------------
     def path(self, key: str) -> Path | None:
@@ -129,10 +130,13 @@ class RunContext:
         """The identity of a split's membership: which images it holds (the labels are in the data hash)."""
         return hashlib.sha256("\n".join(self.part(split).frame["image_id"].astype(str)).encode()).hexdigest()
 
-    def images(self, split: str, size: int) -> np.ndarray:
-        """A split's frontal images at `size`, decoded once for every stage that needs them."""
+    def images(self, split: str, size: int) -> ImageRows:
+        """A split's frontal images at `size`, decoded once for every stage that needs them: rows of the
+        decoded-image store, read a batch at a time (memory does not grow with the split), or in memory when
+        the run has no cache (--no-cache)."""
         if (split, size) not in self._images:
-            self._images[(split, size)] = self.frontal(split).images(size, self.progress, self.cache_dir, self.workers)
+            self._images[(split, size)] = self.frontal(split).image_rows(size, self.progress, self.cache_dir,
+                                                                       self.workers)
         return self._images[(split, size)]
 
     def labels(self, split: str, names: list[str]) -> np.ndarray:

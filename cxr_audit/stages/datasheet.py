@@ -64,7 +64,7 @@ class DataSheetStage:
         atomic_write_json(self.path, document)
 
     def _near_duplicates(self, parts: dict) -> dict:
-        from cxr_audit.data.decoded import load_images
+        from cxr_audit.data.decoded import image_batches
 
         ctx = self.ctx
         ids, partitions, paths = [], [], []
@@ -79,8 +79,11 @@ class DataSheetStage:
         if missing and ctx.black_box:  # a black box may be audited from its predictions without the images
             return {**method, "checked": False, "reason": f"{len(missing)} of {len(paths)} images are not on disk "
                     f"(first: {missing[0]}); audit with the images to check for near-duplicates", "pairs": []}
-        images = load_images(paths, HASH_IMAGE_SIZE, ctx.cache_dir, ctx.workers, ctx.progress, desc="hashing images")
-        pairs = near_duplicate_pairs(perceptual_hashes(images), np.array(partitions))
+        # a batch at a time, so memory stays flat however large the archive
+        hashes = [perceptual_hashes(batch) for batch in image_batches(paths, HASH_IMAGE_SIZE, ctx.cache_dir,
+                                                                      ctx.workers, ctx.progress, "hashing images")]
+        hashes = np.concatenate(hashes) if hashes else perceptual_hashes(np.zeros((0, 1, 1, 1), np.float32))
+        pairs = near_duplicate_pairs(hashes, np.array(partitions))
         listed = [{"image": ids[i], "partition": partitions[i], "other": ids[j], "other_partition": partitions[j],
                    "bits": bits} for i, j, bits in pairs]
         in_test = [p for p in listed if "test" in (p["partition"], p["other_partition"])]

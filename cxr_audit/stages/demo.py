@@ -109,8 +109,10 @@ class DeployedModelStage:
         from cxr_audit.data.phantom import PHANTOM_FINDINGS
 
         names, ctx = list(PHANTOM_FINDINGS), self.ctx
-        net, record = train_to_convergence(ctx.images("train", DEMO_SIZE), ctx.labels("train", names),
-                                           ctx.images("val", DEMO_SIZE), ctx.labels("val", names), seed=self.seed,
+        # the demo's phantom is small: its model trains from memory
+        net, record = train_to_convergence(ctx.images("train", DEMO_SIZE).to_array(), ctx.labels("train", names),
+                                           ctx.images("val", DEMO_SIZE).to_array(), ctx.labels("val", names),
+                                           seed=self.seed,
                                            progress=ctx.progress, **DEMO_CLASSIFIER)
         save_classifier(net, ctx.run.made_model, names, DEMO_SIZE,
                         training={"data": "the phantom's training split", **record.card_entry()})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -22,8 +25,8 @@ class RegionSampler:
 
     SIDES = ("both", "right", "left")
 
-    def __init__(self, anatomies: list[dict[str, np.ndarray]], concept_names: list[str], p_whole: float = 0.1,
-                 focus: list[str] | None = None, p_one_side: float = 0.5):
+    def __init__(self, anatomies: Sequence[dict[str, np.ndarray]], concept_names: list[str], p_whole: float = 0.1,
+                 focus: list[str] | None = None, p_one_side: float = 0.5, keep: int = 8192):
         from cxr_audit.anatomy.regions import region_planes
 
         self.anatomies = anatomies
@@ -36,17 +39,23 @@ class RegionSampler:
         self._lateral = {c for c in self.concept_names if concepts.get(c).lateral}
         self._planes = region_planes(self.concept_names, self.SIDES)
         self._plane_index = {plane: i for i, plane in enumerate(self._planes)}
-        self._packed: dict[int, np.ndarray] = {}  # image -> bit-packed (planes, S, S) regions
+        self._packed: OrderedDict[int, np.ndarray] = OrderedDict()  # image -> bit-packed (planes, S, S) regions
+        self._keep = keep  # images whose regions stay packed in memory (the most recently drawn)
 
     def _region(self, index: int, concept: str, side: str = "both") -> np.ndarray:
         from cxr_audit.anatomy.regions import binary_edit_masks
 
         # All regions of an image at once (its anatomy is derived once), bit-packed: 435 images x 32 planes
         # (NIH's 14 concepts, 9 of them with one-sided planes too) at 256 px stay near 115 MB, and a training
-        # step costs no anatomy work after the first epoch.
-        if index not in self._packed:
+        # step on a set that fits costs no anatomy work after the first epoch. A larger archive keeps the
+        # `keep` most recently drawn images (bounded memory; a region derived again is the same region).
+        if index in self._packed:
+            self._packed.move_to_end(index)
+        else:
             regions = binary_edit_masks(self.concept_names, self.anatomies[index], self.SIDES)
             self._packed[index] = np.packbits(np.stack([regions[plane] for plane in self._planes]), axis=-1)
+            if len(self._packed) > self._keep:
+                self._packed.popitem(last=False)
         size = self.anatomies[index]["lung_right"].shape[1]
         return np.unpackbits(self._packed[index][self._plane_index[concept, side]], axis=-1, count=size)
 

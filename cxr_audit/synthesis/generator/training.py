@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr_audit.data.image_rows import ImageRows, as_image_rows
 from cxr_audit.errors import UserInputError
 from cxr_audit.progress import progress_bar
 from cxr_audit.synthesis.generator.model import (
@@ -45,10 +46,11 @@ class TrainConfig:
     prediction_type: str = "v_prediction"
 
 
-def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[str], out: Path,
+def train_generator(images: np.ndarray | ImageRows, labels: np.ndarray, concept_names: list[str], out: Path,
                     config: TrainConfig, data_sha256: str, block_out_channels: tuple[int, ...] = (16, 32, 32),
                     progress: bool = True, regions=None) -> GeneratorCard:
-    """DDPM training on (N, 1, S, S) images in [0, 1] with (N, K) labels; resumes from out/checkpoint.pt.
+    """DDPM training on (N, 1, S, S) images in [0, 1] (an array, or rows of the decoded-image store: only each
+step's batch is read) with (N, K) labels; resumes from out/checkpoint.pt.
 
     With `regions` (a RegionSampler over the same images) the generator is an inpainting model: each sample
     hides one concept's anatomical region, shows the rest of the image as context, and the loss is taken
@@ -61,6 +63,7 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
     from accelerate import Accelerator
 
     out = Path(out)
+    images = as_image_rows(images)
     on_gpu = torch.cuda.is_available()
     # cpu=True is what lets accelerate run CPU processes started by torchrun as one data-parallel job (gloo)
     accelerator = Accelerator(mixed_precision="bf16" if on_gpu else "no", cpu=not on_gpu)
@@ -78,15 +81,17 @@ def train_generator(images: np.ndarray, labels: np.ndarray, concept_names: list[
     checkpoint = out / "checkpoint.pt"
     step = _resume(checkpoint, model, ema, optimizer, generator, rank, world, config.prediction_type)
     model, optimizer = accelerator.prepare(model, optimizer)
-    x_all = torch.tensor(images, dtype=torch.float32, device=device) * 2 - 1  # a few hundred MB at most
     c_all = encode_vectors(labels).to(device)
     noise_generator = torch.Generator(device)
     started = time.monotonic()
     bar = progress_bar(total=config.steps, initial=step, desc="training generator", unit="step",
                disable=not (progress and accelerator.is_local_main_process))
     while step < config.steps:
-        batch = torch.randint(0, len(x_all), (config.batch_size,), generator=generator)
-        loss = _train_step(accelerator, model, optimizer, scheduler, x_all, c_all, batch, labels, regions, config,
+        batch = torch.randint(0, len(images), (config.batch_size,), generator=generator)
+        # Read here, not ahead in a worker: the batch is drawn from the same stream as the step's noise and
+        # regions, so drawing ahead would change what every later step draws (16 rows cost well under a ms).
+        x0 = torch.from_numpy(images.take(batch.numpy())).to(device) * 2 - 1
+        loss = _train_step(accelerator, model, optimizer, scheduler, x0, c_all, batch, labels, regions, config,
                            generator, noise_generator)
         with torch.no_grad():
             decay = min(config.ema_decay, (1 + step) / (10 + step))  # warm-up: EMA follows early weights
@@ -141,14 +146,14 @@ def _resume(checkpoint: Path, model, ema, optimizer, generator: torch.Generator,
     return int(state["step"])
 
 
-def _train_step(accelerator, model, optimizer, scheduler, x_all: torch.Tensor, c_all: torch.Tensor, batch: torch.Tensor,
+def _train_step(accelerator, model, optimizer, scheduler, x0: torch.Tensor, c_all: torch.Tensor, batch: torch.Tensor,
                 labels: np.ndarray, regions, config: TrainConfig, generator: torch.Generator,
                 noise_generator: torch.Generator) -> torch.Tensor:
-    """One denoising step on `batch` (noise, timesteps, dropped conditions and regions drawn from `generator`
-    in a fixed order, so a resumed run draws what an uninterrupted one would); returns the loss."""
-    device = x_all.device
-    on_device = batch.to(device)
-    x0, vectors = x_all[on_device], c_all[on_device]
+    """One denoising step on `batch` (`x0`: its images in [-1, 1], on the device; noise, timesteps, dropped
+    conditions and regions drawn from `generator` in a fixed order, so a resumed run draws what an
+    uninterrupted one would); returns the loss."""
+    device = x0.device
+    vectors = c_all[batch.to(device)]
     # The noise is drawn where it is used (on a GPU, drawing it on the CPU costs more than the step), from a
     # per-step seed, so the CPU generator's state alone makes a resume exact.
     noise_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
