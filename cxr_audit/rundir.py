@@ -6,6 +6,7 @@ Layout of a run (RUN):
   stages/<stage>.json     each stage's declared inputs (hashes and options) and its outputs' hashes
   inputs/                 inputs a run makes for itself (the demo's phantom and deployed model)
   coverage/ plan/ generator/ checker/ synthetic/ unconstrained/ null_edits/ finetune/<arm>/ evaluate/<arm>/ probe/ gallery/
+                          realism/
   audit.json              the one document the report and the gate read
   report.pdf
 
@@ -128,6 +129,15 @@ class GalleryLayout:
 
 
 @dataclass(frozen=True)
+class RealismLayout:
+    """The realism of each synthesis mode as a whole: the two-sample discriminator and feature distances."""
+
+    folder: Path
+    document = _file("realism.json")
+    scores = _file("discriminator_scores.csv", "every image's out-of-fold discriminator score (real and synthetic)")
+
+
+@dataclass(frozen=True)
 class ReaderStudyLayout:
     """The run's side of a blinded reader study: the key never leaves the run; the kit goes to the readers."""
 
@@ -237,6 +247,10 @@ class RunDir:
         return GalleryLayout(self.path / "gallery")
 
     @property
+    def realism(self) -> RealismLayout:
+        return RealismLayout(self.path / "realism")
+
+    @property
     def reader_study(self) -> ReaderStudyLayout:
         return ReaderStudyLayout(self.path / "reader_study")
 
@@ -252,7 +266,7 @@ class RunDir:
         """Folders that belong to a stage: nothing outside the stage may write inside them."""
         return [self.stages, self.inputs, self.coverage.folder, self.plan.parent, self.generator,
                 self.checker.parent, *(self.path / f for f in SYNTHESIS_FOLDERS.values()), self.path / "finetune",
-                self.path / "evaluate", self.probe.parent, self.gallery.folder]
+                self.path / "evaluate", self.probe.parent, self.gallery.folder, self.realism.folder]
 
     def relative(self, path: Path) -> str:
         """`path` as recorded in documents: relative to the run when it lies inside it, else absolute."""

@@ -22,7 +22,7 @@ from cxr_audit.evaluation.documents import (
     ProbeSideEffect,
 )
 from cxr_audit.provenance import Document, read_document, read_json
-from cxr_audit.synthesis.documents import SynthesisSummary
+from cxr_audit.synthesis.documents import RealismDocument, SynthesisSummary
 from cxr_audit.synthesis.planner import CellPlan, Rejection
 
 AUDIT_SCHEMA_VERSION = "2.0"
@@ -121,6 +121,8 @@ class GalleryItem(Document):
     image: str
     image_sha256: str
     qc: dict[str, Any]
+    discriminator_score: float | None = Field(None, description="set on the realism discriminator's most confident "
+                                              "picks: its out-of-fold probability that the image is synthetic")
 
 
 class GalleryDocument(Document):
@@ -143,6 +145,8 @@ class AuditDocument(Document):
     coverage: CoverageReport
     plan: PlanSummary
     synthesis: dict[str, SynthesisSummary]
+    realism: RealismDocument | None = Field(None, description="each synthesis mode's edits judged as a set against "
+                                            "real images: a cross-fitted discriminator, feature distances")
     gallery: list[GalleryItem]
     arms: dict[str, Arm]
     comparisons: dict[str, Comparison]

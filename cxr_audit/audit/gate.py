@@ -115,8 +115,17 @@ class QcRule(_Rule):
     max_rejected_share: float = Field(ge=0, le=1)
 
 
+class MaxRealismAuroc(_Rule):
+    """The realism discriminator's AUROC (0.5: synthetic images cannot be told from real ones) is at most `max`
+    for each listed synthesis mode, judged on the upper 95% bound. A mode whose realism was not measured
+    (too few accepted edits) fails the check: a set nobody judged is not passed as real."""
+    type: Literal["max_realism_auroc"]
+    modes: list[Literal["cars", "unconstrained", "null_edits"]] = ["cars"]
+    max: float = Field(ge=0.5, le=1)
+
+
 Rule = Annotated[Union[MinMetric, MaxEce, MaxSmoothEce, CalibrationSlope, NonInferiority, CellMetric, CoverageRule, MaxUncertaintyRise, QcRule,
-                       MaxSubgroupGap],
+                       MaxSubgroupGap, MaxRealismAuroc],
                  Field(discriminator="type")]
 
 
@@ -400,10 +409,27 @@ def _max_subgroup_gap(rule: MaxSubgroupGap, c: _Context, rule_id: str) -> Iterat
                            gap)
 
 
+def _max_realism_auroc(rule: MaxRealismAuroc, c: _Context, rule_id: str) -> Iterator[Check]:
+    realism = c.candidate.document.realism
+    for mode in rule.modes:
+        measured = realism.modes.get(mode) if realism else None
+        if measured is None:
+            yield (f"{mode}: the audit has no realism measurement of this synthesis mode (it synthesized "
+                   f"{', '.join(c.candidate.document.synthesis) or 'nothing'})", False)
+        elif measured.discriminator is None:
+            yield f"{mode}: realism not measured ({measured.skipped})", False
+        else:
+            auroc = measured.discriminator.auroc
+            upper = auroc.ci[1] if auroc.ci else None
+            yield c.judged(f"{mode}: discriminator AUROC {_num(auroc.value)}, upper bound {_num(upper)} (max {rule.max})",
+                           upper, upper is not None and upper <= rule.max, auroc)
+
+
 _RULE_CHECKS = {"min_metric": _min_metric, "max_ece": _max_ece, "max_smece": _max_ece,
                 "calibration_slope": _calibration_slope, "cell_metric": _cell_metric,
                 "non_inferiority": _non_inferiority, "max_uncertainty_rise": _max_uncertainty_rise,
-                "coverage": _coverage, "qc": _qc, "max_subgroup_gap": _max_subgroup_gap}
+                "coverage": _coverage, "qc": _qc, "max_subgroup_gap": _max_subgroup_gap,
+                "max_realism_auroc": _max_realism_auroc}
 
 
 def _num(value, signed: bool = False) -> str:

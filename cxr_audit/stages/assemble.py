@@ -35,7 +35,7 @@ class AssembleStage:
     def needs(self) -> tuple[str, ...]:
         """Every stage whose results audit.json holds."""
         ctx = self.ctx
-        synthesis = ("generator", "checker", "gallery") if ctx.synthesis_modes else ()
+        synthesis = ("generator", "checker", "realism", "gallery") if ctx.synthesis_modes else ()
         return ("datasheet", "coverage", "plan", *synthesis, *(("probe",) if ctx.probes else ()),
                 *(SYNTHESIS_FOLDERS[mode] for mode in ctx.synthesis_modes), *(f"evaluate_{arm}" for arm in ctx.arms),
                 *(f"finetune_{arm}" for arm in ctx.arms if arm in FINETUNE_ARMS))
@@ -46,7 +46,7 @@ class AssembleStage:
     def _upstream(self) -> list[Path]:
         ctx, run = self.ctx, self.ctx.run
         files = [run.datasheet, run.coverage.document, run.plan]
-        files += [run.gallery.document] if ctx.synthesis_modes else []
+        files += [run.gallery.document, run.realism.document] if ctx.synthesis_modes else []
         files += [run.probe] if ctx.probes else []
         files += [run.synthesis(mode).summary for mode in ctx.synthesis_modes]
         files += [run.reader_study.results] if run.reader_study.results.is_file() else []
@@ -74,6 +74,7 @@ class AssembleStage:
         from cxr_audit.stages.generator import generator_folder
         from cxr_audit.stages.plan import read_plan
         from cxr_audit.stages.probe import read_probe
+        from cxr_audit.stages.realism import read_realism
         from cxr_audit.stages.synthesize import read_summary
         from cxr_audit.synthesis.backends import backend_sha256
 
@@ -125,6 +126,7 @@ class AssembleStage:
             "coverage": read_coverage(ctx),
             "plan": {"edits": len(plan.edits), "cells": plan.cells, "rejections": plan.rejections},
             "synthesis": {mode: read_summary(run.synthesis(mode)) for mode in ctx.synthesis_modes},
+            "realism": read_realism(ctx) if ctx.synthesis_modes else None,
             "gallery": (read_document(run.gallery.document, GalleryDocument, "gallery", "").items
                         if ctx.synthesis_modes else []),
             "arms": {arm: {"title": ARM_TITLES[arm], "metrics": metrics, "finetune": finetune.get(arm),

@@ -1,4 +1,5 @@
-"""The gallery stage: panels of a few CARS edits (source, region, edit, difference) for the report."""
+"""The gallery stage: panels of a few CARS edits (source, region, edit, difference) for the report, and of the
+CARS edits the realism discriminator found least real."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from cxr_audit.stages.synthesize import read_records, read_summary
 
 class GalleryStage:
     name = "gallery"
-    needs = ("synthetic",)
+    needs = ("synthetic", "realism")
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
@@ -24,6 +25,7 @@ class GalleryStage:
     def inputs(self) -> dict:
         ctx = self.ctx
         return {"synthesis": sha256_file(ctx.run.synthesis("cars").summary), "data": ctx.data_sha256,
+                "realism": sha256_file(ctx.run.realism.document),
                 "size": ctx.config.gallery_size}
 
     def run(self) -> None:
@@ -33,6 +35,7 @@ class GalleryStage:
         from cxr_audit.audit.document import GalleryDocument, GalleryItem
         from cxr_audit.data.images import load_resized
         from cxr_audit.report.gallery import gallery_strip, pick_edits
+        from cxr_audit.stages.realism import read_realism
 
         ctx, layout = self.ctx, self.layout
         synthesis = ctx.run.synthesis("cars")
@@ -40,8 +43,15 @@ class GalleryStage:
         size = int(read_summary(synthesis).generator["image_size"])
         manifest = ctx.frontal("all")
         rows = manifest.frame.set_index("image_id", drop=False)
+        records = read_records(synthesis)
+        discriminator = read_realism(ctx).modes.get("cars")
+        discriminator = discriminator.discriminator if discriminator else None
+        picked = {pick["edit_id"]: pick["score"] for pick in (discriminator.most_confident if discriminator else [])}
+        shown = [(record, None) for record in pick_edits(records, ctx.config.gallery_size)]
+        by_id = {record.edit_id: record for record in records}
+        shown += [(by_id[edit_id], score) for edit_id, score in picked.items()]  # least real first
         items = []
-        for record in pick_edits(read_records(synthesis), ctx.config.gallery_size):
+        for record, score in shown:
             source = load_resized(manifest.resolve_image(rows.loc[record.source_image_id, "path"]), size)
             edited = load_resized(synthesis.image(record.edit_id), size)
             region = np.asarray(Image.open(synthesis.mask(record.edit_id))) > 127
@@ -53,5 +63,5 @@ class GalleryStage:
                 operation=", ".join(o.label for o in record.operations),
                 image=layout.relative_image(record.edit_id), image_sha256=sha256_file(path),
                 qc={k: qc[k] for k in ("passed", "outside_mae", "outside_ssim", "alignment", "ground_truth_mae",
-                                       "reasons")}))
+                                       "reasons")}, discriminator_score=score))
         atomic_write_json(layout.document, GalleryDocument(items=items).model_dump(mode="json"))

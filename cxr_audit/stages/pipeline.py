@@ -1,7 +1,7 @@
 """The audit is an ordered list of stages; a stand-alone command runs one stage and what it depends on.
 
 Order: coverage, evaluate the deployed model, plan, generator and checker (unless given), the CARS edits
-the unconstrained ablation and the null edits, each fine-tune arm and its evaluation, probe, gallery, assemble, report.
+the unconstrained ablation and the null edits, their realism, each fine-tune arm and its evaluation, probe, gallery, assemble, report.
 Every stage goes through `runner.run_stage`: finished stages with unchanged inputs are skipped, a killed
 stage resumes, and results made from other inputs are refused without --force. Each stage names the stages it
 reads (`needs`); a command's stages and their order follow from that.
@@ -27,6 +27,7 @@ from cxr_audit.stages.gallery import GalleryStage
 from cxr_audit.stages.generator import GeneratorStage
 from cxr_audit.stages.plan import PlanStage
 from cxr_audit.stages.probe import ProbeStage
+from cxr_audit.stages.realism import RealismStage
 from cxr_audit.stages.report import ReportStage
 from cxr_audit.stages.runner import Stage, run_stage, stale_inputs
 from cxr_audit.stages.synthesize import SynthesizeStage
@@ -50,6 +51,8 @@ def _stages(ctx: RunContext, arms: list[str], report: bool, command_line: str = 
     if modes and config.checker is None:
         stages.append(CheckerStage(ctx))
     stages += [SynthesizeStage(ctx, mode) for mode in modes]
+    if modes:
+        stages.append(RealismStage(ctx))
     for arm in arms[1:]:
         stages += [EvaluateStage(ctx, arm)] if arm in POSTHOC_ARMS else [FinetuneStage(ctx, arm), EvaluateStage(ctx, arm)]
     if modes and (not ctx.black_box or config.probe_predictions):

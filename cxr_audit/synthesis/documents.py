@@ -98,3 +98,52 @@ class SynthesisSummary(Document):
             raise ValueError(f"the accepted edits per cell add up to {sum(self.accepted_by_cell.values())}, not "
                              f"{self.accepted}")
         return self
+
+
+class Interval(Document):
+    """A point estimate with its 95% bootstrap interval (none when not estimable)."""
+    value: float | None
+    ci: list[float | None] | None = None
+    usable: int | None = None
+
+
+class Discriminator(Document):
+    auroc: Interval = Field(description="out-of-fold AUROC of telling synthetic from real: 0.5 = indistinguishable")
+    by_operation: dict[str, Interval]
+    by_concept: dict[str, Interval]
+    folds: int
+    most_confident: list[dict[str, Any]] = Field(description="the synthetic images it found least real: edit, score")
+
+    @model_validator(mode="after")
+    def _aurocs_are_shares(self) -> "Discriminator":
+        """An AUROC outside [0, 1] (a document edited by hand) is refused, never judged."""
+        for name, interval in [("auroc", self.auroc), *self.by_operation.items(), *self.by_concept.items()]:
+            for value in [interval.value, *(interval.ci or [])]:
+                if value is not None and not 0 <= value <= 1:
+                    raise ValueError(f"discriminator AUROC {name!r} has {value}, outside [0, 1]")
+        return self
+
+
+class FeatureDistance(Document):
+    frechet: Interval
+    kernel: Interval
+    reference_frechet: Interval = Field(description="the same distance between two patient-disjoint real halves")
+    reference_kernel: Interval
+    n_real: int
+    n_synthetic: int
+
+
+class ModeRealism(Document):
+    mode: str
+    n_real: int = Field(ge=0)
+    n_synthetic: int = Field(ge=0)
+    discriminator: Discriminator | None = None
+    features: FeatureDistance | None = None
+    feature_space: str | None = None
+    skipped: str | None = Field(None, description="why this mode's realism was not measured")
+
+
+class RealismDocument(Document):
+    """realism.json: each synthesis mode's accepted edits judged as a set against real training images."""
+    modes: dict[str, ModeRealism]
+    settings: dict[str, Any]

@@ -121,6 +121,41 @@ def test_single_audit_rules(audits, tmp_path, run_cli, rule, passes):
     assert ("PASSED" in summary) == passes
 
 
+def _with_realism(path: Path, modes: dict) -> Path:
+    document = json.loads(path.read_text())
+    document["realism"] = {"settings": {}, "modes": modes}
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _measured(value, low, high):
+    return {"mode": "cars", "n_real": 40, "n_synthetic": 20,
+            "discriminator": {"auroc": {"value": value, "ci": [low, high]}, "by_operation": {}, "by_concept": {},
+                              "folds": 5, "most_confident": []}}
+
+
+@pytest.mark.parametrize("modes,rule,passes,says", [
+    ({"cars": _measured(0.55, 0.45, 0.66)}, {"max": 0.7}, True, "upper bound 0.660"),
+    ({"cars": _measured(0.62, 0.52, 0.74)}, {"max": 0.7}, False, "upper bound 0.740"),   # the point passes, the bound not
+    ({"cars": _measured(0.99, 0.97, 1.0)}, {"max": 0.9}, False, "AUROC 0.990"),
+    ({"cars": {"mode": "cars", "n_real": 4, "n_synthetic": 1, "skipped": "1 accepted edit"}}, {"max": 0.9}, False,
+     "not measured (1 accepted edit)"),
+    ({"cars": _measured(0.5, 0.4, 0.6)}, {"max": 0.9, "modes": ["cars", "unconstrained"]}, False,
+     "no realism measurement"),
+    (None, {"max": 0.9}, False, "no realism measurement"),
+])
+def test_realism_rule_is_judged_on_the_upper_bound(audits, tmp_path, run_cli, modes, rule, passes, says):
+    candidate = _with_realism(audits["old"], modes) if modes is not None else audits["old"]
+    result = _gate(run_cli, candidate, _policy(tmp_path, [{"type": "max_realism_auroc", **rule}]))
+    assert result.exit_code == (0 if passes else 1), result.output
+    assert says in (candidate.parent / "gate-junit.xml").read_text()
+
+
+def test_realism_rule_below_chance_is_refused(audits, tmp_path, run_cli):
+    result = _gate(run_cli, audits["old"], _policy(tmp_path, [{"type": "max_realism_auroc", "max": 0.3}]))
+    assert result.exit_code == 2 and "max" in result.output
+
+
 @pytest.mark.parametrize("candidate,rule,passes", [
     ("old", {"type": "non_inferiority", "metric": "auprc", "margin": 0.02}, True),
     ("small_regression", {"type": "non_inferiority", "metric": "auprc", "concepts": ["Cardiomegaly"], "margin": 0.1}, True),
@@ -244,7 +279,8 @@ def test_policy_example_in_docs_is_valid():
     from cxr_audit.audit.gate import load_policy
 
     policy = load_policy(Path("docs/gates.example.yaml"))
-    assert {rule.type for rule in policy.rules} >= {"min_metric", "max_ece", "non_inferiority", "coverage", "qc"}
+    assert {rule.type for rule in policy.rules} >= {"min_metric", "max_ece", "non_inferiority", "coverage", "qc",
+                                             "max_realism_auroc"}
 
 
 

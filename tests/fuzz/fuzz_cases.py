@@ -618,6 +618,18 @@ _run_case("gate: a subgroup variable the audit does not have", "no subgroup vari
           lambda r, f: ["gate", "--candidate", r, "--policy", _policy(
               f, "version: 1\nnot_estimable: skip\nrules:\n  - {type: max_subgroup_gap, variables: [manufacturer], "
                  "max: 0.2}\n")])
+_run_case("gate: max_realism_auroc below chance", "max",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(
+              f, "version: 1\nrules:\n  - {type: max_realism_auroc, max: 0.2}\n")])
+_run_case("gate: max_realism_auroc of an unknown synthesis mode", "modes",
+          lambda r, f: ["gate", "--candidate", r, "--policy", _policy(
+              f, "version: 1\nrules:\n  - {type: max_realism_auroc, modes: [inpainting], max: 0.8}\n")])
+_run_case("gate: a realism AUROC edited to 1.7", "realism",
+          lambda r, f: _edit_json(r / "audit.json", lambda d: d["realism"]["modes"]["cars"].update(
+              discriminator={"auroc": {"value": 1.7, "ci": [0.5, 1.9]}, "by_operation": {}, "by_concept": {},
+                             "folds": 5, "most_confident": []})) or
+          ["gate", "--candidate", r, "--policy", _policy(f, "version: 1\nrules:\n  - {type: max_realism_auroc, "
+                                                            "max: 0.8}\n")])
 _run_case("compare: a value nulled by hand", "edited after it was made",
           lambda r, f: _edit_json(r / "audit.json", lambda d: next(iter(
               d["arms"]["baseline"]["metrics"]["concepts"].values()))["auroc"].update(value=None)) or
