@@ -32,7 +32,9 @@ def patient_weights(patient_ids: np.ndarray, n_replicates: int = DEFAULT_REPLICA
     codes, _ = _factorize(patient_ids)
     n_patients = int(codes.max()) + 1 if codes.size else 0
     rng = np.random.default_rng(seed)
-    weights = np.empty((n_replicates, codes.size))
+    # Column-major, as the matrix has always been (it was once made by indexing columns, which numpy returns in
+    # that order): sums along a replicate add in the same order, so every replicate keeps its last bit.
+    weights = np.empty((n_replicates, codes.size), order="F")
     per_chunk = max(1, DRAW_BUDGET_BYTES // (16 * max(n_patients, 1)))
     for start in range(0, n_replicates, per_chunk):
         count = min(per_chunk, n_replicates - start)
