@@ -30,6 +30,9 @@ class ModelCard(BaseModel):
         default_factory=list, description="one per output; null or '' for outputs to ignore")
     thresholds: dict[str, float] = Field(default_factory=dict, description="operating threshold per concept")
     training: dict[str, Any] | None = Field(None, description="how the model was trained (provenance; not read)")
+    grading: dict[str, dict[str, Any]] | None = Field(
+        None, description="a QC checker's fitness per concept on its validation split (AUROC with interval, "
+                          "positives, temperature, gradable); read by synthesis QC only")
 
     @field_validator("output_names")
     @classmethod

@@ -187,7 +187,8 @@ def small_cnn_from_state(state: dict[str, torch.Tensor], n_outputs: int) -> Smal
 
 
 def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], size: int,
-                    training: dict | None = None, thresholds: dict[str, float] | None = None) -> None:
+                    training: dict | None = None, thresholds: dict[str, float] | None = None,
+                    grading: dict[str, dict] | None = None) -> None:
     """Save a trained SmallCXRNet as safetensors with its model card (`<path>.card.yaml`); `training`, how it
     was trained, goes into the card."""
     from safetensors.torch import save
@@ -201,4 +202,6 @@ def save_classifier(net: SmallCXRNet, path: str | Path, concepts: list[str], siz
         card["training"] = training
     if thresholds:
         card["thresholds"] = thresholds
+    if grading:
+        card["grading"] = grading
     atomic_write_text(card_file(path), yaml.safe_dump(card, sort_keys=False))

@@ -90,6 +90,10 @@ AllowDuplicatesOption = Annotated[bool, typer.Option("--allow-duplicates", help=
 AllowNearDuplicatesOption = Annotated[bool, typer.Option(
     "--allow-near-duplicates", help="Go on when test images are near-duplicates (perceptual hash) of images in other "
     "partitions, with a note (else refused).")]
+AcceptUngradableOption = Annotated[bool, typer.Option(
+    "--accept-ungradable", help="Keep edits of concepts the QC checker is not fit to grade (validation AUROC lower "
+    "bound under 0.7, or under 10 validation positives); they are counted and reported as ungradable. Default: "
+    "rejected.")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Seed of every random choice (default 0).")]
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cxr_audit.cli.app import AllowDuplicatesOption, AllowNearDuplicatesOption, DataOption, LabelsOption, ForceOption, FormatOption, OutOption
 from cxr_audit.cli.app import RootOption, RunOption, SeedOption, SpecOption, command, console, dataset
-from cxr_audit.cli.app import open_run
+from cxr_audit.cli.app import AcceptUngradableOption, open_run
 from cxr_audit.errors import UserInputError
 
 ArmsOption = Annotated[str | None, typer.Option("--arms", help="Comma-separated arms: baseline, recalibrated, "
@@ -55,6 +55,7 @@ def audit_command(
                                                    "audit trains one on the training split.")] = None,
     checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker for synthesis QC "
                                                  "(never the audited model); default: one trained here.")] = None,
+    accept_ungradable: AcceptUngradableOption = False,
     arms: ArmsOption = None,
     recalibration: Annotated[str | None, typer.Option(
         "--recalibration", help="The recalibrated arm's map, fitted per concept on the validation split: temperature "
@@ -88,6 +89,7 @@ def audit_command(
                              "arm when they also score the validation split. Drop --arms, or pass --model.")
     ctx = open_run(out, {"models": [model] if model else None, "predictions": predictions, "spec": spec,
                          **dataset(data, data_format, root, allow_duplicates, labels), "card": card, "generator": generator, "checker": checker, "arms": _arms(arms),
+                         "accept_ungradable": accept_ungradable or None,
                          "recalibration": recalibration, "allow_near_duplicates": allow_near_duplicates or None,
                          "finetune": _finetune(finetune_steps, micro_batches),
                          "generator_training": training or None, "bootstrap": bootstrap, "mc_samples": mc_samples,

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from cxr_audit.cli.app import AllowDuplicatesOption, DataOption, LabelsOption, ForceOption, FormatOption, OutOption
 from cxr_audit.cli.app import RootOption, RunOption, SeedOption, SpecOption, command, console, dataset
-from cxr_audit.cli.app import open_run
+from cxr_audit.cli.app import AcceptUngradableOption, open_run
 from cxr_audit.errors import UserInputError
 
 
@@ -127,6 +127,7 @@ def synthesize_command(
     labels: LabelsOption = None,
     checker: Annotated[Path | None, typer.Option("--checker", help="Independent concept checker for QC (never the "
                                                  "model under audit); default: one trained on the run's data.")] = None,
+    accept_ungradable: AcceptUngradableOption = False,
     strength: Annotated[float | None, typer.Option("--strength", help="Share of the schedule re-run, 0-1 "
                                                    "(default 1).")] = None,
     guidance: Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale "
@@ -147,7 +148,8 @@ def synthesize_command(
     if unconstrained and null_edits:
         raise UserInputError("--unconstrained and --null-edits are two different controls; run them one at a time.")
     ctx = open_run(run, {**dataset(data, data_format, root, allow_duplicates, labels), "generator": generator,
-                         "checker": checker, "edit": edit or None}, force)
+                         "checker": checker, "edit": edit or None, "accept_ungradable": accept_ungradable or None},
+                   force)
     try:  # every input is checked before any work (a checker trained first would be 30 s lost)
         if not ctx.run.plan.exists():
             raise UserInputError(f"{ctx.run.plan} does not exist: run `cxr-audit plan --out {run}` first.")

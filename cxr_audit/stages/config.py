@@ -97,6 +97,8 @@ class RunConfig(BaseModel):
     allow_pickle: bool = False
     generator: str | None = Field(None, description="a trained generator; without one the run trains one")
     checker: str | None = Field(None, description="an independent QC checker; without one the run trains one")
+    accept_ungradable: bool = Field(False, description="keep edits of concepts the checker is not fit to grade "
+                                    "(counted and reported as ungradable; rejected by default)")
     # Which images coverage counts and evaluation scores. The audit's flow: coverage of the training split,
     # scores on the test split. The stand-alone `coverage` and `evaluate` commands default to 'auto' (train /
     # test when the data has its own splits, else every image). Recorded, so later commands read the same.
@@ -163,7 +165,7 @@ def recorded_settings(config: RunConfig) -> dict[str, Any]:
     if not config.models and config.predictions is not None:
         unused |= {"models", "card", "allow_pickle", "mc_samples", "arms", "finetune"}
         if config.generator is None:
-            unused |= {"generator_training", "edit", "checker", "gallery_size"}
+            unused |= {"generator_training", "edit", "checker", "gallery_size", "accept_ungradable"}
     if config.generator is not None:
         unused.add("generator_training")
     return {key: value for key, value in config.model_dump(mode="json", exclude=unused).items() if value is not None}

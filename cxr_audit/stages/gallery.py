@@ -25,8 +25,18 @@ class GalleryStage:
     def inputs(self) -> dict:
         ctx = self.ctx
         return {"synthesis": sha256_file(ctx.run.synthesis("cars").summary), "data": ctx.data_sha256,
-                "realism": sha256_file(ctx.run.realism.document),
+                "least_real": self._least_real(),
                 "size": ctx.config.gallery_size}
+
+    def _least_real(self) -> list[dict] | None:
+        """The CARS edits the realism discriminator found least real (what the gallery shows of realism: its
+        intervals may change with --bootstrap without a panel changing); None before the realism stage ran."""
+        from cxr_audit.stages.realism import read_realism
+
+        if not self.ctx.run.realism.document.exists():
+            return None
+        cars = read_realism(self.ctx).modes.get("cars")
+        return cars.discriminator.most_confident if cars and cars.discriminator else []
 
     def run(self) -> None:
         import numpy as np
@@ -35,8 +45,6 @@ class GalleryStage:
         from cxr_audit.audit.document import GalleryDocument, GalleryItem
         from cxr_audit.data.images import load_resized
         from cxr_audit.report.gallery import gallery_strip, pick_edits
-        from cxr_audit.stages.realism import read_realism
-
         ctx, layout = self.ctx, self.layout
         synthesis = ctx.run.synthesis("cars")
         layout.folder.mkdir(parents=True, exist_ok=True)
@@ -44,9 +52,7 @@ class GalleryStage:
         manifest = ctx.frontal("all")
         rows = manifest.frame.set_index("image_id", drop=False)
         records = read_records(synthesis)
-        discriminator = read_realism(ctx).modes.get("cars")
-        discriminator = discriminator.discriminator if discriminator else None
-        picked = {pick["edit_id"]: pick["score"] for pick in (discriminator.most_confident if discriminator else [])}
+        picked = {pick["edit_id"]: pick["score"] for pick in self._least_real() or []}
         shown = [(record, None) for record in pick_edits(records, ctx.config.gallery_size)]
         by_id = {record.edit_id: record for record in records}
         shown += [(by_id[edit_id], score) for edit_id, score in picked.items()]  # least real first

@@ -19,7 +19,7 @@ from cxr_audit.provenance import (
     sha256_file,
 )
 from cxr_audit.rundir import SYNTHESIS_FOLDERS, SynthesisLayout
-from cxr_audit.stages.checker import checker_path
+from cxr_audit.stages.checker import GRADING, checker_grading, checker_path
 from cxr_audit.stages.context import RunContext
 from cxr_audit.stages.generator import generator_folder
 from cxr_audit.stages.plan import read_plan
@@ -48,7 +48,8 @@ class SynthesizeStage:
         return {"plan": sha256_file(ctx.run.plan), "data": ctx.data_sha256, "format": ctx.manifest.format,
                 "generator": backend_sha256(generator_folder(ctx)), "checker": sha256_file(checker),
                 "checker_card": sha256_file(card) if card.is_file() else None, "edit": ctx.config.edit,
-                "qc": asdict(QCThresholds()), "mode": self.mode}
+                "qc": asdict(QCThresholds()), "mode": self.mode, "val": ctx.ids_sha256("val"),
+                "grading": GRADING, "accept_ungradable": ctx.config.accept_ungradable}
 
     def run(self) -> None:
         from cxr_audit.classifier.loading import load_model
@@ -56,10 +57,13 @@ class SynthesizeStage:
         from cxr_audit.synthesis.synthesize import SynthesisOptions
 
         ctx = self.ctx
+        checker = load_model(checker_path(ctx), pickle_option=None)
         options = SynthesisOptions(settings=ctx.config.edit_settings, unconstrained=self.mode == "unconstrained",
-                                   null_edits=self.mode == "null_edits", progress=ctx.progress)
+                                   null_edits=self.mode == "null_edits", progress=ctx.progress,
+                                   grading=checker_grading(ctx, checker),
+                                   accept_ungradable=ctx.config.accept_ungradable)
         synthesize_into(self.layout, read_plan(ctx), ctx.frontal("all"), load_backend(generator_folder(ctx)),
-                        load_model(checker_path(ctx), pickle_option=None), options)
+                        checker, options)
 
 
 def synthesize_into(layout: SynthesisLayout, plan, manifest, backend, checker=None, options=None) -> SynthesisSummary:

@@ -54,6 +54,7 @@ class QCScores(Document):
     ground_truth_mae: float | None
     passed: bool
     reasons: list[str]
+    ungradable: list[str] = Field(default_factory=list, description="concepts the checker was not fit to grade")
 
 
 class EditRecord(Document):
@@ -87,6 +88,10 @@ class SynthesisSummary(Document):
     mean_outside_mae: float | None
     checker_agreement: float | None
     mean_ground_truth_mae: float | None
+    ungradable: int = Field(0, ge=0, description="edits setting a concept the checker cannot grade")
+    accept_ungradable: bool = Field(False, description="whether such edits were kept (--accept-ungradable)")
+    checker_grading: dict[str, dict[str, Any]] | None = Field(
+        None, description="per concept: the checker's validation AUROC, positives, temperature, gradable")
 
     @model_validator(mode="after")
     def _counts_add_up(self) -> "SynthesisSummary":

@@ -28,6 +28,7 @@ class QCResult:
     ground_truth_mae: float | None     # phantom only: distance to the true counterfactual inside the region
     passed: bool
     reasons: list[str]
+    ungradable: list[str]              # concepts the edit sets that the checker cannot grade
 
     def to_json(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -48,14 +49,19 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
                operations: list, checker_before: dict[str, float] | None,
                checker_after: dict[str, float] | None, ground_truth: np.ndarray | None = None,
                thresholds: QCThresholds | None = None, require_fidelity: bool = True,
-               checker_thresholds: dict[str, float] | None = None) -> QCResult:
+               checker_thresholds: dict[str, float] | None = None, ungradable: list[str] | None = None,
+               accept_ungradable: bool = False) -> QCResult:
     """Score one edit. `checker_*` map concept -> probability from the independent checker model.
 
     `require_fidelity` false (the unconstrained ablation, which regenerates the whole image on purpose)
     still measures the change outside the region but does not reject the edit for it. `checker_thresholds`
     (concept -> the checker's operating threshold, from its card) decide whether the checker calls a concept;
     `thresholds.min_alignment` stands in for a concept without one. `alignment` is the checker's probability
-    toward the target (1 - p for a deletion) minus what the call needs: >= 0 agrees."""
+    toward the target (1 - p for a deletion) minus what the call needs: >= 0 agrees.
+
+    `ungradable` names the concepts of this edit the checker is not fit to grade: the checker's word on them is
+    not taken, and the edit is rejected as ungradable unless `accept_ungradable` (the user's recorded choice)."""
+    ungradable = sorted(set(ungradable or []))
     thresholds = thresholds or QCThresholds()
     outside = soft < 1e-3  # untouched by the edit and its feathered rim
     outside_mae = float(np.abs(edited - source)[outside].mean()) if outside.any() else 0.0
@@ -64,7 +70,7 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
     if checker_before is not None and checker_after is not None:
         scores = []  # every concept the edit sets, each way it should move (a swap: one down, one up)
         for effect in (e for operation in operations for e in operation.effects):
-            if effect.concept in checker_after:
+            if effect.concept in checker_after and effect.concept not in ungradable:
                 cut = (checker_thresholds or {}).get(effect.concept, thresholds.min_alignment)
                 scores.append(effect.checker_margin(checker_after[effect.concept], cut))
         if scores:
@@ -80,7 +86,9 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
         reasons.append("structure changed outside the edit region (SSIM)")
     if alignment is not None and alignment < 0:
         reasons.append("checker disagrees: concept not inserted/deleted")
+    if ungradable and not accept_ungradable:
+        reasons.append("ungradable: the checker cannot grade " + ", ".join(ungradable))
     lo, hi = thresholds.texture_ratio
     if not lo <= texture <= hi:
         reasons.append("unrealistic texture in the edited region")
-    return QCResult(outside_mae, ssim, alignment, before, after, texture, truth, not reasons, reasons)
+    return QCResult(outside_mae, ssim, alignment, before, after, texture, truth, not reasons, reasons, ungradable)

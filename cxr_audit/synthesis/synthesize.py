@@ -24,6 +24,7 @@ from cxr_audit.data.decoded import image_sha256
 from cxr_audit.data.images import load_resized
 from cxr_audit.data.manifest import Manifest
 from cxr_audit.errors import UserInputError
+from cxr_audit.synthesis.grading import apply_temperature, ungradable_concepts
 from cxr_audit.progress import progress_bar
 from cxr_audit.spec import LabelPolicy
 from cxr_audit.synthesis.backends import EditBackend
@@ -41,6 +42,8 @@ class SynthesisOptions:
     unconstrained: bool = False   # the ablation: regenerate the whole image, no anatomy mask
     null_edits: bool = False      # the texture control: the same masked regions, under the source's own vector
     progress: bool = True
+    grading: dict[str, dict] | None = None  # the checker's fitness per concept (synthesis/grading.py)
+    accept_ungradable: bool = False          # keep edits of concepts the checker cannot grade (recorded)
 
 
 def _phantom_truth(row: pd.Series, operations: list[Operation], size: int) -> np.ndarray | None:
@@ -96,17 +99,20 @@ def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, 
         masks = (None, None) if options.unconstrained else (hard, soft)
         edited = backend.edit(sources, np.stack([p["target"] for p in prepared]), *masks, options.settings,
                               int(batch[0].seed))
-        before, after = _checker_scores(checker, sources), _checker_scores(checker, edited)
+        before, after = (_checker_scores(checker, images, options.grading) for images in (sources, edited))
         for k, (planned, item) in enumerate(zip(batch, prepared)):
             if options.null_edits:  # nothing is inserted or deleted: the source is its own target
                 planned = planned.model_copy(update={"operations": [], "target_vector": planned.source_vector})
             truth = _phantom_truth(rows.loc[planned.source_image_id], planned.operations, size)
             # The ablation regenerates the whole image on purpose: its change outside the region is measured
             # (to compare with CARS) but is no reason to reject it.
+            concepts = [c for operation in planned.operations for c in operation.concepts]
             qc = score_edit(sources[k], edited[k], hard[k], soft[k], planned.operations,
                             before[k] if before else None, after[k] if after else None, truth, options.thresholds,
                             require_fidelity=not options.unconstrained,
-                            checker_thresholds=checker.card.thresholds if checker is not None else None)
+                            checker_thresholds=_calibrated_thresholds(checker, options.grading),
+                            ungradable=ungradable_concepts(concepts, options.grading) if checker is not None else [],
+                            accept_ungradable=options.accept_ungradable)
             save(_finished_edit(planned, item, edited[k], hard[k], qc, backend.sha256))
             bar.update()
     bar.close()
@@ -146,10 +152,27 @@ def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, sourc
             "source_sha256": image_sha256(manifest.resolve_image(row["path"])), "row": row}
 
 
-def _checker_scores(checker, images: np.ndarray) -> list[dict[str, float]] | None:
+def _checker_scores(checker, images: np.ndarray, grading: dict | None) -> list[dict[str, float]] | None:
+    """The checker's calibrated probabilities (its temperature per concept, from the grading) per image."""
     if checker is None:
         return None
-    return [dict(zip(checker.concepts, map(float, row))) for row in checker.predict_arrays(images)]
+    scores = checker.predict_arrays(images)
+    for j, concept in enumerate(checker.concepts):
+        scores[:, j] = apply_temperature(scores[:, j], _temperature(grading, concept))
+    return [dict(zip(checker.concepts, map(float, row))) for row in scores]
+
+
+def _temperature(grading: dict | None, concept: str) -> float:
+    return float((grading or {}).get(concept, {}).get("temperature", 1.0))
+
+
+def _calibrated_thresholds(checker, grading: dict | None) -> dict[str, float] | None:
+    """The card's operating thresholds (on the checker's raw outputs) moved onto the calibrated scale: the same
+    calls, since a temperature keeps the order of scores."""
+    if checker is None:
+        return None
+    return {concept: float(apply_temperature(np.float64(t), _temperature(grading, concept)))
+            for concept, t in checker.card.thresholds.items()}
 
 
 def _finished_edit(planned: PlannedEdit, item: dict, edited: np.ndarray, hard: np.ndarray, qc,
@@ -194,7 +217,9 @@ def summarise(plan: PlanDocument, records: list[EditRecord], backend: EditBacken
         mean_outside_mae=float(np.mean([r.qc.outside_mae for r in records])) if records else None,
         checker_agreement=float(np.mean([a >= 0 for a in alignment]))
         if alignment else None,
-        mean_ground_truth_mae=float(np.mean(truth)) if truth else None)
+        mean_ground_truth_mae=float(np.mean(truth)) if truth else None,
+        ungradable=sum(bool(r.qc.ungradable) for r in records), accept_ungradable=options.accept_ungradable,
+        checker_grading=options.grading)
     return frame, summary
 
 
@@ -211,5 +236,6 @@ def _manifest_row(record: EditRecord, image: str, generator_sha256: str) -> dict
         "concept": "+".join(c for o in record.operations for c in o.concepts), "cell_id": record.cell_id,
         "target_vector": json.dumps(record.target_vector, sort_keys=True), "seed": record.seed,
         "generator_sha256": generator_sha256, "synthetic": 1,
-        **{f"qc_{k}": v for k, v in record.qc.model_dump().items() if k not in ("reasons", "passed")},
+        **{f"qc_{k}": v for k, v in record.qc.model_dump().items() if k not in ("reasons", "passed", "ungradable")},
+        "qc_ungradable": "+".join(record.qc.ungradable),
     }
