@@ -18,10 +18,11 @@ DEFAULT_REPLICATES = 1000
 MIN_USABLE_SHARE = 0.95
 
 
-# Drawing a replicate needs two (replicates x patients) temporaries (the draws and their counts); they are made
-# for as many replicates at a time as fit in this budget, so the draws cost at most this beyond the matrix
-# itself. Successive draws from one generator give the numbers of a single draw, so the weights do not depend
-# on the budget.
+# Drawing replicates needs four temporaries: the draws, their flat indices and their per-patient counts
+# (replicates x patients, 8 bytes each) and the counts spread over the images (replicates x images) before
+# the copy into the matrix. They are made for as many replicates at a time as fit in this budget, so drawing
+# costs at most this beyond the matrix itself. Successive draws from one generator give the numbers of a
+# single draw, so the weights do not depend on the budget.
 DRAW_BUDGET_BYTES = 256 * 2**20
 
 
@@ -35,7 +36,7 @@ def patient_weights(patient_ids: np.ndarray, n_replicates: int = DEFAULT_REPLICA
     # Column-major, as the matrix has always been (it was once made by indexing columns, which numpy returns in
     # that order): sums along a replicate add in the same order, so every replicate keeps its last bit.
     weights = np.empty((n_replicates, codes.size), order="F")
-    per_chunk = max(1, DRAW_BUDGET_BYTES // (16 * max(n_patients, 1)))
+    per_chunk = max(1, DRAW_BUDGET_BYTES // (8 * (3 * n_patients + codes.size) or 1))
     for start in range(0, n_replicates, per_chunk):
         count = min(per_chunk, n_replicates - start)
         draws = rng.integers(0, n_patients, size=(count, n_patients))
