@@ -24,7 +24,7 @@ import torch
 from cxr_audit.metrics.bootstrap import Estimate, patient_weights, percentile_ci
 from cxr_audit.metrics.discrimination import weighted_auroc
 
-DEFAULT_FOLDS = 5
+DEFAULT_FOLDS = 3
 # Feature-distance replicates: each needs a matrix square root, so fewer than the metrics' 1,000.
 DISTANCE_REPLICATES = 200
 
@@ -32,7 +32,7 @@ DISTANCE_REPLICATES = 200
 @dataclass
 class DiscriminatorOptions:
     folds: int = DEFAULT_FOLDS
-    epochs: int = 8
+    epochs: int = 6
     width: int = 8
     batch_size: int = 32
     seed: int = 0

@@ -98,7 +98,8 @@ def test_a_copied_run_resumes_in_its_new_place(copy_of, phantom_dataset, phantom
     pytest.param("bootstrap", {"evaluate_baseline", "evaluate_recalibrated", "evaluate_real_only", "evaluate_cars", "evaluate_unconstrained", "realism",
                    "evaluate_null_edits", "probe", "assemble"}, marks=pytest.mark.slow),  # (about 25 s)
     # the synthesis re-runs; the arms trained on it re-run only if what they read (the accepted edits) changed
-    ("generator budget", {"generator", "synthetic", "unconstrained", "null_edits", "realism", "probe", "gallery", "assemble"}),
+    pytest.param("generator budget", {"generator", "synthetic", "unconstrained", "null_edits", "realism", "probe", "gallery",
+                                      "assemble"}, marks=pytest.mark.slow),  # (about 25 s)
     # everything seeded; the coverage and data sheet of official splits do not depend on the seed
     pytest.param("seed", None, marks=pytest.mark.slow),  # (every stage again: about 15 s)
 ])
@@ -252,6 +253,7 @@ def test_two_runs_in_fresh_folders_write_the_same_audit_json(demo_runs):
     assert documents[0] == documents[1]
 
 
+@pytest.mark.slow  # the demo flow (about 45 s with its fixture)
 def test_a_demo_run_whose_inputs_were_deleted_makes_them_again(demo_run, tmp_path):
     """RUN/inputs (the demo's dataset and model) removed: the demo makes them again (the same, from their seed)
     and every later stage is found finished; no message about a --data the demo does not have."""
@@ -294,6 +296,7 @@ def test_the_demo_with_labels_from_its_reports(tmp_path):
     assert cell["count"] == int(((train["Cardiomegaly"] == 1) & (train["Pleural Effusion"] == 1)).sum())
 
 
+@pytest.mark.slow  # the demo flow (about 45 s with its fixture)
 def test_the_probe_by_round_trip_equals_the_probe_with_the_model_in_hand(demo_run, tmp_path, run_cli):
     """A vendor's model known only by its outputs: it scores the images the run lists (score_me.csv), and
     `probe --predictions` reads the scores back. With the deployed model exported that way, probe.json is the
