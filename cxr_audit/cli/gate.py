@@ -29,7 +29,8 @@ def gate_command(
                                          "this, such rules without --baseline are refused).")] = False,
 ) -> None:
     """Exit 0 when every policy rule passes, 1 when any fails, 2 for bad input; writes JUnit XML and Markdown."""
-    from cxr_audit.audit.gate import evaluate_policy, junit_xml, load_policy, markdown_summary
+    from cxr_audit.audit.gate import evaluate_policy, junit_xml, markdown_summary
+    from cxr_audit.audit.policy import load_policy
     from cxr_audit.provenance import atomic_write_bytes, atomic_write_text
     from cxr_audit.rundir import check_output_file
     from cxr_audit.stages.assemble import open_audit

@@ -276,7 +276,7 @@ def test_policy_arm_must_exist(audits, tmp_path, run_cli):
 
 
 def test_policy_example_in_docs_is_valid():
-    from cxr_audit.audit.gate import load_policy
+    from cxr_audit.audit.policy import load_policy
 
     policy = load_policy(Path("docs/gates.example.yaml"))
     assert {rule.type for rule in policy.rules} >= {"min_metric", "max_ece", "non_inferiority", "coverage", "qc",
