@@ -54,7 +54,7 @@ def discriminator_scores(real: np.ndarray, synthetic: np.ndarray, real_patients:
     images = np.concatenate([real, synthetic]).astype(np.float32, copy=False)
     is_synthetic = np.r_[np.zeros(len(real)), np.ones(len(synthetic))]
     patients = np.r_[np.asarray(real_patients, str), np.asarray(synthetic_patients, str)]
-    folds = min(options.folds, len(np.unique(patients[is_synthetic == 1])), len(np.unique(patients[is_synthetic == 0])))
+    folds = fold_count(options, real_patients, synthetic_patients)
     if folds < 2:
         raise ValueError("a two-sample test needs real and synthetic images from at least two patients each")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=options.seed)
@@ -68,6 +68,12 @@ def discriminator_scores(real: np.ndarray, synthetic: np.ndarray, real_patients:
         bar.update()
     bar.close()
     return scores
+
+
+def fold_count(options: DiscriminatorOptions, real_patients: np.ndarray, synthetic_patients: np.ndarray) -> int:
+    """The folds the discriminator is cross-fitted on: as asked, but no more than either side has patients."""
+    return min(options.folds, len(np.unique(np.asarray(real_patients, str))),
+               len(np.unique(np.asarray(synthetic_patients, str))))
 
 
 def _balanced(rows: np.ndarray, is_synthetic: np.ndarray) -> np.ndarray:

@@ -68,19 +68,19 @@ class RealismStage:
         atomic_write_json(self.layout.document, document.model_dump(mode="json"))
 
     def _mode(self, mode: str, checker):
+        """One mode's realism document and every compared image's out-of-fold score."""
         import numpy as np
         import pandas as pd
 
         from cxr_audit.data.images import load_resized
         from cxr_audit.evaluation.realism import (
             DiscriminatorOptions,
-            checker_features,
             discriminator_scores,
-            feature_distances,
+            fold_count,
             two_sample_auroc,
         )
         from cxr_audit.stages.synthesize import read_records, read_summary
-        from cxr_audit.synthesis.documents import Discriminator, FeatureDistance, ModeRealism
+        from cxr_audit.synthesis.documents import Discriminator, ModeRealism
 
         ctx, seed = self.ctx, self.ctx.config.seed
         layout = ctx.run.synthesis(mode)
@@ -94,78 +94,79 @@ class RealismStage:
         real_rows = np.sort(rng.choice(len(train), n_real, replace=False))
         real_patients = train["patient_id"].astype(str).to_numpy()[real_rows]
         synthetic_patients = np.array([r.patient_id for r in accepted], str)
-        empty = pd.DataFrame(columns=["mode", "kind", "id", "score"])
         if len(set(synthetic_patients)) < 2 or len(set(real_patients)) < 4:
             why = (f"{len(accepted)} accepted edits from {len(set(synthetic_patients))} patients: a two-sample test "
                    "needs edits of at least two patients and real images of at least four")
-            return ModeRealism(mode=mode, n_real=n_real, n_synthetic=len(accepted), skipped=why), empty
+            return (ModeRealism(mode=mode, n_real=n_real, n_synthetic=len(accepted), skipped=why),
+                    pd.DataFrame(columns=["mode", "kind", "id", "score"]))
         synthetic = np.stack([load_resized(layout.image(r.edit_id), size) for r in accepted])[:, None]
         real = ctx.images("train", size).take(real_rows)
         options = DiscriminatorOptions(seed=seed)
         scores = discriminator_scores(real, synthetic, real_patients, synthetic_patients, options,
                                       progress=ctx.progress)
         is_synthetic = np.r_[np.zeros(n_real, bool), np.ones(len(accepted), bool)]
-        subsets = _subsets(accepted)
+        by_operation, by_concept = _subsets(accepted)
         aurocs = two_sample_auroc(scores, is_synthetic, np.r_[real_patients, synthetic_patients],
-                                  subsets, replicates=ctx.config.bootstrap,
-                                  seed=seed)
+                                  {**by_operation, **by_concept}, replicates=ctx.config.bootstrap, seed=seed)
         synthetic_scores = scores[n_real:]
         picks = np.argsort(-synthetic_scores, kind="stable")[:MOST_CONFIDENT]
         discriminator = Discriminator(
             auroc=aurocs["all"].to_json(),
-            by_operation={name.removeprefix("operation: "): aurocs[name].to_json() for name in subsets
-                          if name.startswith("operation: ")},
-            by_concept={name.removeprefix("concept: "): aurocs[name].to_json() for name in subsets
-                        if name.startswith("concept: ")},
-            folds=min(options.folds, len(set(synthetic_patients)), len(set(real_patients))),
+            by_operation={name: aurocs[name].to_json() for name in by_operation},
+            by_concept={name: aurocs[name].to_json() for name in by_concept},
+            folds=fold_count(options, real_patients, synthetic_patients),
             most_confident=[{"edit_id": accepted[i].edit_id, "score": round(float(synthetic_scores[i]), 6)}
                             for i in picks])
-        features, space = self._features(checker, real_rows, accepted, layout, real_patients, seed,
-                                         checker_features, feature_distances)
+        same_size = checker.card.input_size == size
+        features, space = self._features(checker, real_rows, real_patients, real if same_size else None,
+                                         [layout.image(r.edit_id) for r in accepted], synthetic if same_size else None)
         ids = np.r_[train["image_id"].astype(str).to_numpy()[real_rows], [r.edit_id for r in accepted]]
         frame = pd.DataFrame({"mode": mode, "kind": np.where(is_synthetic, "synthetic", "real"), "id": ids,
                               "score": scores})
         return ModeRealism(mode=mode, n_real=n_real, n_synthetic=len(accepted), discriminator=discriminator,
-                           features=FeatureDistance(**features.to_json()) if features else None,
-                           feature_space=space), frame
+                           features=features, feature_space=space), frame
 
-    def _features(self, checker, real_rows, accepted, layout, real_patients, seed, checker_features,
-                  feature_distances):
-        """Distances in the checker's feature space; none (with the reason) for a checker without a torch
-        module (an ONNX checker) or a set too small to compare."""
+    def _features(self, checker, real_rows, real_patients, real=None, synthetic_paths=(), synthetic=None):
+        """Distances in the checker's feature space (`real` and `synthetic`: the images already read, when they
+        are at the checker's input size); none, with the reason, for a checker without a torch module (an ONNX
+        checker) or a set too small to compare."""
         import numpy as np
 
         from cxr_audit.data.images import load_resized
+        from cxr_audit.evaluation.realism import checker_features, feature_distances
+        from cxr_audit.synthesis.documents import FeatureDistance
 
         if checker.module is None:
             return None, f"not measured: the checker ({checker.format}) has no torch module to take features from"
         size = checker.card.input_size
-        preprocess = checker.preprocess
-        real = checker_features(checker.module, self.ctx.images("train", size).take(real_rows), preprocess)
-        synthetic = checker_features(
-            checker.module, np.stack([load_resized(layout.image(r.edit_id), size) for r in accepted])[:, None],
-            preprocess)
+        if real is None:
+            real = self.ctx.images("train", size).take(real_rows)
+        if synthetic is None:
+            synthetic = np.stack([load_resized(path, size) for path in synthetic_paths])[:, None]
+        real_features = checker_features(checker.module, real, checker.preprocess)
+        synthetic_features = checker_features(checker.module, synthetic, checker.preprocess)
         try:
-            distances = feature_distances(real, synthetic, real_patients, seed=seed)
+            distances = feature_distances(real_features, synthetic_features, real_patients, seed=self.ctx.config.seed)
         except ValueError as error:
             return None, f"not measured: {error}"
-        return distances, f"the checker's penultimate layer ({real.shape[1]} features, {size} px)"
+        return (FeatureDistance(**distances.to_json()),
+                f"the checker's penultimate layer ({real_features.shape[1]} features, {size} px)")
 
 
-def _subsets(accepted) -> dict:
-    """Masks over the accepted edits: each operation ('insert Cardiomegaly') and each concept an edit sets,
-    where there are enough edits to judge."""
+def _subsets(accepted) -> tuple[dict, dict]:
+    """Masks over the accepted edits, per operation ('insert Cardiomegaly') and per concept an edit sets, where
+    there are at least MIN_SUBSET edits to judge."""
     import numpy as np
 
-    subsets = {}
-    for name, member in [(f"operation: {o.label}", lambda r, o=o: any(x.label == o.label for x in r.operations))
-                         for o in {o.label: o for r in accepted for o in r.operations}.values()] + \
-                        [(f"concept: {c}", lambda r, c=c: any(c in o.concepts for o in r.operations))
-                         for c in sorted({c for r in accepted for o in r.operations for c in o.concepts})]:
-        mask = np.array([member(r) for r in accepted])
-        if mask.sum() >= MIN_SUBSET:
-            subsets[name] = mask
-    return dict(sorted(subsets.items()))
+    operations = [{o.label for o in r.operations} for r in accepted]
+    concepts = [{c for o in r.operations for c in o.concepts} for r in accepted]
+
+    def masks(members: list[set]) -> dict:
+        names = sorted(set().union(*members)) if members else []
+        found = {name: np.array([name in m for m in members]) for name in names}
+        return {name: mask for name, mask in found.items() if mask.sum() >= MIN_SUBSET}
+
+    return masks(operations), masks(concepts)
 
 
 def read_realism(ctx: RunContext):
