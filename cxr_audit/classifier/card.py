@@ -59,6 +59,25 @@ class ModelCard(BaseModel):
             out[canonical] = float(value)
         return out
 
+    @field_validator("grading")
+    @classmethod
+    def _grading(cls, grading: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        """A QC checker's grading: per known concept, whether it grades (true/false) and a positive temperature."""
+        if grading is None:
+            return None
+        out = {}
+        for name, entry in grading.items():
+            canonical = concepts.try_resolve(name)
+            temperature = entry.get("temperature") if isinstance(entry, dict) else None
+            if (canonical is None or not isinstance(entry.get("gradable"), bool)
+                    or isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                    or not 0 < temperature < float("inf")):
+                raise ValueError(f"grading {name!r} needs a known concept with 'gradable' true or false and a "
+                                 f"positive 'temperature' (got {entry!r}); let `cxr-audit audit` train and grade "
+                                 "the checker, or remove 'grading' to have the run grade it")
+            out[canonical] = entry
+        return out
+
     def preprocessing_signature(self) -> str:
         """Everything about preprocessing that changes the model's input (part of the prediction cache key)."""
         text = f"{self.input_size}|{self.channels}|{self.normalization}|{self.outputs}"

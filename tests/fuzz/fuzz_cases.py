@@ -637,6 +637,25 @@ _run_case("compare: a value nulled by hand", "edited after it was made",
 _run_case("audit --checker a pickle (refused, and not recorded)", "--checker",
           lambda r, f: __import__("torch").save({"a": 1}, f / "checker.pt") or
           ["audit", "--out", r, "--checker", f / "checker.pt", "--force"])
+def _checker_graded(r: Path, f: Path, grading: dict) -> Path:
+    """The run's checker copied with its card's grading replaced."""
+    import yaml
+
+    checker = shutil.copy(r / "checker" / "checker.safetensors", f / "checker.safetensors")
+    card = yaml.safe_load((r / "checker" / "checker.safetensors.card.yaml").read_text())
+    (f / "checker.safetensors.card.yaml").write_text(yaml.safe_dump({**card, "grading": grading}))
+    return Path(checker)
+
+
+_run_case("synthesize --checker whose grading has a negative temperature", "temperature",
+          lambda r, f: ["synthesize", "--run", r, "--force", "--checker", _checker_graded(
+              r, f, {"Cardiomegaly": {"gradable": True, "temperature": -1.0}})])
+_run_case("synthesize --checker whose grading names an unknown concept", "grading",
+          lambda r, f: ["synthesize", "--run", r, "--force", "--checker", _checker_graded(
+              r, f, {"Pulmonary Sparkle": {"gradable": True, "temperature": 1.0}})])
+_run_case("synthesize --checker whose grading says 'maybe'", "gradable",
+          lambda r, f: ["synthesize", "--run", r, "--force", "--checker", _checker_graded(
+              r, f, {"Edema": {"gradable": "maybe", "temperature": 1.0}})])
 _run_case("synthesize --generator not a generator (before any work)", "generator",
           lambda r, f: (f / "generator").mkdir() or ["synthesize", "--run", r, "--generator", f / "generator", "--force"])
 _run_case("--out a run on other data", "run on other data",
