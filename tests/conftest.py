@@ -112,6 +112,14 @@ def phantom_checker(phantom_dataset, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """A tiny random Stable-Diffusion-layout pipeline on disk (tests/tiny_diffusers.py)."""
+    from tiny_diffusers import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("roentgen-like"))
+
+
+@pytest.fixture(scope="session")
 def tiny_generator(phantom_dataset, tmp_path_factory) -> Path:
     """A concept-conditioned generator trained for 4 steps: real weights, no skill (for plumbing tests)."""
     import numpy as np

@@ -77,11 +77,17 @@ def train_generator_command(
     prediction_type: Annotated[PredictionType | None, typer.Option(
         "--prediction-type", help="What the UNet learns to predict: v (default; learns faster on a small budget) "
                                   "or the noise (epsilon).")] = None,
+    base: Annotated[Path | None, typer.Option("--base", help="A local diffusers text-to-image pipeline (e.g. "
+                                              "RoentGen) to fine-tune with LoRA instead of training the native "
+                                              "generator; the images are read at its size.")] = None,
+    lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="Rank of the LoRA adapters (with --base; "
+                                                  "default 8).")] = None,
     seed: SeedOption = None,
     force: ForceOption = False,
 ) -> None:
     """Train the concept-conditioned diffusion generator on the training split into RUN/generator (resumes from
-    its checkpoint). Under torchrun or accelerate launch it trains data-parallel."""
+    its checkpoint); with --base, LoRA adapters for a pretrained pipeline instead. Under torchrun or accelerate
+    launch it trains data-parallel."""
     from cxr_audit.stages.generator import GeneratorStage
     from cxr_audit.stages.pipeline import run_stages
 
@@ -91,9 +97,23 @@ def train_generator_command(
             widths = [int(c) for c in channels.split(",")]
         except ValueError:
             raise UserInputError(f"--channels {channels!r} must be comma-separated integers, e.g. 16,32,32.") from None
+    if base is not None:
+        from cxr_audit.synthesis.lora_store import check_base_pipeline
+
+        native_only = [name for name, value in (("--size", size), ("--channels", channels),
+                                                ("--timestep-exponent", timestep_exponent),
+                                                ("--prediction-type", prediction_type)) if value is not None]
+        if native_only:
+            raise UserInputError(f"{', '.join(native_only)} set(s) the native generator; with --base the pipeline's "
+                                 "own size, UNet and schedule are used. Leave them out, or drop --base.")
+        base = check_base_pipeline(base).resolve()
+        lr = 1e-4 if lr is None else lr  # adapters on a pretrained model: the usual LoRA rate, not the native one
+    elif lora_rank is not None:
+        raise UserInputError("--lora-rank is for LoRA adapters: pass --base with the pipeline to fine-tune.")
     training = {k: v for k, v in {"size": size, "steps": steps, "minutes": minutes, "batch_size": batch_size,
                                   "channels": widths, "lr": lr, "timestep_exponent": timestep_exponent,
-                                  "prediction_type": prediction_type.value if prediction_type else None}.items()
+                                  "prediction_type": prediction_type.value if prediction_type else None,
+                                  "base": str(base) if base else None, "lora_rank": lora_rank}.items()
                 if v is not None}
     given = {**dataset(data, data_format, root, allow_duplicates, labels), "spec": spec, "seed": seed,
              "generator_training": training or None}
@@ -101,9 +121,17 @@ def train_generator_command(
     if main_process:  # one process owns the run directory; the others only train
         ctx = open_run(out, given, force)
         run_stages(ctx, [GeneratorStage(ctx)], force)
-        card = ctx.run.generator
-        console.print(f"Generator trained on the training split at {ctx.config.generator_training.size}px; saved to "
-                      f"{card}", markup=False)
+        options = ctx.config.generator_training
+        if options.base:
+            from cxr_audit.synthesis.lora_store import read_lora_card
+
+            card = read_lora_card(ctx.run.generator)
+            console.print(f"LoRA (rank {card.rank}, {card.steps} steps) trained for {options.base} at "
+                          f"{card.image_size}px; denoising loss on a fixed set {card.eval_loss_before:.4f} -> "
+                          f"{card.eval_loss_after:.4f}; saved to {ctx.run.generator}", markup=False)
+        else:
+            console.print(f"Generator trained on the training split at {options.size}px; saved to "
+                          f"{ctx.run.generator}", markup=False)
     else:
         from cxr_audit.rundir import RunDir
         from cxr_audit.stages.config import merge_config

@@ -75,6 +75,14 @@ class GeneratorTraining(BaseModel):
     lr: float = Field(1e-3, gt=0)
     timestep_exponent: float = Field(0.5, gt=0)
     prediction_type: Literal["v_prediction", "epsilon"] = "v_prediction"
+    base: str | None = Field(None, description="a local diffusers text-to-image pipeline to fine-tune with LoRA "
+                             "(size, channels, timestep exponent and prediction type are then the base's own)")
+    lora_rank: int = Field(8, ge=1, le=512, description="rank of the LoRA adapters (with base)")
+
+    def declared(self) -> dict:
+        """What the generator stage declares as its settings: without a base, the native generator's fields
+        only (so runs made before LoRA existed keep their stage records)."""
+        return self.model_dump(mode="json", exclude=None if self.base else {"base", "lora_rank"})
 
 
 class RunConfig(BaseModel):

@@ -1,8 +1,9 @@
 """Edit backends: what the synthesize stage edits with, behind one protocol.
 
 Two backends exist: the project's concept-conditioned generator (a folder written by `train-generator`) and a
-local diffusers text-to-image pipeline (RoentGen, or RadEdit's weights in that layout). `load_backend` tells
-them apart by what the folder holds; the stage never asks which one it has.
+local diffusers text-to-image pipeline (RoentGen, or RadEdit's weights in that layout), as it is or with LoRA
+adapters trained on the user's data (a folder written by `train-generator --base`, whose card names its base).
+`load_backend` tells them apart by what the folder holds; the stage never asks which one it has.
 """
 
 from __future__ import annotations
@@ -54,11 +55,14 @@ def backend_sha256(folder: str | Path) -> str:
     """A backend folder's identity without loading it (the generator card's hash, or a hash over a pipeline's
     weight and config files)."""
     from cxr_audit.synthesis.generator.store import generator_sha256, is_generator
+    from cxr_audit.synthesis.lora_store import is_lora, lora_sha256
     from cxr_audit.synthesis.text_backend import is_text_pipeline, text_pipeline_sha256
 
     folder = _existing(folder)
     if is_generator(folder):
         return generator_sha256(folder)
+    if is_lora(folder):
+        return lora_sha256(folder)  # checks its weights and its base against the card
     if is_text_pipeline(folder):
         return text_pipeline_sha256(folder)
     raise _not_a_backend(folder)
@@ -67,11 +71,14 @@ def backend_sha256(folder: str | Path) -> str:
 def load_backend(folder: str | Path, device=None) -> EditBackend:
     """The edit backend saved in `folder`, from local files only."""
     from cxr_audit.synthesis.generator.store import is_generator
+    from cxr_audit.synthesis.lora_store import is_lora, verify_lora
     from cxr_audit.synthesis.text_backend import TextConditionedGenerator, is_text_pipeline
 
     folder = _existing(folder)
     if is_generator(folder):
         return ConceptGeneratorBackend(folder, device)
+    if is_lora(folder):
+        return TextConditionedGenerator(verify_lora(folder).base, device, lora=folder)
     if is_text_pipeline(folder):
         return TextConditionedGenerator(folder, device)
     raise _not_a_backend(folder)
@@ -86,5 +93,6 @@ def _existing(folder: str | Path) -> Path:
 
 
 def _not_a_backend(folder: Path) -> UserInputError:
-    return UserInputError(f"{folder} is not a cxr-audit generator (no generator_card.json) nor a diffusers "
-                          "pipeline (no model_index.json). Train one with `cxr-audit train-generator`.")
+    return UserInputError(f"{folder} is not a cxr-audit generator (no generator_card.json), LoRA (no "
+                          "lora_card.json) nor a diffusers pipeline (no model_index.json). Train one with "
+                          "`cxr-audit train-generator` (with --base for LoRA on a pretrained pipeline).")

@@ -13,6 +13,7 @@ and blanks radiographs it misreads.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class TextPipelineCard:
     prompt_style: str = PROMPT_STYLE
     backend: str = "text-conditioned latent diffusion (diffusers StableDiffusionInpaintPipeline)"
     files: list[str] = field(default_factory=list)
+    lora: dict | None = None  # the LoRA card, when adapters trained by `train-generator --base` are applied
 
 
 def is_text_pipeline(folder: str | Path) -> bool:
@@ -70,14 +72,24 @@ def _pipeline_files(folder: Path) -> list[Path]:
 
 
 def text_pipeline_sha256(folder: str | Path) -> str:
-    """One identity for a pipeline folder: a hash over every weight and config file, in path order."""
-    return sha256_files(_pipeline_files(Path(folder)))
+    """One identity for a pipeline folder: a hash over every weight and config file, in path order. Hashed
+    once per process while no file's size or time changes (a base pipeline is gigabytes, and a LoRA run checks
+    its base at planning and again at loading)."""
+    stats = [(str(path), path.stat()) for path in _pipeline_files(Path(folder))]
+    return _hash_files(tuple((path, stat.st_size, stat.st_mtime_ns) for path, stat in stats))
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_files(signature: tuple[tuple[str, int, int], ...]) -> str:
+    return sha256_files(Path(path) for path, _, _ in signature)
 
 
 class TextConditionedGenerator:
     """Edits source images toward target concept vectors through a local text-conditioned pipeline."""
 
-    def __init__(self, folder: str | Path, device: str | torch.device | None = None):
+    def __init__(self, folder: str | Path, device: str | torch.device | None = None, lora: str | Path | None = None):
+        """The pipeline in `folder`; with `lora`, a folder written by `train-generator --base`, its adapters
+        applied to that pipeline (its base, as `load_backend` finds it from the LoRA's card)."""
         from diffusers import DiffusionPipeline, StableDiffusionInpaintPipeline
 
         folder = Path(folder)
@@ -92,14 +104,22 @@ class TextConditionedGenerator:
             raise UserInputError(f"Could not load the text-conditioned pipeline in {folder}: {exc}. It must be a "
                                  "complete diffusers Stable Diffusion folder (RoentGen, or RadEdit exported to "
                                  "that layout) on local disk.") from None
+        lora_card = None
+        if lora is not None:
+            from cxr_audit.synthesis.lora_store import LORA_WEIGHTS, lora_sha256, read_lora_card
+
+            base.load_lora_weights(Path(lora), weight_name=LORA_WEIGHTS)
+            lora_card = asdict(read_lora_card(lora))
         self.pipe = StableDiffusionInpaintPipeline.from_pipe(base, safety_checker=None,
                                                              requires_safety_checker=False).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.concepts = [c.name for c in concepts.CONCEPTS if c.name != concepts.NO_FINDING]
         self.image_size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
         self._card = TextPipelineCard(pipeline=str(folder.name), concepts=self.concepts, image_size=self.image_size,
-                                      files=[str(p.relative_to(folder)) for p in _pipeline_files(folder)])
-        self.sha256 = text_pipeline_sha256(folder)
+                                      files=[str(p.relative_to(folder)) for p in _pipeline_files(folder)],
+                                      lora=lora_card)
+        # a LoRA's identity is its card's hash, which pins its weights and its base's hash
+        self.sha256 = text_pipeline_sha256(folder) if lora is None else lora_sha256(lora)
 
     def card(self) -> dict:
         return asdict(self._card)

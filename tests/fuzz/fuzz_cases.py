@@ -432,16 +432,19 @@ _image_case("DICOM with a header value that is no number", "NumberOfFrames",
 # ---------------------------------------------------------------------------------------------------------
 # Options out of range
 
+def _option_case_args(folder: Path, base, command: list, needs: str = "csv") -> tuple[list, Path | None]:
+    if needs == "run":
+        run = folder / "run"
+        shutil.copytree(base.run, run)
+        return [str(part).replace("RUN", str(run)) for part in command], run
+    data, spec = _write(folder, CSV), _write(folder, SPEC, "spec.yaml")
+    return [str(part).replace("DATA", str(data)).replace("SPEC", str(spec)).replace("OUT", str(folder / "out"))
+            .replace("MODEL", str(base.model)).replace("CARD", str(base.card)) for part in command], None
+
+
 def _option_case(name: str, culprit: str, command: list, needs: str = "csv"):
     def build(folder: Path, base) -> tuple[list, str]:
-        if needs == "run":
-            run = folder / "run"
-            shutil.copytree(base.run, run)
-            return [str(part).replace("RUN", str(run)) for part in command], culprit
-        data, spec = _write(folder, CSV), _write(folder, SPEC, "spec.yaml")
-        args = [str(part).replace("DATA", str(data)).replace("SPEC", str(spec)).replace("OUT", str(folder / "out"))
-                .replace("MODEL", str(base.model)).replace("CARD", str(base.card)) for part in command]
-        return args, culprit
+        return _option_case_args(folder, base, command, needs)[0], culprit
     case("option", name)(build)
 
 
@@ -473,6 +476,82 @@ _option_case("phantom --n 0", "--n", ["phantom", "--out", "OUT", "--n", "0"])
 _option_case("phantom --size 8", "--size", ["phantom", "--out", "OUT", "--size", "8"])
 _option_case("segment --size 0", "--size", ["segment", "--data", "DATA", "--out", "OUT", "--size", "0"])
 _option_case("phantom --out a file", "file", ["phantom", "--out", "DATA", "--n", "4"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Base pipelines for LoRA (train-generator --base) and the LoRA folders trained on them
+
+_TRAIN_ON_BASE = ["train-generator", "--out", "OUT", "--data", "DATA", "--spec", "SPEC", "--steps", "1", "--base"]
+
+
+def _base_case(name: str, culprit: str, make_base: Callable[[Path], Path]):
+    def build(folder: Path, base) -> tuple[list, str]:
+        args, _ = _option_case_args(folder, base, _TRAIN_ON_BASE)
+        return [*args, make_base(folder)], culprit
+    case("base pipeline", name)(build)
+
+
+def _tiny_base(folder: Path, **changes) -> Path:
+    from tiny_diffusers import build_tiny_pipeline
+
+    return build_tiny_pipeline(folder / "base", **changes)
+
+
+def _without(part: str) -> Callable[[Path], Path]:
+    def make(folder: Path) -> Path:
+        base = _tiny_base(folder)
+        shutil.rmtree(base / part) if (base / part).is_dir() else (base / part).unlink()
+        return base
+    return make
+
+
+_base_case("an empty folder", "not a diffusers pipeline", lambda f: (f / "empty").mkdir() or f / "empty")
+_base_case("a file", "not a folder", lambda f: _write(f, "weights", "base.safetensors"))
+_base_case("no unet/", "no unet/", _without("unet"))
+_base_case("no model_index.json", "model_index.json", _without("model_index.json"))
+_base_case("model_index.json not JSON", "model_index.json is not readable JSON",
+           lambda f: _write(_tiny_base(f), "{", "model_index.json").parent)
+_base_case("an inpainting UNet (9 channels)", "unet/config.json: the UNet takes 9 channels",
+           lambda f: _tiny_base(f, unet_in_channels=9))
+_base_case("a UNet without cross-attention", "no cross-attention", lambda f: _without_cross_attention(_tiny_base(f)))
+
+
+def _without_cross_attention(base: Path) -> Path:
+    config = json.loads((base / "unet" / "config.json").read_text())
+    (base / "unet" / "config.json").write_text(json.dumps({**config, "cross_attention_dim": None}))
+    return base
+
+
+def _lora_on_changed_base(folder: Path, base) -> tuple[list, str]:
+    """A LoRA trained for one step on a base that is then changed: synthesize refuses it, naming the card."""
+    import numpy as np
+
+    from cxr_audit.synthesis.lora_training import LoraTrainConfig, train_lora
+
+    pipeline = _tiny_base(folder)
+    rng = np.random.default_rng(0)
+    train_lora(rng.random((4, 1, 64, 64), np.float32), rng.integers(0, 2, (4, 2)).astype(np.float32),
+               ["Cardiomegaly", "Edema"], pipeline, folder / "lora", LoraTrainConfig(steps=1, batch_size=2), "x",
+               progress=False)
+    _write(pipeline, json.dumps({**json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text()),
+                                 "_note": "changed"}), "scheduler/scheduler_config.json")
+    run = folder / "run"
+    shutil.copytree(base.run, run)
+    return ["synthesize", "--run", run, "--force", "--generator", folder / "lora"], "lora_card.json"
+
+
+case("base pipeline", "synthesize with a LoRA whose base changed")(_lora_on_changed_base)
+
+
+def _lora_card_damaged(folder: Path, base) -> tuple[list, str]:
+    (folder / "lora").mkdir()
+    _write(folder / "lora", json.dumps({"base": str(folder), "rank": "eight"}), "lora_card.json")
+    run = folder / "run"
+    shutil.copytree(base.run, run)
+    return ["synthesize", "--run", run, "--force", "--generator", folder / "lora"], "lora_card.json"
+
+
+case("base pipeline", "synthesize with a LoRA card missing fields")(_lora_card_damaged)
 
 
 # ---------------------------------------------------------------------------------------------------------

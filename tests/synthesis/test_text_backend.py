@@ -3,11 +3,8 @@ layout of RoentGen's weights): prompts from concept vectors, loading from local 
 that keep everything outside the region, determinism, and the synthesis run through it."""
 
 import json
-import string
 
 import numpy as np
-import pytest
-import torch
 
 from cxr_audit import concepts
 from cxr_audit.rundir import RunDir
@@ -16,41 +13,6 @@ from cxr_audit.synthesis.editor import EditSettings
 from cxr_audit.synthesis.text_backend import NORMAL_PROMPT, TextConditionedGenerator, prompt_for
 
 NAMES = ["Cardiomegaly", "Pleural Effusion", "Edema"]
-
-
-def _tiny_pipeline(folder):
-    """UNet (latent 32 px), VAE (x2), CLIP text encoder and a character-level tokenizer, all random."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(16, 32), layers_per_block=1, sample_size=32, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                norm_num_groups=8, attention_head_dim=4)
-    vae = AutoencoderKL(block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for character in string.ascii_lowercase + ",.-":
-            vocab[character + suffix] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37,
-                                                num_attention_heads=4, num_hidden_layers=2, bos_token_id=0,
-                                                eos_token_id=1, pad_token_id=1, max_position_embeddings=77))
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory):
-    return _tiny_pipeline(tmp_path_factory.mktemp("roentgen-like"))
 
 
 def test_prompts_name_present_findings_and_steer_away_from_absent_ones():
