@@ -168,6 +168,11 @@ class SynthesisOptions(_Strict):
     max_positive_findings: int = Field(3, ge=1, description="most positive findings in a target vector")
     allow_unseen_combinations: bool = Field(
         False, description="synthesize targets whose set of findings no real image has (needs clinical sign-off)")
+    # Equal budgets by construction: an arm whose edits QC rejects keeps drawing sources for the cell (the
+    # plan's reserves, then the same sources again under new seeds) until it has the plan's count accepted.
+    tries_per_source: int = Field(2, ge=1, le=10, description="most attempts on one source image (new seed each)")
+    attempts_per_edit: float = Field(4.0, ge=1, le=50, description="most attempts per planned edit of a cell, "
+                                     "reserves and retries included (1: no top-up, QC's rejections are lost)")
 
 
 class CoverageSpec(_Strict):

@@ -30,7 +30,9 @@ class SynthesizeStage:
     def __init__(self, ctx: RunContext, mode: str = "cars"):
         self.ctx, self.mode = ctx, mode
         self.name = SYNTHESIS_FOLDERS[mode]
-        self.needs = ("plan", "generator", "checker")  # the run's own generator and checker, when it trains them
+        # the run's own generator and checker, when it trains them; the null edits redo the CARS arm's accepted
+        # edits under the sources' own vectors, so they come after it when the run has it
+        self.needs = ("plan", "generator", "checker") + ((SYNTHESIS_FOLDERS["cars"],) if mode == "null_edits" else ())
         self.layout = ctx.run.synthesis(mode)
         self.folder = self.layout.folder
 
@@ -49,7 +51,38 @@ class SynthesizeStage:
                 "generator": backend_sha256(generator_folder(ctx)), "checker": sha256_file(checker),
                 "checker_card": sha256_file(card) if card.is_file() else None, "edit": ctx.config.edit,
                 "qc": asdict(QCThresholds()), "mode": self.mode, "val": ctx.ids_sha256("val"),
-                "grading": GRADING, "accept_ungradable": ctx.config.accept_ungradable}
+                "grading": GRADING, "accept_ungradable": ctx.config.accept_ungradable,
+                "top_up": asdict(self._top_up()), **self._cars_edits_input()}
+
+    def _top_up(self):
+        from cxr_audit.synthesis.top_up import TopUpPolicy
+
+        spec = self.ctx.require_spec().synthesis
+        return TopUpPolicy(spec.tries_per_source, spec.attempts_per_edit)
+
+    def _cars_edits_input(self) -> dict:
+        """The null edits' own input: the CARS arm's summary, whose accepted edits they redo (when it exists)."""
+        if self.mode != "null_edits":
+            return {}
+        summary = self.ctx.run.synthesis("cars").summary
+        return {"cars": sha256_file(summary) if summary.is_file() else None}
+
+    def _cars_accepted(self, plan):
+        """The CARS arm's accepted edits as planned edits (retries rebuilt from their first try), or None when
+        the run has no finished CARS arm (the null edits then follow the plan, as any arm does)."""
+        from cxr_audit.synthesis.top_up import attempt_number, first_attempt_id, retry_of
+
+        layout = self.ctx.run.synthesis("cars")
+        if self.mode != "null_edits" or not layout.summary.is_file():
+            return None
+        by_id = {e.edit_id: e for e in [*plan.edits, *plan.reserves]}
+        edits = []
+        for record in read_records(layout):
+            first = by_id.get(first_attempt_id(record.edit_id))
+            if record.qc.passed and first is not None:
+                number = attempt_number(record.edit_id)
+                edits.append(first if number == 1 else retry_of(first, number))
+        return edits
 
     def run(self) -> None:
         from cxr_audit.classifier.loading import load_model
@@ -61,9 +94,10 @@ class SynthesizeStage:
         options = SynthesisOptions(settings=ctx.config.edit_settings, unconstrained=self.mode == "unconstrained",
                                    null_edits=self.mode == "null_edits", progress=ctx.progress,
                                    grading=checker_grading(ctx, checker),
-                                   accept_ungradable=ctx.config.accept_ungradable)
-        synthesize_into(self.layout, read_plan(ctx), ctx.frontal("all"), load_backend(generator_folder(ctx)),
-                        checker, options)
+                                   accept_ungradable=ctx.config.accept_ungradable, top_up=self._top_up())
+        plan = read_plan(ctx)
+        options.attempts = self._cars_accepted(plan)
+        synthesize_into(self.layout, plan, ctx.frontal("all"), load_backend(generator_folder(ctx)), checker, options)
 
 
 def synthesize_into(layout: SynthesisLayout, plan, manifest, backend, checker=None, options=None) -> SynthesisSummary:
@@ -74,15 +108,21 @@ def synthesize_into(layout: SynthesisLayout, plan, manifest, backend, checker=No
     options = options or SynthesisOptions()
     for folder in (layout.images, layout.sources, layout.masks, layout.records):
         folder.mkdir(parents=True, exist_ok=True)
-    run_synthesis(plan, manifest, backend, save=lambda edit: write_edit(layout, edit),
-                  finished=lambda edit_id: layout.record(edit_id).exists(), checker=checker, options=options)
-    frame, summary = summarise(plan, read_records(layout), backend, options,
+    attempted = run_synthesis(plan, manifest, backend, save=lambda edit: write_edit(layout, edit),
+                              saved=lambda edit_id: _saved_record(layout, edit_id), checker=checker, options=options)
+    made = set(attempted)  # records of an earlier run of the stage that this one did not attempt are left out
+    frame, summary = summarise(plan, [r for r in read_records(layout) if r.edit_id in made], backend, options,
                                image_path=lambda edit_id: f"{layout.images.name}/{edit_id}.png")
     atomic_write_text(layout.manifest, frame.to_csv(index=False))
     if not options.unconstrained:  # the ablation is fine-tuned on, never probed
         atomic_write_text(layout.score_list, score_list(layout, null_edits=options.null_edits).to_csv(index=False))
     atomic_write_json(layout.summary, summary.model_dump(mode="json"))
     return summary
+
+
+def _saved_record(layout: SynthesisLayout, edit_id: str) -> EditRecord | None:
+    path = layout.record(edit_id)
+    return read_document(path, EditRecord, "edit record", "") if path.exists() else None
 
 
 def score_list(layout: SynthesisLayout, null_edits: bool = False):

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from cxr_audit.provenance import Document
 from cxr_audit.synthesis.operations import Effect, OperationKind, operation_kind
 
-SYNTHESIS_SCHEMA_VERSION = "2.1"  # 2.1: the swap operation
+SYNTHESIS_SCHEMA_VERSION = "2.2"  # 2.1: the swap operation; 2.2: budgets per cell (equal budgets)
 
 
 class Operation(Document):
@@ -92,6 +92,10 @@ class SynthesisSummary(Document):
     accept_ungradable: bool = Field(False, description="whether such edits were kept (--accept-ungradable)")
     checker_grading: dict[str, dict[str, Any]] | None = Field(
         None, description="per concept: the checker's validation AUROC, positives, temperature, gradable")
+    budgets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per cell: the plan's count, accepted, attempts, sources, retries, status "
+        "(synthesis/top_up.py); empty for the null edits, which redo the CARS arm's accepted edits")
+    top_up: dict[str, Any] | None = Field(None, description="tries per source and attempts per planned edit")
 
     @model_validator(mode="after")
     def _counts_add_up(self) -> "SynthesisSummary":

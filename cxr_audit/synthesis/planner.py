@@ -24,7 +24,7 @@ from cxr_audit.provenance import Document
 from cxr_audit.spec import Cell, CoverageSpec
 from cxr_audit.synthesis.documents import Operation
 
-PLAN_SCHEMA_VERSION = "2.1"  # 2.1: swap operations
+PLAN_SCHEMA_VERSION = "2.2"  # 2.1: swap operations; 2.2: reserve sources
 
 
 class PlannedEdit(Document):
@@ -68,6 +68,8 @@ class PlanDocument(Document):
     cells: list[CellPlan] = Field(default_factory=list)
     rejections: list[Rejection] = Field(default_factory=list)
     edits: list[PlannedEdit] = Field(default_factory=list)
+    reserves: list[PlannedEdit] = Field(default_factory=list, description="further sources per cell, in the order "
+                                        "synthesis draws them when QC rejects planned edits (synthesis/top_up.py)")
 
 
 def derive_target(source: dict[str, float | None], operations: list[Operation],
@@ -159,6 +161,8 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
     seen = {frozenset(np.array(names)[row]) for row in patterns}
     plan = PlanDocument(seed=seed, label_policy=spec.label_policy.model_dump(mode="json"))
     rng = np.random.default_rng(seed)
+    reserve_rng = np.random.default_rng([seed, 1])  # reserves draw apart: the planned edits are as without them
+    reserves: list[tuple[str, int, list[Operation], dict, dict]] = []
     cells_by_id = {c.id: c for c in spec.all_cells()}
     edit_number = itertools.count(1)
 
@@ -175,11 +179,13 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
         by_distance = _sources_by_distance(cell, train.frame, labels, index)
         chosen = by_distance[1] if len(by_distance[1]) else by_distance[2]
         accepted = 0
+        reserve_count = int(np.ceil((spec.synthesis.attempts_per_edit - 1) * budget))
         reasons: dict[str, int] = {}
         if len(chosen):
             order = _diverse_order(train.frame["patient_id"].to_numpy()[chosen], rng)
+            kept_reserves = 0
             for k in order:
-                if accepted >= budget:
+                if accepted >= budget and kept_reserves >= reserve_count:
                     break
                 i = int(chosen[k])
                 operations = _operations_for(cell, labels[i], index)
@@ -187,15 +193,15 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
                 target = derive_target(source, operations, rules)
                 reason = _rejection(target, rules, seen, spec) or _outside_cell(target, cell)
                 if reason:
-                    reasons[reason] = reasons.get(reason, 0) + 1
+                    if accepted < budget:  # the reasons describe the planning, not the reserve search
+                        reasons[reason] = reasons.get(reason, 0) + 1
                     continue
-                row = train.frame.iloc[i]
-                regions = sorted({r for op in operations for c in op.concepts for r in concepts.get(c).regions})
-                plan.edits.append(PlannedEdit(
-                    edit_id=f"E{next(edit_number):06d}", cell_id=cell.id, source_image_id=str(row["image_id"]),
-                    source_path=str(row["path"]), patient_id=str(row["patient_id"]), operations=operations,
-                    source_vector=source, target_vector=target, regions=regions,
-                    seed=int(rng.integers(2**31))))
+                if accepted >= budget:
+                    reserves.append((cell.id, i, operations, source, target))
+                    kept_reserves += 1
+                    continue
+                plan.edits.append(_planned_edit(f"E{next(edit_number):06d}", cell.id, train.frame.iloc[i],
+                                                operations, source, target, int(rng.integers(2**31))))
                 accepted += 1
         for reason, count in sorted(reasons.items()):
             plan.rejections.append(Rejection(cell_id=cell.id, reason=reason, sources_rejected=count))
@@ -203,7 +209,18 @@ def plan_edits(train: Manifest, spec: CoverageSpec, coverage: CoverageReport, se
         plan.cells.append(CellPlan(cell_id=cell.id, deficit=cell_report.deficit, budget=budget,
                                    candidates_one_edit=len(by_distance[1]), candidates_two_edits=len(by_distance[2]),
                                    planned=accepted, status=status, reason=why))
+    for cell_id, i, operations, source, target in reserves:  # numbered after every planned edit
+        plan.reserves.append(_planned_edit(f"E{next(edit_number):06d}", cell_id, train.frame.iloc[i], operations,
+                                           source, target, int(reserve_rng.integers(2**31))))
     return plan
+
+
+def _planned_edit(edit_id: str, cell_id: str, row: pd.Series, operations: list[Operation], source: dict,
+                  target: dict, seed: int) -> PlannedEdit:
+    regions = sorted({r for op in operations for c in op.concepts for r in concepts.get(c).regions})
+    return PlannedEdit(edit_id=edit_id, cell_id=cell_id, source_image_id=str(row["image_id"]),
+                       source_path=str(row["path"]), patient_id=str(row["patient_id"]), operations=operations,
+                       source_vector=source, target_vector=target, regions=regions, seed=seed)
 
 
 def _sources_by_distance(cell: Cell, frame: pd.DataFrame, labels: np.ndarray,

@@ -1,8 +1,9 @@
 """Carry out an edit plan with an edit backend, score every edit, keep what passes QC.
 
 `run_synthesis` works on arrays and documents: it hands each finished edit (its pixels, region and record) to
-the `save` callback the synthesize stage gives it, and skips the batches whose edits the stage says are
-`finished`, so an interrupted run resumes where it stopped. `summarise` turns the records into the manifest
+the `save` callback the synthesize stage gives it, and skips the batches whose records the stage already has
+(`saved`), so an interrupted run resumes where it stopped. Where QC rejects edits it draws more (the plan's
+reserve sources, then retries under new seeds: `top_up.py`) until each cell has the plan's count accepted. `summarise` turns the records into the manifest
 of accepted edits (CheXpert columns plus provenance) and the summary document (counts, QC rejections by
 reason, settings, hashes). The null edits (the texture control) change no concept: their records have no
 operations and the source's vector.
@@ -32,6 +33,7 @@ from cxr_audit.synthesis.documents import EditRecord, Operation, SynthesisSummar
 from cxr_audit.synthesis.editor import EditSettings
 from cxr_audit.synthesis.planner import PlanDocument, PlannedEdit
 from cxr_audit.synthesis.qc import QCThresholds, score_edit
+from cxr_audit.synthesis.top_up import TopUpPolicy, cell_budgets, next_round
 
 
 @dataclass
@@ -44,6 +46,8 @@ class SynthesisOptions:
     progress: bool = True
     grading: dict[str, dict] | None = None  # the checker's fitness per concept (synthesis/grading.py)
     accept_ungradable: bool = False          # keep edits of concepts the checker cannot grade (recorded)
+    top_up: TopUpPolicy | None = field(default_factory=TopUpPolicy)  # None: the planned edits only
+    attempts: list[PlannedEdit] | None = None  # exactly these edits, one round (the null edits: CARS's accepted)
 
 
 def _phantom_truth(row: pd.Series, operations: list[Operation], size: int) -> np.ndarray | None:
@@ -74,48 +78,71 @@ class FinishedEdit:
 
 
 def run_synthesis(plan: PlanDocument, manifest: Manifest, backend: EditBackend, save: Callable[[FinishedEdit], None],
-                  finished: Callable[[str], bool] = lambda edit_id: False, checker=None,
-                  options: SynthesisOptions | None = None) -> None:
-    """Carry out `plan` on `manifest` (the images the plan's sources come from), giving each edit to `save`.
+                  saved: Callable[[str], EditRecord | None] = lambda edit_id: None, checker=None,
+                  options: SynthesisOptions | None = None) -> list[str]:
+    """Carry out `plan` on `manifest` (the images the plan's sources come from), giving each edit to `save`;
+    returns the ids of the edits made, in order (the planned ones first, then each top-up round's).
 
-    Batches are fixed chunks of the plan (a batch's noise comes from its first edit's seed), and a batch with
-    any edit not `finished` is made again whole: a resumed run writes exactly what an uninterrupted one would."""
+    Batches are fixed chunks of a round (a batch's noise comes from its first edit's seed), and a batch with
+    any edit not `saved` is made again whole: a resumed run writes exactly what an uninterrupted one would."""
     options = options or SynthesisOptions()
-    size = backend.image_size
     rows = manifest.frame.set_index("image_id", drop=False)
     named = [c for c in backend.concepts if c in manifest.concepts]
     policy = LabelPolicy.model_validate(plan.label_policy)
     source_labels = pd.DataFrame(manifest.labels(named, policy), columns=named, index=manifest.frame["image_id"])
-    batches = [plan.edits[k:k + options.batch_size] for k in range(0, len(plan.edits), options.batch_size)]
-    todo = [b for b in batches if not all(finished(e.edit_id) for e in b)]
-    bar = progress_bar(total=len(plan.edits), initial=len(plan.edits) - sum(len(b) for b in todo), desc="synthesizing",
-                       unit="edit", disable=not options.progress)
-    for batch in todo:
-        prepared = [_prepare(e, rows, manifest, source_labels, backend.concepts, size, options.null_edits)
-                    for e in batch]
-        sources = np.stack([p["source"] for p in prepared])
-        hard = np.stack([p["hard"] for p in prepared])
-        soft = np.stack([p["soft"] for p in prepared])
-        masks = (None, None) if options.unconstrained else (hard, soft)
-        edited = backend.edit(sources, np.stack([p["target"] for p in prepared]), *masks, options.settings,
-                              int(batch[0].seed))
-        before, after = (_checker_scores(checker, images, options.grading) for images in (sources, edited))
-        for k, (planned, item) in enumerate(zip(batch, prepared)):
-            if options.null_edits:  # nothing is inserted or deleted: the source is its own target
-                planned = planned.model_copy(update={"operations": [], "target_vector": planned.source_vector})
-            truth = _phantom_truth(rows.loc[planned.source_image_id], planned.operations, size)
-            # The ablation regenerates the whole image on purpose: its change outside the region is measured
-            # (to compare with CARS) but is no reason to reject it.
-            concepts = [c for operation in planned.operations for c in operation.concepts]
-            qc = score_edit(sources[k], edited[k], hard[k], soft[k], planned.operations,
-                            before[k] if before else None, after[k] if after else None, truth, options.thresholds,
-                            require_fidelity=not options.unconstrained,
-                            checker_thresholds=_calibrated_thresholds(checker, options.grading),
-                            ungradable=ungradable_concepts(concepts, options.grading) if checker is not None else [],
-                            accept_ungradable=options.accept_ungradable)
-            save(_finished_edit(planned, item, edited[k], hard[k], qc, backend.sha256))
-            bar.update()
+    attempted: list[str] = []
+    passed: dict[str, bool] = {}
+    edits = options.attempts if options.attempts is not None else next_round(plan, [], {}, options.top_up)
+    bar = progress_bar(total=len(edits), desc="synthesizing", unit="edit", disable=not options.progress)
+    while edits:
+        for k in range(0, len(edits), options.batch_size):
+            batch = edits[k:k + options.batch_size]
+            records = [saved(e.edit_id) for e in batch]
+            verdicts = [r.qc.passed for r in records] if all(records) else \
+                _make_batch(batch, rows, manifest, source_labels, backend, save, checker, options)
+            passed.update({e.edit_id: v for e, v in zip(batch, verdicts)})
+            attempted += [e.edit_id for e in batch]
+            bar.update(len(batch))
+        if options.attempts is not None or options.top_up is None:
+            break
+        edits = next_round(plan, attempted, passed, options.top_up)
+        bar.total += len(edits)
+        bar.refresh()
     bar.close()
+    return attempted
+
+
+def _make_batch(batch: list[PlannedEdit], rows: pd.DataFrame, manifest: Manifest, source_labels: pd.DataFrame,
+                backend: EditBackend, save: Callable[[FinishedEdit], None], checker,
+                options: SynthesisOptions) -> list[bool]:
+    """Edit one batch, score each edit, save it; QC's verdict per edit."""
+    size = backend.image_size
+    prepared = [_prepare(e, rows, manifest, source_labels, backend.concepts, size, options.null_edits)
+                for e in batch]
+    sources = np.stack([p["source"] for p in prepared])
+    hard = np.stack([p["hard"] for p in prepared])
+    soft = np.stack([p["soft"] for p in prepared])
+    masks = (None, None) if options.unconstrained else (hard, soft)
+    edited = backend.edit(sources, np.stack([p["target"] for p in prepared]), *masks, options.settings,
+                          int(batch[0].seed))
+    before, after = (_checker_scores(checker, images, options.grading) for images in (sources, edited))
+    verdicts = []
+    for k, (planned, item) in enumerate(zip(batch, prepared)):
+        if options.null_edits:  # nothing is inserted or deleted: the source is its own target
+            planned = planned.model_copy(update={"operations": [], "target_vector": planned.source_vector})
+        truth = _phantom_truth(rows.loc[planned.source_image_id], planned.operations, size)
+        # The ablation regenerates the whole image on purpose: its change outside the region is measured
+        # (to compare with CARS) but is no reason to reject it.
+        concepts = [c for operation in planned.operations for c in operation.concepts]
+        qc = score_edit(sources[k], edited[k], hard[k], soft[k], planned.operations,
+                        before[k] if before else None, after[k] if after else None, truth, options.thresholds,
+                        require_fidelity=not options.unconstrained,
+                        checker_thresholds=_calibrated_thresholds(checker, options.grading),
+                        ungradable=ungradable_concepts(concepts, options.grading) if checker is not None else [],
+                        accept_ungradable=options.accept_ungradable)
+        save(_finished_edit(planned, item, edited[k], hard[k], qc, backend.sha256))
+        verdicts.append(qc.passed)
+    return verdicts
 
 
 def _prepare(planned: PlannedEdit, rows: pd.DataFrame, manifest: Manifest, source_labels: pd.DataFrame,
@@ -196,9 +223,13 @@ def summarise(plan: PlanDocument, records: list[EditRecord], backend: EditBacken
               image_path: Callable[[str], str]) -> tuple[pd.DataFrame, SynthesisSummary]:
     """The manifest of accepted edits (`image_path`: how it names an edit's image) and the summary document,
     from the records of the plan's edits."""
-    planned_ids = {e.edit_id for e in plan.edits}
-    records = [r for r in records if r.edit_id in planned_ids]
+    from cxr_audit.synthesis.top_up import first_attempt_id
+
+    planned_ids = {e.edit_id for e in [*plan.edits, *plan.reserves]}
+    records = [r for r in records if first_attempt_id(r.edit_id) in planned_ids]
     accepted = [r for r in records if r.qc.passed]
+    budgets = cell_budgets(plan, [r.edit_id for r in records], {r.edit_id: r.qc.passed for r in records},
+                           options.top_up or TopUpPolicy(1, 1.0)) if options.attempts is None else {}
     rejected: dict[str, int] = {}
     for record in records:
         for reason in record.qc.reasons:
@@ -219,7 +250,8 @@ def summarise(plan: PlanDocument, records: list[EditRecord], backend: EditBacken
         if alignment else None,
         mean_ground_truth_mae=float(np.mean(truth)) if truth else None,
         ungradable=sum(bool(r.qc.ungradable) for r in records), accept_ungradable=options.accept_ungradable,
-        checker_grading=options.grading)
+        checker_grading=options.grading, budgets={k: v.model_dump() for k, v in budgets.items()},
+        top_up=asdict(options.top_up) if options.top_up and options.attempts is None else None)
     return frame, summary
 
 

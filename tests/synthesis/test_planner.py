@@ -190,7 +190,7 @@ def test_the_plan_schema_shows_the_swap_operation(run_cli):
     schema = json.loads(result.output)
     operation = schema["$defs"]["Operation"]
     assert "swap" in operation["properties"]["op"]["enum"] and "to" in operation["properties"]
-    assert PLAN_SCHEMA_VERSION == "2.1"
+    assert PLAN_SCHEMA_VERSION == "2.2" and "reserves" in schema["properties"]
 
 
 def test_a_fine_concept_can_be_planned_and_sets_its_label(tmp_path):

@@ -53,7 +53,8 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
     plan = PlanDocument.model_validate(plan)
     manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
     backend = load_backend(tiny_generator)
-    options = SynthesisOptions(settings=EditSettings(steps=8, strength=0.5), progress=False, batch_size=4)
+    options = SynthesisOptions(settings=EditSettings(steps=8, strength=0.5), progress=False, batch_size=4,
+                               top_up=None)  # the planned edits only (the top-up: the next test)
     checker = load_model(phantom_model)
     out = SynthesisLayout(tmp_path / "synthetic")
     summary = synthesize_into(out, plan, manifest, backend, checker, options)
@@ -105,6 +106,40 @@ def test_synthesis_writes_accepted_edits_with_provenance_and_resumes(planned_run
     if null.accepted:
         rows = pd.read_csv(null_layout.manifest)
         assert set(rows["operation"]) == {"null"} and (rows["split"] == "train").all()
+
+
+def test_rejected_edits_are_topped_up_to_the_plans_count_per_cell(planned_run, tiny_generator, phantom_dataset,
+                                                                 phantom_model, tmp_path):
+    """QC rejects many of a barely trained generator's edits: the arm draws the plan's reserves, then retries,
+    and no cell ends with more accepted edits than planned; a resumed top-up redoes only what is missing."""
+    from cxr_audit.data.readers import read_manifest
+    from cxr_audit.synthesis.top_up import TopUpPolicy, first_attempt_id
+
+    run, plan = planned_run
+    plan = PlanDocument.model_validate(plan)
+    assert plan.reserves  # the phantom has more one-edit sources than the budget of 3 per cell
+    manifest = read_manifest(phantom_dataset / "labels.csv", "chexpert")
+    backend, checker = load_backend(tiny_generator), load_model(phantom_model)
+    options = SynthesisOptions(settings=EditSettings(steps=4, strength=0.5), progress=False, batch_size=8,
+                               top_up=TopUpPolicy(tries_per_source=2, attempts_per_edit=2))
+    out = SynthesisLayout(tmp_path / "synthetic")
+    summary = synthesize_into(out, plan, manifest, backend, checker, options)
+    planned = {c.cell_id: c.planned for c in plan.cells if c.planned}
+    assert set(summary.budgets) == set(planned)
+    for cell, budget in summary.budgets.items():
+        assert budget["target"] == planned[cell] and budget["accepted"] <= planned[cell]
+        assert budget["attempts"] <= 2 * planned[cell]
+        assert summary.accepted_by_cell.get(cell, 0) == budget["accepted"]
+        assert budget["status"] == "met" if budget["accepted"] == planned[cell] else budget["status"].startswith("short")
+    assert summary.planned > len(plan.edits)  # QC rejected some planned edits and the arm drew more
+    records = sorted(out.records.glob("*.json"))
+    topped = [p for p in records if first_attempt_id(p.stem) not in {e.edit_id for e in plan.edits}]
+    assert topped
+    stamp = {p: p.stat().st_mtime_ns for p in records}
+    topped[-1].unlink()
+    again = synthesize_into(out, plan, manifest, backend, checker, options)
+    assert again.budgets == summary.budgets and topped[-1].exists()
+    assert sum(p.stat().st_mtime_ns != stamp[p] for p in records) <= options.batch_size  # one batch redone
 
 
 def test_dicom_sources_give_dicom_edits_without_source_phi(tiny_generator, tmp_path):
