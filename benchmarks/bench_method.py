@@ -4,7 +4,7 @@ and synthesis. Prints, per target cell and arm, AUPRC, ECE and mean predictive e
 of CARS against every control (real-only, unconstrained, null edits, the deployed model) per seed and pooled
 over seeds; the deployed model's context gaps; and the probe's harmful side effects.
 
-    python benchmarks/bench_method.py --seeds 0 1 2 --out /tmp/method       # about 8 min a seed on 2 cores
+    python benchmarks/bench_method.py --seeds 0 1 2 3 4 --out /tmp/method   # about 15 min a seed on 2 cores
     python benchmarks/bench_method.py --out /tmp/method --json docs/method_validation.json \\
         --figure docs/images/method_validation.png                          # reuses finished seeds
 
@@ -92,9 +92,30 @@ def collect(runs: dict[int, Path]) -> dict:
         result["probe"][seed] = {key: {"share_harmful": e.share_harmful.value, "share_ci": e.share_harmful.ci,
                                        "mean_harm": e.mean_harm.value, "pairs": e.pairs, "harmful": e.harmful}
                                  for key, e in audit.probe.side_effects.items()}
-        result.setdefault("synthesis", {})[seed] = {mode: {"planned": s.planned, "accepted": s.accepted}
-                                                   for mode, s in audit.synthesis.items()}
+        result.setdefault("synthesis", {})[seed] = {
+            mode: {"edits_made": s.planned, "accepted": s.accepted,
+                   "by_cell": {cell: f"{b['accepted']}/{b['target']} ({b['attempts']} attempts)"
+                               for cell, b in s.budgets.items()}}
+            for mode, s in audit.synthesis.items()}
+    result["environment"] = environment()
     return result
+
+
+def environment() -> dict:
+    """What the study was made with: the commit (and whether the tree had changes), threads, packages, CPU."""
+    import platform
+    import subprocess
+
+    import torch
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"commit": git("rev-parse", "HEAD"), "tree_clean": git("status", "--porcelain", "--untracked-files=no") == "",
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "numpy": np.__version__,
+            "python": platform.python_version(), "cpu": cpu, "cores": __import__("os").cpu_count()}
 
 
 def _fmt(value, ci=None) -> str:
@@ -125,6 +146,11 @@ def print_tables(result: dict) -> None:
         for arm, g in by_arm.items():
             print(f"    {arm:<14} pooled {_fmt(g['pooled'], g['pooled_ci'])}   per seed "
                   + "; ".join(_fmt(s["gap"], s["ci"]) for s in g["per_seed"]))
+    print("\n== accepted edits per cell: accepted / the plan's count (attempts), per seed and arm")
+    for seed, modes in result.get("synthesis", {}).items():
+        for mode, entry in modes.items():
+            cells = "; ".join(f"{cell.replace('PHANTOM-', '')} {text}" for cell, text in entry["by_cell"].items())
+            print(f"  seed {seed} {mode:<14} {entry['accepted']} of {entry['edits_made']} made: {cells}")
     print("\n== probe: side effects flagged harmful (share of pairs moving the wrong way)")
     for seed, effects in result["probe"].items():
         flagged = [f"{k}: {e['share_harmful']:.2f} of {e['pairs']}" for k, e in effects.items() if e["harmful"]]

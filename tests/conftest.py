@@ -162,7 +162,7 @@ def audit(out, options: dict, force: bool = False):
 def audit_run(phantom_dataset, phantom_model, tiny_generator, phantom_checker, tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit")
     spec = folder / "spec.yaml"  # small synthesis budgets keep the test fast
-    spec.write_text(PHANTOM_SPEC.read_text() + "synthesis: {budget_per_cell: 3}\n")
+    spec.write_text(PHANTOM_SPEC.read_text() + "synthesis: {budget_per_cell: 3, attempts_per_edit: 1}\n")
     out = folder / "run"
     document = audit(out, audit_options(phantom_dataset, phantom_model, tiny_generator, spec, phantom_checker))
     return out, spec, document

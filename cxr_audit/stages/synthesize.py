@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxr_audit.anatomy.segmenter import SHIPPED_SEGMENTER
 from cxr_audit.classifier.card import card_file
 from cxr_audit.data.images import png_bytes
 from cxr_audit.provenance import (
@@ -52,7 +53,8 @@ class SynthesizeStage:
                 "checker_card": sha256_file(card) if card.is_file() else None, "edit": ctx.config.edit,
                 "qc": asdict(QCThresholds()), "mode": self.mode, "val": ctx.ids_sha256("val"),
                 "grading": GRADING, "accept_ungradable": ctx.config.accept_ungradable,
-                "top_up": asdict(self._top_up()), **self._cars_edits_input()}
+                "top_up": asdict(self._top_up()), **self._cars_edits_input(),
+                "segmenter": sha256_file(SHIPPED_SEGMENTER)}
 
     def _top_up(self):
         from cxr_audit.synthesis.top_up import TopUpPolicy
@@ -85,6 +87,7 @@ class SynthesizeStage:
         return edits
 
     def run(self) -> None:
+        from cxr_audit.anatomy.segmenter import LungSegmenter
         from cxr_audit.classifier.loading import load_model
         from cxr_audit.synthesis.backends import load_backend
         from cxr_audit.synthesis.synthesize import SynthesisOptions
@@ -94,7 +97,8 @@ class SynthesizeStage:
         options = SynthesisOptions(settings=ctx.config.edit_settings, unconstrained=self.mode == "unconstrained",
                                    null_edits=self.mode == "null_edits", progress=ctx.progress,
                                    grading=checker_grading(ctx, checker),
-                                   accept_ungradable=ctx.config.accept_ungradable, top_up=self._top_up())
+                                   accept_ungradable=ctx.config.accept_ungradable, top_up=self._top_up(),
+                                   segmenter=LungSegmenter(SHIPPED_SEGMENTER))
         plan = read_plan(ctx)
         options.attempts = self._cars_accepted(plan)
         synthesize_into(self.layout, plan, ctx.frontal("all"), load_backend(generator_folder(ctx)), checker, options)

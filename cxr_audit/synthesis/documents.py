@@ -55,6 +55,9 @@ class QCScores(Document):
     passed: bool
     reasons: list[str]
     ungradable: list[str] = Field(default_factory=list, description="concepts the checker was not fit to grade")
+    lung_dice_outside: float | None = Field(None, description="segmented lungs of source and edit outside the region")
+    ctr_before: float | None = Field(None, description="cardiothoracic ratio of the source (from the lung masks)")
+    ctr_after: float | None = Field(None, description="cardiothoracic ratio of the edit")
 
 
 class EditRecord(Document):
@@ -96,6 +99,8 @@ class SynthesisSummary(Document):
         default_factory=dict, description="per cell: the plan's count, accepted, attempts, sources, retries, status "
         "(synthesis/top_up.py); empty for the null edits, which redo the CARS arm's accepted edits")
     top_up: dict[str, Any] | None = Field(None, description="tries per source and attempts per planned edit")
+    anatomy: dict[str, Any] | None = Field(None, description="the lung segmenter's reading of the edits: lung Dice "
+                                           "outside the region, cardiothoracic ratio change per operation")
 
     @model_validator(mode="after")
     def _counts_add_up(self) -> "SynthesisSummary":

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from cxr_audit.anatomy.fidelity import AnatomyMeasure
+
 
 @dataclass
 class QCThresholds:
@@ -15,6 +17,14 @@ class QCThresholds:
     min_outside_ssim: float = 0.98
     min_alignment: float = 0.5         # the checker's call when its card has no operating threshold
     texture_ratio: tuple[float, float] = (0.4, 2.5)  # edited / source high-frequency energy in the region
+    # Anatomy by the lung segmenter (anatomy/fidelity.py), on source and edit alike. The lungs outside the edit
+    # region should not move (exact phantom counterfactuals: Dice 0.97 at least, at 64 and 128 px); the
+    # cardiothoracic ratio must rise for an inserted cardiomegaly, fall for a deleted one, and otherwise stay
+    # within a tolerance (images of MIN_CTR_SIZE and more). The tolerance is wide because the lung-based ratio
+    # moves with anything at the lung bases: an exactly drawn effusion moves it by up to 0.30 (40 studies,
+    # full contrast), so it catches a heart redrawn by an edit of something else, not subtle changes.
+    min_lung_dice: float = 0.9
+    ctr_tolerance: float = 0.35
 
 
 @dataclass
@@ -29,6 +39,9 @@ class QCResult:
     passed: bool
     reasons: list[str]
     ungradable: list[str]              # concepts the edit sets that the checker cannot grade
+    lung_dice_outside: float | None = None  # None: anatomy not measured (no segmenter)
+    ctr_before: float | None = None
+    ctr_after: float | None = None
 
     def to_json(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -50,7 +63,7 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
                checker_after: dict[str, float] | None, ground_truth: np.ndarray | None = None,
                thresholds: QCThresholds | None = None, require_fidelity: bool = True,
                checker_thresholds: dict[str, float] | None = None, ungradable: list[str] | None = None,
-               accept_ungradable: bool = False) -> QCResult:
+               accept_ungradable: bool = False, anatomy: AnatomyMeasure | None = None) -> QCResult:
     """Score one edit. `checker_*` map concept -> probability from the independent checker model.
 
     `require_fidelity` false (the unconstrained ablation, which regenerates the whole image on purpose)
@@ -60,7 +73,11 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
     toward the target (1 - p for a deletion) minus what the call needs: >= 0 agrees.
 
     `ungradable` names the concepts of this edit the checker is not fit to grade: the checker's word on them is
-    not taken, and the edit is rejected as ungradable unless `accept_ungradable` (the user's recorded choice)."""
+    not taken, and the edit is rejected as ungradable unless `accept_ungradable` (the user's recorded choice).
+
+    `anatomy` (the segmenter's reading of source and edit) adds the lung and heart-size checks: the heart-size
+    direction of a cardiomegaly insert or delete is required of every arm (it is the finding); the lungs kept
+    outside the region and the ratio kept for other edits only where fidelity is required."""
     ungradable = sorted(set(ungradable or []))
     thresholds = thresholds or QCThresholds()
     outside = soft < 1e-3  # untouched by the edit and its feathered rim
@@ -91,4 +108,30 @@ def score_edit(source: np.ndarray, edited: np.ndarray, region: np.ndarray, soft:
     lo, hi = thresholds.texture_ratio
     if not lo <= texture <= hi:
         reasons.append("unrealistic texture in the edited region")
-    return QCResult(outside_mae, ssim, alignment, before, after, texture, truth, not reasons, reasons, ungradable)
+    if anatomy is not None:
+        reasons += anatomy_reasons(anatomy, operations, thresholds, require_fidelity)
+    return QCResult(outside_mae, ssim, alignment, before, after, texture, truth, not reasons, reasons, ungradable,
+                    *((anatomy.lung_dice_outside, anatomy.ctr_before, anatomy.ctr_after) if anatomy else ()))
+
+
+def anatomy_reasons(anatomy: AnatomyMeasure, operations: list, thresholds: QCThresholds,
+                    require_fidelity: bool) -> list[str]:
+    """Why the segmenter's reading rejects an edit (empty when it does not)."""
+    reasons = []
+    if require_fidelity and anatomy.lung_dice_outside < thresholds.min_lung_dice:
+        reasons.append("lungs moved outside the edit region (segmenter Dice)")
+    change = anatomy.ctr_change
+    heart = [e.target_value for operation in operations for e in operation.effects if e.concept == "Cardiomegaly"]
+    if not anatomy.ctr_judged:
+        return reasons
+    if change is None:
+        if heart:
+            reasons.append("heart size not measurable: the segmenter found no two lungs")
+        return reasons
+    if heart and heart[0] == 1.0 and change <= 0:
+        reasons.append("cardiomegaly insert did not widen the heart (cardiothoracic ratio)")
+    elif heart and heart[0] == 0.0 and change >= 0:
+        reasons.append("cardiomegaly delete did not narrow the heart (cardiothoracic ratio)")
+    elif not heart and require_fidelity and abs(change) > thresholds.ctr_tolerance:
+        reasons.append("heart size changed by an edit of another finding (cardiothoracic ratio)")
+    return reasons

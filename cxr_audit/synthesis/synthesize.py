@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cxr_audit.anatomy.fidelity import MIN_CTR_SIZE, measure_anatomy
 from cxr_audit.anatomy.masks import image_mask_folder, load_mask_folder
 from cxr_audit.anatomy.regions import edit_mask
 from cxr_audit.data.decoded import image_sha256
@@ -47,6 +48,7 @@ class SynthesisOptions:
     grading: dict[str, dict] | None = None  # the checker's fitness per concept (synthesis/grading.py)
     accept_ungradable: bool = False          # keep edits of concepts the checker cannot grade (recorded)
     top_up: TopUpPolicy | None = field(default_factory=TopUpPolicy)  # None: the planned edits only
+    segmenter: object | None = None  # a LungSegmenter: anatomy fidelity (lungs, cardiothoracic ratio) in QC
     attempts: list[PlannedEdit] | None = None  # exactly these edits, one round (the null edits: CARS's accepted)
 
 
@@ -126,6 +128,8 @@ def _make_batch(batch: list[PlannedEdit], rows: pd.DataFrame, manifest: Manifest
     edited = backend.edit(sources, np.stack([p["target"] for p in prepared]), *masks, options.settings,
                           int(batch[0].seed))
     before, after = (_checker_scores(checker, images, options.grading) for images in (sources, edited))
+    anatomy = measure_anatomy(options.segmenter, sources, edited, hard) if options.segmenter is not None \
+        else [None] * len(batch)
     verdicts = []
     for k, (planned, item) in enumerate(zip(batch, prepared)):
         if options.null_edits:  # nothing is inserted or deleted: the source is its own target
@@ -139,7 +143,7 @@ def _make_batch(batch: list[PlannedEdit], rows: pd.DataFrame, manifest: Manifest
                         require_fidelity=not options.unconstrained,
                         checker_thresholds=_calibrated_thresholds(checker, options.grading),
                         ungradable=ungradable_concepts(concepts, options.grading) if checker is not None else [],
-                        accept_ungradable=options.accept_ungradable)
+                        accept_ungradable=options.accept_ungradable, anatomy=anatomy[k])
         save(_finished_edit(planned, item, edited[k], hard[k], qc, backend.sha256))
         verdicts.append(qc.passed)
     return verdicts
@@ -251,8 +255,33 @@ def summarise(plan: PlanDocument, records: list[EditRecord], backend: EditBacken
         mean_ground_truth_mae=float(np.mean(truth)) if truth else None,
         ungradable=sum(bool(r.qc.ungradable) for r in records), accept_ungradable=options.accept_ungradable,
         checker_grading=options.grading, budgets={k: v.model_dump() for k, v in budgets.items()},
+        anatomy=anatomy_summary(records, judged=backend.image_size >= MIN_CTR_SIZE),
         top_up=asdict(options.top_up) if options.top_up and options.attempts is None else None)
     return frame, summary
+
+
+def anatomy_summary(records: list[EditRecord], judged: bool = True) -> dict | None:
+    """The segmenter's reading over all edits made: lung Dice outside the region, and per operation the change
+    of the cardiothoracic ratio (mean, range) and how many edits moved it the required way or stayed within
+    tolerance; `judged`: whether the ratio was a reason to reject (images of MIN_CTR_SIZE and more). None when
+    anatomy was not measured."""
+    measured = [r for r in records if r.qc.lung_dice_outside is not None]
+    if not measured:
+        return None
+    dice = np.array([r.qc.lung_dice_outside for r in measured])
+    by_operation: dict[str, list] = {}
+    for record in measured:
+        if record.qc.ctr_before is not None and record.qc.ctr_after is not None:
+            label = ", ".join(o.label for o in record.operations) or "null edit"
+            heart_kept = not any(reason.endswith("(cardiothoracic ratio)") or reason.startswith("heart size")
+                                 for reason in record.qc.reasons)
+            by_operation.setdefault(label, []).append((record.qc.ctr_after - record.qc.ctr_before, heart_kept))
+    return {"edits": len(measured), "ctr_judged": judged, "lung_dice_outside": {"mean": float(dice.mean()), "min": float(dice.min())},
+            "ctr_change": {label: {"n": len(pairs), "mean": float(np.mean([d for d, _ in pairs])),
+                                   "min": float(np.min([d for d, _ in pairs])),
+                                   "max": float(np.max([d for d, _ in pairs])),
+                                   "passed": int(sum(ok for _, ok in pairs))}
+                           for label, pairs in sorted(by_operation.items())}}
 
 
 def _manifest_row(record: EditRecord, image: str, generator_sha256: str) -> dict:

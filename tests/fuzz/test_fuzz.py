@@ -33,7 +33,7 @@ def base(phantom_dataset, phantom_model, tiny_generator, tmp_path_factory) -> Ba
     """Valid inputs, and a finished audit run (tiny budgets) that the document cases copy and damage."""
     folder = tmp_path_factory.mktemp("fuzz-base")
     spec = folder / "spec.yaml"
-    spec.write_text((REPO / "coverage_specs" / "phantom.yaml").read_text() + "synthesis: {budget_per_cell: 2}\n")
+    spec.write_text((REPO / "coverage_specs" / "phantom.yaml").read_text() + "synthesis: {budget_per_cell: 2, attempts_per_edit: 1}\n")
     run = folder / "run"
     options = {"models": [phantom_model], "data": phantom_dataset / "labels.csv", "spec": spec,
                "generator": tiny_generator, "edit": {"steps": 3, "strength": 0.5}, "bootstrap": 100,

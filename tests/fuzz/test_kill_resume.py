@@ -40,7 +40,7 @@ def inputs(phantom_dataset, tiny_generator, phantom_checker, tmp_path_factory):
     net = train_small_classifier(train.images(64), train.frame[names].to_numpy(np.float32), epochs=1, width=4)
     save_classifier(net, folder / "model.safetensors", names, 64)
     spec = folder / "spec.yaml"
-    spec.write_text((REPO / "coverage_specs" / "phantom.yaml").read_text() + "synthesis: {budget_per_cell: 6}\n")
+    spec.write_text((REPO / "coverage_specs" / "phantom.yaml").read_text() + "synthesis: {budget_per_cell: 6, attempts_per_edit: 1}\n")
     return {"model": folder / "model.safetensors", "data": phantom_dataset / "labels.csv", "spec": spec,
             "generator": tiny_generator, "checker": phantom_checker, "folder": folder}
 

@@ -112,7 +112,7 @@ def test_the_phantom_s_reports_are_labelled_as_written_and_feed_an_audit(phantom
     assert record["reports"] == len(truth) and len(record["rules_sha256"]) == 64
     # an audit on the labels made from text (images through --root)
     spec = tmp_path / "spec.yaml"
-    spec.write_text(Path("coverage_specs/phantom.yaml").read_text() + "synthesis: {budget_per_cell: 2}\n")
+    spec.write_text(Path("coverage_specs/phantom.yaml").read_text() + "synthesis: {budget_per_cell: 2, attempts_per_edit: 1}\n")
     result = run_cli("audit", "--out", tmp_path / "run", "--data", tmp_path / "labels" / "labels.csv", "--format", "csv",
                      "--root", phantom_dataset, "--spec", spec, "--model", phantom_model, "--generator", tiny_generator,
                      "--checker", phantom_checker, "--arms", "baseline", "--bootstrap", 100, "--mc-samples", 0,
@@ -183,7 +183,7 @@ def test_a_text_folder_and_the_mimic_layout_feed_an_audit(phantom_dataset, phant
     reports = pd.read_csv(phantom_dataset / "reports.csv")
     truth = pd.read_csv(phantom_dataset / "labels.csv")
     spec = tmp_path / "spec.yaml"
-    spec.write_text(Path("coverage_specs/phantom.yaml").read_text() + "synthesis: {budget_per_cell: 1}\n")
+    spec.write_text(Path("coverage_specs/phantom.yaml").read_text() + "synthesis: {budget_per_cell: 1, attempts_per_edit: 1}\n")
     expected = int(((truth["split"] == "train") & (truth["Cardiomegaly"] == 1) & (truth["Pleural Effusion"] == 1)).sum())
 
     # a folder of .txt reports mirroring the images' folders

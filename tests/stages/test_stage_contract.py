@@ -54,7 +54,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 def finished(phantom_dataset, phantom_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("contract")
     spec = folder / "spec.yaml"
-    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2}\n")
+    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2, attempts_per_edit: 1}\n")
     card = folder / "card.yaml"  # the model's card, copied so that tests can change it
     shutil.copy(phantom_model.with_name(phantom_model.name + ".card.yaml"), card)
     run = folder / "run"
@@ -138,7 +138,7 @@ def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(copy_of, ph
 def test_stand_alone_commands_build_a_run_the_audit_then_finishes(phantom_dataset, phantom_model, tmp_path,
                                                                    run_cli):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2}\n")
+    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2, attempts_per_edit: 1}\n")
     run = tmp_path / "run"
     data = ["--data", phantom_dataset / "labels.csv"]
     assert run_cli("plan", "--out", run, *data, "--spec", spec).exit_code == 0
@@ -211,7 +211,7 @@ def _demo_flow(root: Path, name: str) -> Path:
     # concept, so the checker grades none: the edits are kept as ungradable, or the probe has nothing to score.
     spec = root / "spec.yaml"
     if not spec.exists():
-        spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2}\n")
+        spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 2, attempts_per_edit: 1}\n")
     here = os.getcwd()
     try:
         (root / name).mkdir()
@@ -280,7 +280,7 @@ def test_the_demo_with_labels_from_its_reports(tmp_path):
     from cxr_audit.stages.demo import demo_context
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 1}\n")
+    spec.write_text(SPEC.read_text() + "synthesis: {budget_per_cell: 1, attempts_per_edit: 1}\n")
     ctx = demo_context(tmp_path / "demo", images=240, progress=False, log=lambda message: None, check_generator=False,
                        labels_from_reports=True, bootstrap=100, mc_samples=0, edit={"steps": 2}, spec=spec,
                        arms=["baseline"])

@@ -79,7 +79,7 @@ def _plan(phantom_dataset, tmp_path):
     from cxr_audit.cli import app
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text(open("coverage_specs/phantom.yaml").read() + "synthesis: {budget_per_cell: 2}\n")
+    spec.write_text(open("coverage_specs/phantom.yaml").read() + "synthesis: {budget_per_cell: 2, attempts_per_edit: 1}\n")
     result = CliRunner().invoke(app, ["plan", "--data", str(phantom_dataset / "labels.csv"), "--format", "chexpert",
                                       "--spec", str(spec), "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output

@@ -71,7 +71,7 @@ def test_synthesis_run_goes_through_the_text_backend(tiny_pipeline, phantom_data
     from cxr_audit.cli import app
 
     spec = tmp_path / "spec.yaml"
-    spec.write_text(open("coverage_specs/phantom.yaml").read() + "synthesis: {budget_per_cell: 2}\n")
+    spec.write_text(open("coverage_specs/phantom.yaml").read() + "synthesis: {budget_per_cell: 2, attempts_per_edit: 1}\n")
     runner = CliRunner()
     data = ["--data", str(phantom_dataset / "labels.csv"), "--format", "chexpert"]
     run = RunDir(tmp_path / "run")
