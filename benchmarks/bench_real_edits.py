@@ -1,12 +1,12 @@
 """CARS on real chest X-rays, from one command: `docs/real_edits.md` and its pictures.
 
-    python benchmarks/bench_real_edits.py --out /tmp/real --doc docs/real_edits.md --minutes 12
+    python benchmarks/bench_real_edits.py --out /tmp/real --doc docs/real_edits.md --steps 400
 
 On `../shared/data/nih621` (621 NIH ChestX-ray14 frontal studies, one per patient), at 128 px:
 1. the images resized once into OUT/data (the dataset root: the shared folder is never written), and lung masks
    for each from the shipped segmenter (`cxr-audit segment`; its held-out Dice on covid_lungs is in its card);
 2. a plan for the congestive-heart-failure cell (Cardiomegaly + Effusion), the generator the CPU affords
-   (the native inpainting generator, `--minutes` of training), the run's own QC checker, the CARS edits and
+   (the native inpainting generator, `--steps` of training: 400 is about 12 minutes on 2 cores), the run's own QC checker, the CARS edits and
    the unconstrained ablation with equal budgets, and the realism stage (discriminator, Fréchet distance, KID);
 3. the LoRA path on a tiny random Stable-Diffusion-layout pipeline built here (64 px), to show that
    `train-generator --base` trains, saves, loads and edits on real images (its pictures are noise: the base
@@ -63,13 +63,13 @@ def prepare_data(source: Path, out: Path) -> Path:
     return labels
 
 
-def run_native(labels: Path, out: Path, spec: Path, minutes: float) -> RunDir:
+def run_native(labels: Path, out: Path, spec: Path, steps: int) -> RunDir:
     """Plan, native generator, checker, CARS and unconstrained edits, realism."""
     run = RunDir(out)
     given = {"data": str(labels), "format": "nih", "root": str(labels.parent), "spec": str(spec), "seed": 0,
              "arms": ["baseline", "cars", "unconstrained"],
              "generator_training": {"size": SIZE, "channels": [16, 32, 64, 64], "batch_size": 16, "lr": 5e-4,
-                                    "steps": 100000, "minutes": minutes}}
+                                    "steps": steps}}
     ctx = open_run(run, given, False, progress=True)
     run_stages(ctx, stages_for(ctx, ["realism"]), False)
     return run
@@ -168,7 +168,7 @@ def document(numbers: dict, picture_path: str) -> str:
         "# CARS edits on real chest X-rays (NIH ChestX-ray14)",
         "",
         "Made by one command on 2 CPU cores: `python benchmarks/bench_real_edits.py --out /tmp/real "
-        "--doc docs/real_edits.md` (`--minutes` of generator training, 12 here). The images are the 621 frontal "
+        "--doc docs/real_edits.md` (400 generator training steps). The images are the 621 frontal "
         "NIH ChestX-ray14 studies of `../shared/data/nih621` (NIH Clinical Center; Wang et al., \"ChestX-ray8\", "
         "CVPR 2017), resized to 128 px; lung masks from the shipped segmenter (trained on the 90 hand-drawn masks "
         "of `covid_lungs`, held-out Dice 0.963).",
@@ -245,7 +245,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "nih621")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--minutes", type=float, default=12.0, help="native generator training time")
+    parser.add_argument("--steps", type=int, default=400, help="native generator training steps")
     parser.add_argument("--lora-steps", type=int, default=60)
     parser.add_argument("--doc", type=Path, help="write the page here (its picture beside it, in images/)")
     args = parser.parse_args()
@@ -254,7 +254,7 @@ def main() -> None:
     labels = prepare_data(args.data, args.out / "data")
     spec = args.out / "spec.yaml"
     spec.write_text(SPEC)
-    native = run_native(labels, args.out / "native", spec, args.minutes)
+    native = run_native(labels, args.out / "native", spec, args.steps)
     lora = run_lora(labels, args.out / "lora", spec, tiny_base(args.out / "tiny-base"), args.lora_steps)
     numbers = tables(native, lora)
     (args.out / "real_edits.json").write_text(json.dumps(numbers, indent=1, default=str) + "\n")
