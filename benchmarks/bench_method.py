@@ -157,6 +157,47 @@ def print_tables(result: dict) -> None:
         print(f"  seed {seed}: " + ("; ".join(flagged) or "none"))
 
 
+def markdown(result: dict) -> str:
+    """The study's tables in Markdown (docs/method_validation.md pastes them)."""
+    seeds = result["seeds"]
+    lines = ["| cell | arm | AUPRC per seed | ECE per seed | entropy per seed |", "| --- | --- | --- | --- | --- |"]
+    for cell, entry in result["cells"].items():
+        for arm, metrics in entry["arms"].items():
+            lines.append(f"| {cell} | {arm} | " + " | ".join(" / ".join(f"{v:.3f}" for v in metrics[m]) for m in METRICS)
+                         + " |")
+    lines += ["", "| cell | CARS minus | Δ AUPRC pooled [95% CI] | per seed | Δ ECE pooled | Δ entropy pooled |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for cell, entry in result["cells"].items():
+        for control, metrics in entry["cars_minus"].items():
+            auprc = metrics["auprc"]
+            lines.append(f"| {cell} | {control} | {_fmt(auprc['pooled'], auprc['pooled_ci'])} | "
+                         + " / ".join(f"{s['difference']:+.3f}" for s in auprc["per_seed"]) + " | "
+                         + " | ".join(_fmt(metrics[m]["pooled"], metrics[m]["pooled_ci"]) for m in ("ece", "entropy"))
+                         + " |")
+    lines += ["", "| context (cell) | arm | AUROC gap pooled [95% CI] | per seed |", "| --- | --- | --- | --- |"]
+    for key, by_arm in result["gaps"].items():
+        cell, finding = key.split(" ", 1)
+        for arm, gap in by_arm.items():
+            lines.append(f"| {finding} {gap['context']} ({cell}) | {arm} | {_fmt(gap['pooled'], gap['pooled_ci'])} | "
+                         + " / ".join(f"{s['gap']:+.3f}" for s in gap["per_seed"]) + " |")
+    lines += ["", "| seed | arm | edits made | accepted | per cell: accepted / planned (attempts) |",
+              "| --- | --- | --- | --- | --- |"]
+    for seed, modes in result.get("synthesis", {}).items():
+        for mode, entry in modes.items():
+            cells = "; ".join(f"{cell.replace('PHANTOM-', '')} {text}" for cell, text in entry["by_cell"].items())
+            lines.append(f"| {seed} | {mode} | {entry['edits_made']} | {entry['accepted']} | {cells} |")
+    lines += ["", "| seed | harmful side effects flagged by the probe |", "| --- | --- |"]
+    for seed, effects in result["probe"].items():
+        flagged = [f"{k}: {e['share_harmful']:.2f} of {e['pairs']}" for k, e in effects.items() if e["harmful"]]
+        lines.append(f"| {seed} | {'; '.join(flagged) or 'none'} |")
+    environment = result.get("environment", {})
+    lines += ["", f"Seeds {', '.join(map(str, seeds))}; commit `{environment.get('commit', '?')}`"
+              f"{'' if environment.get('tree_clean', True) else ' (with uncommitted changes)'}; torch "
+              f"{environment.get('torch')}, {environment.get('threads')} threads, {environment.get('cores')} cores "
+              f"({environment.get('cpu')}), Python {environment.get('python')}, numpy {environment.get('numpy')}."]
+    return "\n".join(lines) + "\n"
+
+
 def figure(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -189,6 +230,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for one demo run per seed (reused)")
     parser.add_argument("--json", type=Path, help="write the tables' numbers here")
     parser.add_argument("--figure", type=Path, help="write the per-seed AUPRC figure here")
+    parser.add_argument("--markdown", type=Path, help="write the tables in Markdown here")
     args = parser.parse_args()
     runs = {seed: run_seed(args.out / f"seed{seed}", seed, args.images) for seed in args.seeds}
     result = collect(runs)
@@ -197,6 +239,8 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.figure:
         figure(result, args.figure)
+    if args.markdown:
+        args.markdown.write_text(markdown(result))
 
 
 if __name__ == "__main__":
