@@ -4,7 +4,10 @@ count of edits accepted by QC, or says why it could not.
 An arm first attempts the planned edits. Where QC rejected some, the next round attempts, per cell and in
 order, the plan's reserve sources for that cell, then the rejected sources again under a new seed (try 2, 3,
 ... up to `tries_per_source`), never more than the cell's shortfall in one round (so no cell ends with more
-than it planned) and never more than `attempts_per_edit` x the planned count in all. Rounds are a function of
+than it planned) and never more than `attempts_per_edit` x the planned count in all. A cell stops early when,
+at the acceptance rate it has shown (over at least MIN_ATTEMPTS_TO_JUDGE attempts), its remaining attempts
+cannot be expected to make up the shortfall: a generator that cannot draw a finding should not spend the cap
+on it (on the demo, the swap cell accepted 7 of its first 58 edits). Rounds are a function of
 the plan and the QC results alone, so a resumed run attempts what an uninterrupted one would.
 
 Arms compared on the same cells then train on the same number of synthetic images per cell, and a
@@ -22,6 +25,7 @@ from cxr_audit.provenance import Document
 from cxr_audit.synthesis.planner import PlanDocument, PlannedEdit
 
 TRY_MARK = "-t"  # a retry's id: the source's first attempt's id, then -t2, -t3, ...
+MIN_ATTEMPTS_TO_JUDGE = 4  # a cell's acceptance rate is judged from this many attempts on
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,15 @@ def next_round(plan: PlanDocument, attempted: list[str], passed: Mapping[str, bo
         mine = [a for a in attempted if by_id[first_attempt_id(a)].cell_id == cell_id]
         accepted = sum(passed[a] for a in mine)
         room = min(target - accepted, _cap(target, policy) - len(mine))
-        if room > 0:
+        if room > 0 and not _hopeless(target, accepted, len(mine), policy):
             round_edits += _candidates(plan, cell_id, mine, passed, done, policy)[:room]
     return round_edits
+
+
+def _hopeless(target: int, accepted: int, attempts: int, policy: TopUpPolicy) -> bool:
+    """Whether the cell's acceptance rate so far, kept up over its remaining attempts, falls short."""
+    remaining = _cap(target, policy) - attempts
+    return attempts >= MIN_ATTEMPTS_TO_JUDGE and accepted * remaining < (target - accepted) * attempts
 
 
 def _targets(plan: PlanDocument) -> dict[str, int]:
@@ -114,6 +124,9 @@ def cell_budgets(plan: PlanDocument, attempted: list[str], passed: Mapping[str, 
             status = "met"
         elif len(mine) >= _cap(target, policy):
             status = f"short: {len(mine)} attempts reached the cap ({policy.attempts_per_edit:g} per planned edit)"
+        elif _hopeless(target, accepted, len(mine), policy):
+            status = (f"short: at its acceptance so far ({accepted} of {len(mine)}) the remaining attempts could "
+                      "not reach the plan")
         else:
             status = (f"short: every source tried {policy.tries_per_source} time(s) ({sources} sources, the plan's "
                       "reserves included)")

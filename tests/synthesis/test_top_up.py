@@ -52,17 +52,29 @@ def test_rounds_fill_each_cell_to_the_plan_and_never_beyond(tmp_path):
     assert budget.status == "met" or budget.status.startswith("short")
 
 
-def test_a_cell_qc_always_rejects_stops_at_the_caps_and_says_why(tmp_path):
+def test_a_cell_qc_always_rejects_stops_when_hopeless_or_at_the_caps_and_says_why(tmp_path):
     plan = plan_for(tmp_path, ROWS, SPEC)
+    # 3 planned, rejected; 2 reserves, rejected: after 5 attempts with none accepted the cell is hopeless
     attempted, passed = _simulate(plan, TopUpPolicy(tries_per_source=2, attempts_per_edit=4), lambda e: False)
-    # 3 planned + 2 reserves, each tried twice: 10 attempts (under the cap of 12)
-    assert len(attempted) == 10 and max(attempt_number(a) for a in attempted) == 2
+    assert len(attempted) == 5 and max(attempt_number(a) for a in attempted) == 1
     budget = cell_budgets(plan, attempted, passed, TopUpPolicy(2, 4))["HF"]
-    assert (budget.accepted, budget.sources, budget.retries) == (0, 5, 5)
-    assert budget.status.startswith("short: every source tried 2 time(s)")
-    capped, passed = _simulate(plan, TopUpPolicy(tries_per_source=5, attempts_per_edit=2), lambda e: False)
-    assert len(capped) == 6
-    assert cell_budgets(plan, capped, passed, TopUpPolicy(5, 2))["HF"].status.startswith("short: 6 attempts reached")
+    assert (budget.accepted, budget.sources, budget.retries) == (0, 5, 0)
+    assert budget.status.startswith("short: at its acceptance so far (0 of 5)")
+    # one accepted in every three: the cap allows 12 attempts, 3 x 1/3 = 1 is expected from the next 3
+    verdicts = {}
+    third = lambda e: verdicts.setdefault(e.edit_id, len(verdicts) % 3 == 0)
+    attempted, passed = _simulate(plan, TopUpPolicy(tries_per_source=3, attempts_per_edit=4), third)
+    budget = cell_budgets(plan, attempted, passed, TopUpPolicy(3, 4))["HF"]
+    assert budget.accepted == 3 and budget.status == "met" and budget.retries > 0
+    # sources run out before the cap: every source tried twice
+    verdicts.clear()
+    half = lambda e: verdicts.setdefault(e.edit_id, e.edit_id == plan.edits[0].edit_id)
+    attempted, passed = _simulate(plan, TopUpPolicy(tries_per_source=2, attempts_per_edit=4), half)
+    assert cell_budgets(plan, attempted, passed, TopUpPolicy(2, 4))["HF"].status.startswith(
+        ("short: every source tried 2 time(s)", "short: at its acceptance so far"))
+    capped, passed = _simulate(plan, TopUpPolicy(tries_per_source=5, attempts_per_edit=1), lambda e: False)
+    assert len(capped) == 3
+    assert cell_budgets(plan, capped, passed, TopUpPolicy(5, 1))["HF"].status.startswith("short: 3 attempts reached")
 
 
 def test_retries_are_new_seeds_on_the_same_source(tmp_path):
