@@ -127,3 +127,38 @@ def test_adapters_on_a_changed_base_are_refused(tiny_pipeline, tmp_path):
     for attempt in (backend_sha256, load_backend):
         with pytest.raises(UserInputError, match=rf"{LORA_CARD}: the adapters were trained on a base .* retrain"):
             attempt(tmp_path / "lora")
+
+
+LORA_SCRIPT = """
+import sys
+import numpy as np
+from cxr_audit.synthesis.lora_training import LoraTrainConfig, train_lora
+
+rng = np.random.default_rng(0)
+images = rng.random((16, 1, 64, 64)).astype(np.float32)
+labels = (rng.random((16, 3)) < 0.5).astype(np.float32)
+train_lora(images, labels, ["Cardiomegaly", "Pleural Effusion", "Edema"], sys.argv[2], sys.argv[1],
+           LoraTrainConfig(steps=3, batch_size=2, rank=2, checkpoint_every=3), "datahash", progress=False)
+"""
+
+
+@pytest.mark.slow  # a torchrun launch of two processes
+def test_two_processes_train_one_lora_through_torchrun(tiny_pipeline, tmp_path):
+    """The same accelerate path as the native generator: data-parallel under torchrun (gloo on CPU)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    script = tmp_path / "train.py"
+    script.write_text(LORA_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(tmp_path / "lora"), str(tiny_pipeline)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-12000:]
+    card = read_lora_card(tmp_path / "lora")
+    assert (card.processes, card.batch_size, card.steps) == (2, 4, 3)
+    state = torch.load(tmp_path / "lora" / "checkpoint.pt", weights_only=True)
+    assert len(state["generators"]) == 2 and not torch.equal(state["generators"][0], state["generators"][1])
+    assert load_backend(tmp_path / "lora", device="cpu").sha256 == backend_sha256(tmp_path / "lora")
