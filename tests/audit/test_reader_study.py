@@ -200,6 +200,7 @@ def test_scoring_two_readers_adds_the_study_to_the_audit_and_report(kit_run, run
     assert "Blinded reader study of the synthetic images" in text and "reader R1" in text
 
 
+@pytest.mark.slow  # a headless chromium session (about 15 s)
 def test_the_form_in_a_real_browser_saves_answers_that_score(kit_run, run_cli, tmp_path):
     """Debian's chromium, headless, driven by selenium: open the kit's form offline, answer every case, save;
     the saved file scores."""

@@ -86,6 +86,7 @@ def finetuned(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # two torchrun launches (about 14 s); CI runs the slow suite too
 def test_two_processes_fine_tune_to_the_weights_of_one(finetuned):
     import json
 

@@ -45,6 +45,7 @@ def two_process_run(tmp_path_factory):
     return script, folder / "gen"
 
 
+@pytest.mark.slow  # a torchrun launch (about 11 s)
 def test_two_processes_train_one_generator_with_their_own_batches(two_process_run):
     _, out = two_process_run
     model, card = load_generator(out)
