@@ -260,7 +260,8 @@ def document(numbers: dict, picture_path: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "nih621")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/cxr-audit-real-edits"),
+                        help="work folder (reused: finished stages are skipped)")
     parser.add_argument("--steps", type=int, default=400, help="native generator training steps")
     parser.add_argument("--lora-steps", type=int, default=60)
     parser.add_argument("--doc", type=Path, help="write the page here (its picture beside it, in images/)")
