@@ -35,7 +35,7 @@ class GeneratorStage:
     def _base(self) -> dict:
         """The base pipeline's identity, when the run fine-tunes one (a changed base is another generator)."""
         from cxr_audit.synthesis.lora_store import check_base_pipeline
-        from cxr_audit.synthesis.text_backend import text_pipeline_sha256
+        from cxr_audit.synthesis.pipeline_files import text_pipeline_sha256
 
         base = self.ctx.config.generator_training.base
         return {} if base is None else {"base_sha256": text_pipeline_sha256(check_base_pipeline(base))}

@@ -56,7 +56,7 @@ def backend_sha256(folder: str | Path) -> str:
     weight and config files)."""
     from cxr_audit.synthesis.generator.store import generator_sha256, is_generator
     from cxr_audit.synthesis.lora_store import is_lora, lora_sha256
-    from cxr_audit.synthesis.text_backend import is_text_pipeline, text_pipeline_sha256
+    from cxr_audit.synthesis.pipeline_files import is_text_pipeline, text_pipeline_sha256
 
     folder = _existing(folder)
     if is_generator(folder):
@@ -72,7 +72,8 @@ def load_backend(folder: str | Path, device=None) -> EditBackend:
     """The edit backend saved in `folder`, from local files only."""
     from cxr_audit.synthesis.generator.store import is_generator
     from cxr_audit.synthesis.lora_store import is_lora, verify_lora
-    from cxr_audit.synthesis.text_backend import TextConditionedGenerator, is_text_pipeline
+    from cxr_audit.synthesis.pipeline_files import is_text_pipeline
+    from cxr_audit.synthesis.text_backend import TextConditionedGenerator
 
     folder = _existing(folder)
     if is_generator(folder):

@@ -16,6 +16,7 @@ from pathlib import Path
 from cxr_audit import __version__
 from cxr_audit.errors import UserInputError
 from cxr_audit.provenance import atomic_write_json, sha256_file
+from cxr_audit.synthesis.pipeline_files import text_pipeline_sha256
 
 LORA_CARD = "lora_card.json"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' name: load_lora_weights finds it by default
@@ -53,7 +54,7 @@ def is_lora(folder: str | Path) -> bool:
     return (Path(folder) / LORA_CARD).is_file()
 
 
-def _config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -77,9 +78,9 @@ def check_base_pipeline(folder: str | Path) -> Path:
                if not (folder / part.rstrip("/")).exists()]
     if missing:
         raise UserInputError(f"--base {folder} is not a diffusers pipeline: it has no {', '.join(missing)}. {layout}")
-    _config(folder / "model_index.json")
-    unet = _config(folder / "unet" / "config.json") if (folder / "unet" / "config.json").exists() else None
-    vae = _config(folder / "vae" / "config.json") if (folder / "vae" / "config.json").exists() else None
+    read_config(folder / "model_index.json")
+    unet = read_config(folder / "unet" / "config.json") if (folder / "unet" / "config.json").exists() else None
+    vae = read_config(folder / "vae" / "config.json") if (folder / "vae" / "config.json").exists() else None
     if unet is None or vae is None:
         raise UserInputError(f"--base {folder}: unet/config.json or vae/config.json is missing. {layout}")
     latent = int(vae.get("latent_channels", 4))
@@ -110,7 +111,7 @@ def save_lora(unet, card: LoraCard, out: Path) -> None:
 def read_lora_card(folder: str | Path) -> LoraCard:
     path = Path(folder) / LORA_CARD
     try:
-        return LoraCard(**_config(path))
+        return LoraCard(**read_config(path))
     except TypeError as error:
         raise UserInputError(f"{path} is not a LoRA card cxr-audit wrote ({error}). Retrain the adapters with "
                              "`cxr-audit train-generator --base`.") from None
@@ -119,8 +120,6 @@ def read_lora_card(folder: str | Path) -> LoraCard:
 def verify_lora(folder: str | Path) -> LoraCard:
     """The card of the LoRA in `folder`, after checking that its weights and its base pipeline are the ones it
     pins (the base is hashed: seconds for a multi-gigabyte pipeline, once per process)."""
-    from cxr_audit.synthesis.text_backend import text_pipeline_sha256
-
     folder = Path(folder)
     card = read_lora_card(folder)
     for relative, expected in card.weights_sha256.items():

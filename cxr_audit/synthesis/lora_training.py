@@ -21,8 +21,9 @@ import torch
 from cxr_audit.data.image_rows import ImageRows, as_image_rows
 from cxr_audit.errors import UserInputError
 from cxr_audit.progress import progress_bar
-from cxr_audit.synthesis.lora_store import LORA_TARGETS, LoraCard, check_base_pipeline, save_lora
-from cxr_audit.synthesis.text_backend import PROMPT_STYLE, prompt_for, text_pipeline_sha256
+from cxr_audit.synthesis.lora_store import LORA_TARGETS, LoraCard, check_base_pipeline, read_config, save_lora
+from cxr_audit.synthesis.pipeline_files import text_pipeline_sha256
+from cxr_audit.synthesis.text_backend import PROMPT_STYLE, prompt_for
 
 EVAL_IMAGES = 32  # the fixed set the card's before/after denoising loss is measured on
 
@@ -67,11 +68,8 @@ def load_base_pipeline(folder: Path) -> BasePipeline:
 
 def base_image_size(folder: Path) -> int:
     """The size a base pipeline generates at (its UNet's sample size times the VAE's downsampling), from configs."""
-    import json
-
     folder = check_base_pipeline(folder)
-    unet = json.loads((folder / "unet" / "config.json").read_text())
-    vae = json.loads((folder / "vae" / "config.json").read_text())
+    unet, vae = read_config(folder / "unet" / "config.json"), read_config(folder / "vae" / "config.json")
     return int(unet.get("sample_size", 64)) * 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
 
 

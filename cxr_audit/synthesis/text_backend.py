@@ -13,7 +13,6 @@ and blanks radiographs it misreads.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,12 +22,10 @@ import torch
 from cxr_audit import concepts
 from cxr_audit.classifier.adapter import default_device
 from cxr_audit.errors import UserInputError
-from cxr_audit.provenance import sha256_files
+from cxr_audit.synthesis.pipeline_files import PIPELINE_INDEX, is_text_pipeline, pipeline_files, text_pipeline_sha256
 
-PIPELINE_INDEX = "model_index.json"
 PROMPT_STYLE = "cxr-audit-impression-v1"
 NORMAL_PROMPT = "No acute cardiopulmonary process."
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
 
 # The names radiology reports use (the prompts these models were trained on are report impressions).
 REPORT_NAMES = {"Pleural Effusion": "pleural effusion", "Enlarged Cardiomediastinum": "enlarged cardiomediastinum",
@@ -63,27 +60,6 @@ class TextPipelineCard:
     lora: dict | None = None  # the LoRA card, when adapters trained by `train-generator --base` are applied
 
 
-def is_text_pipeline(folder: str | Path) -> bool:
-    return (Path(folder) / PIPELINE_INDEX).exists()
-
-
-def _pipeline_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-
-
-def text_pipeline_sha256(folder: str | Path) -> str:
-    """One identity for a pipeline folder: a hash over every weight and config file, in path order. Hashed
-    once per process while no file's size or time changes (a base pipeline is gigabytes, and a LoRA run checks
-    its base at planning and again at loading)."""
-    stats = [(str(path), path.stat()) for path in _pipeline_files(Path(folder))]
-    return _hash_files(tuple((path, stat.st_size, stat.st_mtime_ns) for path, stat in stats))
-
-
-@functools.lru_cache(maxsize=8)
-def _hash_files(signature: tuple[tuple[str, int, int], ...]) -> str:
-    return sha256_files(Path(path) for path, _, _ in signature)
-
-
 class TextConditionedGenerator:
     """Edits source images toward target concept vectors through a local text-conditioned pipeline."""
 
@@ -116,7 +92,7 @@ class TextConditionedGenerator:
         self.concepts = [c.name for c in concepts.CONCEPTS if c.name != concepts.NO_FINDING]
         self.image_size = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
         self._card = TextPipelineCard(pipeline=str(folder.name), concepts=self.concepts, image_size=self.image_size,
-                                      files=[str(p.relative_to(folder)) for p in _pipeline_files(folder)],
+                                      files=[str(p.relative_to(folder)) for p in pipeline_files(folder)],
                                       lora=lora_card)
         # a LoRA's identity is its card's hash, which pins its weights and its base's hash
         self.sha256 = text_pipeline_sha256(folder) if lora is None else lora_sha256(lora)

@@ -179,6 +179,10 @@ SPEC_DAMAGES = {
     "a swap across groups": ("version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells:\n  - {id: A, all_of: [Effusion], "
                              "none_of: [Cardiomegaly], min_count: 1, swaps: [[Cardiomegaly, Effusion]]}\n",
                              "within a group"),
+    "no attempts per edit": ("version: 1\nconcepts: [Cardiomegaly]\nsynthesis: {attempts_per_edit: 0}\n",
+                             "attempts_per_edit"),
+    "tries per source 0": ("version: 1\nconcepts: [Cardiomegaly]\nsynthesis: {tries_per_source: 0}\n",
+                           "tries_per_source"),
     "a swap the wrong way": ("version: 1\nconcepts: [Cardiomegaly, Effusion]\ncells:\n  - {id: A, all_of: [Effusion], "
                              "none_of: [Cardiomegaly], min_count: 1, swaps: [[Effusion, Cardiomegaly]]}\n",
                              "none_of concept by an all_of one"),
@@ -470,6 +474,8 @@ _option_case("train-generator --steps 0", "steps", ["train-generator", "--out", 
                                                     "SPEC", "--steps", "0"])
 _option_case("train-generator --size 8", "size", ["train-generator", "--out", "OUT", "--data", "DATA", "--spec",
                                                   "SPEC", "--size", "8"])
+_option_case("train-generator --lora-rank without --base", "--base", ["train-generator", "--out", "OUT", "--data",
+                                                                     "DATA", "--spec", "SPEC", "--lora-rank", "4"])
 _option_case("train-generator --channels a,b", "--channels", ["train-generator", "--out", "OUT", "--data", "DATA",
                                                               "--spec", "SPEC", "--channels", "a,b"])
 _option_case("phantom --n 0", "--n", ["phantom", "--out", "OUT", "--n", "0"])
@@ -514,6 +520,14 @@ _base_case("model_index.json not JSON", "model_index.json is not readable JSON",
 _base_case("an inpainting UNet (9 channels)", "unet/config.json: the UNet takes 9 channels",
            lambda f: _tiny_base(f, unet_in_channels=9))
 _base_case("a UNet without cross-attention", "no cross-attention", lambda f: _without_cross_attention(_tiny_base(f)))
+
+
+def _lora_rank_zero(folder: Path, base) -> tuple[list, str]:
+    args, _ = _option_case_args(folder, base, _TRAIN_ON_BASE)
+    return [*args, _tiny_base(folder), "--lora-rank", "0"], "lora_rank"
+
+
+case("base pipeline", "--lora-rank 0")(_lora_rank_zero)
 
 
 def _without_cross_attention(base: Path) -> Path:

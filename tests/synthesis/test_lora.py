@@ -15,7 +15,8 @@ from cxr_audit.synthesis.backends import backend_sha256, load_backend
 from cxr_audit.synthesis.editor import EditSettings
 from cxr_audit.synthesis.lora_store import LORA_CARD, LORA_WEIGHTS, check_base_pipeline, read_lora_card
 from cxr_audit.synthesis.lora_training import LoraTrainConfig, train_lora
-from cxr_audit.synthesis.text_backend import PROMPT_STYLE, text_pipeline_sha256
+from cxr_audit.synthesis.pipeline_files import text_pipeline_sha256
+from cxr_audit.synthesis.text_backend import PROMPT_STYLE
 
 NAMES = ["Cardiomegaly", "Pleural Effusion", "Edema"]
 
